@@ -1,0 +1,3 @@
+from hoi.cli import main
+
+main()

@@ -1,0 +1,167 @@
+"""Predictions: the interchange format between any HOI detector and the evaluator.
+
+JSON (``.json`` or ``.json.gz``)::
+
+    {"box_format": "pixel0" | "pixel1" | "coord",
+     "predictions": {"<file name>": [[hx1, hy1, hx2, hy2, ox1, oy1, ox2, oy2, hoi, score], ...]}}
+
+Binary (``.npz``, for large runs; the same content as flat arrays): ``file_names`` [M] str,
+``image`` int64 [P] (index into file_names), ``boxes_h`` / ``boxes_o`` float64 [P, 4],
+``hoi`` int64 [P], ``score`` float64 [P], ``box_format`` str.
+
+In memory (:class:`Predictions`) rows keep the order of the file, which matters: the
+official evaluation breaks score ties by image order, then by row order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from . import boxes as B
+
+ROW_LENGTH = 10
+
+
+class PredictionsError(ValueError):
+    """A malformed predictions file; the message names the image and the row."""
+
+
+@dataclass
+class Predictions:
+    """Scored human-object pairs (shapes in the module docstring); boxes in ``box_format``."""
+
+    file_names: list[str]
+    image: np.ndarray
+    boxes_h: np.ndarray
+    boxes_o: np.ndarray
+    hoi: np.ndarray
+    score: np.ndarray
+    box_format: str = "coord"
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    @classmethod
+    def from_arrays(cls, file_names, image, boxes_h, boxes_o, hoi, score, box_format="coord") -> "Predictions":
+        return cls(list(file_names), np.asarray(image, np.int64), np.asarray(boxes_h, np.float64).reshape(-1, 4),
+                   np.asarray(boxes_o, np.float64).reshape(-1, 4), np.asarray(hoi, np.int64),
+                   np.asarray(score, np.float64), B.check_format(box_format))
+
+    def validate(self, num_classes: int, source: str = "predictions") -> None:
+        """Raise :class:`PredictionsError` naming the first bad row (class range, finiteness)."""
+        bad = ((self.hoi < 0) | (self.hoi >= num_classes) | ~np.isfinite(self.score)
+               | ~np.isfinite(self.boxes_h).all(1) | ~np.isfinite(self.boxes_o).all(1))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            name = self.file_names[self.image[k]]
+            row = int(np.count_nonzero(self.image[:k] == self.image[k]))
+            if not 0 <= self.hoi[k] < num_classes:
+                why = f"HOI class {self.hoi[k]} is out of range 0..{num_classes - 1}"
+            elif not np.isfinite(self.score[k]):
+                why = f"score is {self.score[k]}"
+            else:
+                why = "a box coordinate is not finite"
+            raise PredictionsError(f"{source}: image {name}, row {row}: {why}")
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+
+
+def _rows_error(source, name, rows) -> PredictionsError:
+    """Find the row that made the fast conversion fail and say what is wrong with it."""
+    if not isinstance(rows, list):
+        return PredictionsError(f"{source}: image {name}: expected a list of rows, got {type(rows).__name__}")
+    for r, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != ROW_LENGTH:
+            n = len(row) if isinstance(row, list) else type(row).__name__
+            return PredictionsError(f"{source}: image {name}, row {r}: expected {ROW_LENGTH} numbers "
+                                    f"[hx1, hy1, hx2, hy2, ox1, oy1, ox2, oy2, hoi, score], got {n}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row):
+            return PredictionsError(f"{source}: image {name}, row {r}: non-numeric value in {row!r}")
+    return PredictionsError(f"{source}: image {name}: malformed rows")
+
+
+def read_predictions(path, box_format: str | None = None) -> Predictions:
+    """Read JSON / JSON.gz / NPZ predictions; ``box_format`` overrides the file's own."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            fmt = box_format or str(z["box_format"])
+            return Predictions.from_arrays([str(s) for s in z["file_names"]], z["image"], z["boxes_h"],
+                                           z["boxes_o"], z["hoi"], z["score"], fmt)
+    try:
+        with _open_text(path) as f:
+            d = json.load(f)
+    except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PredictionsError(f"{path}: not a readable JSON file ({e})") from e
+    if not isinstance(d, dict) or not isinstance(d.get("predictions"), dict):
+        raise PredictionsError(f"{path}: expected an object with a 'predictions' mapping of file name -> rows")
+    fmt = box_format or d.get("box_format")
+    if fmt is None:
+        raise PredictionsError(f"{path}: no 'box_format' in the file; pass --box-format pixel0|pixel1|coord")
+    try:
+        B.check_format(fmt)
+    except ValueError as e:
+        raise PredictionsError(f"{path}: {e}") from e
+    preds = d["predictions"]
+    names = list(preds)
+    counts = np.array([len(v) if isinstance(v, list) else -1 for v in preds.values()], dtype=np.int64)
+    if np.any(counts < 0):
+        name = names[int(np.flatnonzero(counts < 0)[0])]
+        raise _rows_error(path, name, preds[name])
+    try:  # one C-level conversion for all rows; fall back to a row-by-row search on failure
+        arr = np.array(list(chain.from_iterable(preds.values())), dtype=np.float64).reshape(-1, ROW_LENGTH)
+        if arr.shape[0] != counts.sum():
+            raise ValueError
+    except (ValueError, TypeError):
+        for name in names:
+            try:
+                np.array(preds[name], dtype=np.float64).reshape(-1, ROW_LENGTH)
+                if any(not isinstance(r, list) or len(r) != ROW_LENGTH for r in preds[name]):
+                    raise ValueError
+            except (ValueError, TypeError):
+                raise _rows_error(path, name, preds[name]) from None
+        raise PredictionsError(f"{path}: malformed rows")  # pragma: no cover
+    hoi_f = arr[:, 8]
+    image = np.repeat(np.arange(len(names), dtype=np.int64), counts)
+    nonint = hoi_f != np.round(hoi_f)
+    if nonint.any():
+        k = int(np.flatnonzero(nonint)[0])
+        row = k - int(np.searchsorted(image, image[k]))
+        raise PredictionsError(f"{path}: image {names[image[k]]}, row {row}: HOI class {hoi_f[k]} is not an integer")
+    return Predictions(names, image, arr[:, 0:4].copy(), arr[:, 4:8].copy(),
+                       hoi_f.astype(np.int64), arr[:, 9].copy(), fmt)
+
+
+def write_predictions(pred: Predictions, path) -> None:
+    """Write JSON (``.json`` / ``.json.gz``) or NPZ (``.npz``) atomically (temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        if path.suffix == ".npz":
+            with open(tmp, "wb") as f:
+                np.savez(f, file_names=np.array(pred.file_names, dtype=str), image=pred.image,
+                         boxes_h=pred.boxes_h, boxes_o=pred.boxes_o, hoi=pred.hoi, score=pred.score,
+                         box_format=np.array(pred.box_format))
+        else:
+            rows = np.concatenate([pred.boxes_h, pred.boxes_o, pred.hoi[:, None], pred.score[:, None]], 1).tolist()
+            for r in rows:
+                r[8] = int(r[8])
+            out: dict[str, list] = {n: [] for n in pred.file_names}
+            for i, r in zip(pred.image.tolist(), rows):
+                out[pred.file_names[i]].append(r)
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(tmp, "wt") as f:
+                json.dump({"box_format": pred.box_format, "predictions": out}, f)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny label space and builders for hand-made ground truth."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from hoidata.annotations import Annotations  # noqa: E402
+from hoidata.labelspace import SCHEMA, LabelSpace  # noqa: E402
+
+TINY = {
+    "schema": SCHEMA,
+    "name": "tiny",
+    "objects": ["ball", "cup", "person"],
+    "verbs": ["hold", "kick", "no_interaction"],
+    # class 0 hold ball, 1 kick ball, 2 no_interaction ball, 3 hold cup
+    "hoi": [[0, 0], [1, 0], [2, 0], [0, 1]],
+    "human": 2,
+    "train_counts": [50, 3, 20, 1],
+    "rare_threshold": 10,
+    "prompts": ["a person holding a ball", "a person kicking a ball", "a person and a ball",
+                "a person holding a cup"],
+    "zero_shot_splits": {"toy": {"setting": "T", "unseen": [1]}},
+    "coco80_to_object": [2] + [-1] * 31 + [0] + [-1] * 8 + [1] + [-1] * 38,
+    "coco91_to_object": {"1": 2, "37": 0, "47": 1},
+}
+
+
+@pytest.fixture
+def tiny_ls() -> LabelSpace:
+    return LabelSpace.from_dict(TINY)
+
+
+def make_gt(images: dict, sizes=None, ls=None) -> Annotations:
+    """images: {file name: [(hoi, box_h_pixel1, box_o_pixel1), ...]} in image order."""
+    ls = ls or LabelSpace.from_dict(TINY)
+    per = []
+    for pairs in images.values():
+        hoi = np.array([p[0] for p in pairs], dtype=np.int64)
+        to_coord = lambda b: np.asarray(b, np.float64).reshape(-1, 4) - [1, 1, 0, 0]  # noqa: E731
+        per.append({"boxes_h": to_coord([p[1] for p in pairs]), "boxes_o": to_coord([p[2] for p in pairs]),
+                    "hoi": hoi, "verb": ls.hoi_verb[hoi] if len(hoi) else hoi,
+                    "object": ls.hoi_object[hoi] if len(hoi) else hoi})
+    sizes = sizes or [(100, 100)] * len(images)
+    return Annotations.from_lists(list(images), sizes, per, ls.name)
