@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m hoi bench
+	$(BIN)/python -m hoi.bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info
