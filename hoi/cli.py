@@ -59,5 +59,10 @@ def eval_predictions(annotations, labelspace, predictions, box_format, ignore_un
         click.echo(format_table(res))
 
 
+from hoi.cli_detections import detections  # noqa: E402
+
+main.add_command(detections)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

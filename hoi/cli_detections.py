@@ -1,0 +1,93 @@
+"""``hoi detections``: import an off-the-shelf detector's boxes into one HDF5 file, and inspect it.
+
+Thin wrappers: parse, call :mod:`hoidata.detections`, print. Logging is set up by the
+parent ``hoi`` group.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _user_errors():
+    """The exceptions a user can fix: printed as a message, without a traceback."""
+    return (ValueError, OSError)  # DetectionsError, LabelSpaceError, AnnotationError are ValueErrors
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def detections() -> None:
+    """Object detections (from a COCO detector) for the zero-shot setting."""
+
+
+@detections.command("import")
+@click.option("--coco-results", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A COCO results JSON: [{image_id, category_id, bbox: [x, y, w, h], score}].")
+@click.option("--folder", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A folder with one JSON per image ({boxes (x1 y1 x2 y2), scores, labels, size}), named "
+                   "like the image with .json.")
+@click.option("--images", default="hico_det", metavar="FILE|hico_det",
+              help="The image list: an annotation file (either format), a COCO image-info JSON, or "
+                   "'hico_det' for the bundled HICO-DET test set.")
+@click.option("--image-id", type=click.Choice(["index", "filename"]), default="filename",
+              help="What a result's image_id means for an annotation-file image list: the 0-based position, "
+                   "or the number in the file name (HICO_test2015_00000123.jpg -> 123).")
+@click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the dataset.")
+@click.option("--category-ids", type=click.Choice(["coco91", "coco80", "dataset"]), default=None,
+              help="Class ids in the input: COCO category ids (coco91), 0-based COCO-80 indices (coco80), or "
+                   "dataset object indices (dataset, --folder only). Default: coco91 for --coco-results, "
+                   "coco80 for --folder.")
+@click.option("--score-threshold", type=float, default=0.0, help="Drop detections scoring below this.")
+@click.option("--detector", default="", show_default=False, help="Detector name, recorded in the file.")
+@click.option("--weights", default="", show_default=False, help="Detector weights (file name, URL or hash), recorded in the file.")
+@click.option("--nms", default="", show_default=False, help="NMS settings used by the detector, recorded in the file.")
+@click.option("--skip-unknown-images", is_flag=True,
+              help="Skip results for image ids not in the image list instead of failing (--coco-results).")
+@click.option("--missing-ok", is_flag=True,
+              help="Treat an image without a file as one without detections instead of failing (--folder).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="The detections file to write (.h5).")
+def import_cmd(coco_results, folder, images, image_id, labelspace, category_ids, score_threshold, detector,
+               weights, nms, skip_unknown_images, missing_ok, output):
+    """Import detections into one HDF5 file that records where they came from."""
+    from hoidata import detections as D
+    from hoidata.labelspace import LabelSpace
+
+    if (coco_results is None) == (folder is None):
+        raise click.UsageError("give exactly one of --coco-results and --folder")
+    if coco_results and category_ids == "dataset":
+        raise click.UsageError("--category-ids dataset is for --folder only")
+    try:
+        ls = LabelSpace.load(labelspace)
+        image_list = D.load_image_list(images, ls, image_id)
+        common = dict(score_threshold=score_threshold, detector=detector, weights=weights, nms=nms)
+        if coco_results:
+            dets = D.import_coco_results(coco_results, image_list, ls, category_ids=category_ids or "coco91",
+                                         skip_unknown_images=skip_unknown_images, **common)
+        else:
+            dets = D.import_per_image_folder(folder, image_list, ls, labels=category_ids or "coco80",
+                                             missing_ok=missing_ok, **common)
+        D.save_detections(dets, output)
+    except _user_errors() as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(D.summary(dets))
+    click.echo(f"wrote {output}")
+
+
+@detections.command("inspect")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--labelspace", default=None, metavar="NAME|FILE",
+              help="Also check the file against this label space.")
+def inspect_cmd(file, labelspace):
+    """Print a detections file's provenance and counts."""
+    from hoidata import detections as D
+    from hoidata.labelspace import LabelSpace
+
+    try:
+        dets = D.load_detections(file, LabelSpace.load(labelspace) if labelspace else None)
+    except _user_errors() as e:
+        raise click.ClickException(str(e)) from e
+    for key, value in sorted(dets.attrs.items()):
+        click.echo(f"{key:24s}{value if isinstance(value, str) else json.dumps(value)}")
+    click.echo(D.summary(dets))
