@@ -1,0 +1,136 @@
+"""The teacher cache's schema: every array's name, dtype, dims, chunking and meaning.
+
+The writer (``pipeline``) and every reader (``trainer``, evaluation, ``hoi cache``) go
+through this module; nothing else names Zarr paths. Opening a store validates it
+against this table.
+
+Sizes (root attribute ``layout``): N images, C HOI classes, D joint embedding width,
+H x W dense grid, T detections, G ground-truth pairs, K shards, R pair rows.
+
+Pairs are humans x objects from the detections (the pair rule in the root attributes).
+Their rows are laid out shard by shard, and each shard's rows start on a multiple of
+``pair_chunk`` (padding rows between shards have ``pairs/image = -1``): so every chunk
+of every array that a shard writes belongs to that shard alone. Zarr 3 has no write
+locks, and two writers that share a chunk lose data silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FORMAT = "hoi-cache/1"
+
+# Who writes an array: "prepare" (once, by the coordinator, before any shard) or
+# "shard" (by the task of the shard that owns the rows).
+PREPARE, SHARD = "prepare", "shard"
+
+# Image status codes in images/status.
+STATUS_PENDING, STATUS_OK, STATUS_SKIPPED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    dtype: str
+    dims: tuple[str, ...]
+    writer: str
+    description: str
+
+
+# dims: names resolved by `dim_sizes`; "image" and "pair" are chunked by the shard layout.
+ARRAYS: dict[str, ArraySpec] = {
+    "text/embedding": ArraySpec("float32", ("class", "embed"), PREPARE,
+                                "L2-normalised text embedding of each HOI class (prompt templates averaged)"),
+    "text/verb": ArraySpec("int32", ("class",), PREPARE, "verb of each HOI class"),
+    "text/object": ArraySpec("int32", ("class",), PREPARE, "object of each HOI class"),
+    "text/name": ArraySpec("str", ("class",), PREPARE, "'verb object' name of each HOI class"),
+    "images/file_name": ArraySpec("str", ("image",), PREPARE, "file name relative to the images folder"),
+    "images/size": ArraySpec("int32", ("image", "two"), PREPARE, "(width, height) in pixels"),
+    "images/status": ArraySpec("int8", ("image",), SHARD, "0 pending, 1 encoded, 2 skipped (unreadable)"),
+    "images/shard_done": ArraySpec("bool", ("shard",), SHARD, "set by a shard after all its writes"),
+    "detections/offsets": ArraySpec("int64", ("image1",), PREPARE, "CSR: detections of image i are rows offsets[i]:offsets[i+1]"),
+    "detections/box": ArraySpec("float32", ("det", "four"), PREPARE, "xyxy, continuous pixel coordinates, clipped to the image"),
+    "detections/score": ArraySpec("float32", ("det",), PREPARE, "detector confidence"),
+    "detections/label": ArraySpec("int32", ("det",), PREPARE, "object class in the label space's order"),
+    "pairs/begin": ArraySpec("int64", ("image",), PREPARE, "first pair row of each image"),
+    "pairs/end": ArraySpec("int64", ("image",), PREPARE, "one past the last pair row of each image"),
+    "pairs/image": ArraySpec("int32", ("pair",), PREPARE, "image of each pair row; -1 for padding rows"),
+    "pairs/human": ArraySpec("int64", ("pair",), PREPARE, "detection row of the human"),
+    "pairs/object": ArraySpec("int64", ("pair",), PREPARE, "detection row of the object"),
+    "pairs/box": ArraySpec("float32", ("pair", "four"), PREPARE, "union box of human and object (before any margin)"),
+    "global/embedding": ArraySpec("float16", ("image", "embed"), SHARD, "L2-normalised image embedding"),
+    "global/score": ArraySpec("float16", ("image", "class"), SHARD, "raw cosine similarity image x HOI text"),
+    "global/dense": ArraySpec("float16", ("image", "grid_h", "grid_w", "embed"), SHARD,
+                              "patch tokens projected into the joint space (not normalised)"),
+    "union/embedding": ArraySpec("float16", ("pair", "embed"), SHARD, "L2-normalised embedding of the union crop"),
+    "union/score": ArraySpec("float16", ("pair", "class"), SHARD, "raw cosine similarity union crop x HOI text"),
+    "gt/offsets": ArraySpec("int64", ("image1",), PREPARE, "CSR: ground-truth pairs of image i"),
+    "gt/box_h": ArraySpec("float32", ("gt", "four"), PREPARE, "human box, continuous coordinates"),
+    "gt/box_o": ArraySpec("float32", ("gt", "four"), PREPARE, "object box, continuous coordinates"),
+    "gt/hoi": ArraySpec("int32", ("gt",), PREPARE, "HOI class"),
+    "gt/verb": ArraySpec("int32", ("gt",), PREPARE, "verb"),
+    "gt/object": ArraySpec("int32", ("gt",), PREPARE, "object class"),
+}
+
+# Root attribute keys every store has.
+ROOT_ATTRS = ("format", "package_version", "created", "teacher", "pair_rule", "dataset", "layout",
+              "prepared", "complete")
+# Groups of attributes that must match what a command asks for (compared field by field).
+IDENTITY_ATTRS = ("teacher", "pair_rule", "dataset")
+
+
+def dim_sizes(layout: dict) -> dict[str, int]:
+    """Size of each dim name from the ``layout`` root attribute."""
+    return {
+        "image": layout["num_images"], "image1": layout["num_images"] + 1, "class": layout["num_classes"],
+        "embed": layout["embed_dim"], "grid_h": layout["grid"][0], "grid_w": layout["grid"][1],
+        "det": layout["num_detections"], "gt": layout["num_gt"], "pair": layout["num_pair_rows"],
+        "shard": layout["num_shards"], "two": 2, "four": 4,
+    }
+
+
+def shape_of(name: str, layout: dict) -> tuple[int, ...]:
+    sizes = dim_sizes(layout)
+    return tuple(sizes[d] for d in ARRAYS[name].dims)
+
+
+def chunks_of(name: str, layout: dict) -> tuple[int, ...]:
+    """Chunk shape: shard-aligned along images and pairs, 1 along shards, whole elsewhere.
+
+    Prepare-time arrays use large chunks along their first axis (they are read whole).
+    """
+    spec, sizes = ARRAYS[name], dim_sizes(layout)
+    out = []
+    for d in spec.dims:
+        if d == "image":
+            out.append(layout["image_chunk"])
+        elif d == "pair":
+            out.append(layout["pair_chunk"])
+        elif d == "shard":
+            out.append(1)
+        elif d in ("image1", "det", "gt"):
+            out.append(max(1, min(sizes[d], 1 << 16)))
+        else:
+            out.append(max(1, sizes[d]))
+    return tuple(out)
+
+
+def first_difference(stored, wanted, path: str = "") -> str | None:
+    """The first field (dotted path) where two attribute trees differ, or None."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        for k in sorted(set(stored) | set(wanted)):
+            sub = f"{path}.{k}" if path else k
+            if k not in stored or k not in wanted:
+                return sub
+            d = first_difference(stored[k], wanted[k], sub)
+            if d:
+                return d
+        return None
+    return None if stored == wanted else path
+
+
+def lookup(tree: dict, path: str):
+    for k in path.split("."):
+        if not isinstance(tree, dict) or k not in tree:
+            return "<absent>"
+        tree = tree[k]
+    return tree

@@ -1,0 +1,285 @@
+"""Create, open, validate, write and finalise a teacher cache (Zarr v3).
+
+Life of a store at ``PATH``:
+
+1. :func:`create` makes ``PATH.wip/`` with every array of :mod:`cache.schema` and the
+   root attributes (``prepared`` and ``complete`` false);
+2. the coordinator writes the prepare-time arrays and sets ``prepared``;
+3. each shard writes its own chunks, then sets its ``images/shard_done`` flag (its own
+   chunk); a rerun skips shards whose flag is set;
+4. :func:`finalize` checks every shard is done, sets ``complete`` and renames
+   ``PATH.wip`` to ``PATH``.
+
+So a store under its final name is always complete, and a ``.wip`` store is never read
+as one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from . import schema as S
+
+
+class CacheError(ValueError):
+    """A store that is missing, incomplete, malformed, or made with another configuration."""
+
+
+def wip_path(path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".wip")
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("hoi-distill")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def create(path, *, teacher: dict, pair_rule: dict, dataset: dict, layout: dict,
+           overwrite: bool = False) -> "TeacherCache":
+    """Create an empty work-in-progress store at ``PATH.wip`` (see the module docstring)."""
+    wip = wip_path(path)
+    if wip.exists():
+        if not overwrite:
+            raise CacheError(f"{wip} exists; resume it or pass --overwrite")
+        shutil.rmtree(wip)
+    root = zarr.open_group(str(wip), mode="w", zarr_format=3)
+    for name, spec in S.ARRAYS.items():
+        dtype = str if spec.dtype == "str" else spec.dtype
+        fill = "" if spec.dtype == "str" else (False if spec.dtype == "bool" else 0)
+        if name == "pairs/image":
+            fill = -1  # padding rows stay -1 without being written
+        root.create_array(name, shape=S.shape_of(name, layout), chunks=S.chunks_of(name, layout),
+                          dtype=dtype, fill_value=fill, attributes={"description": spec.description,
+                                                                    "writer": spec.writer})
+    root.attrs.update({
+        "format": S.FORMAT, "package_version": _package_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "teacher": teacher, "pair_rule": pair_rule, "dataset": dataset, "layout": layout,
+        "prepared": False, "complete": False,
+    })
+    return TeacherCache(wip, mode="r+")
+
+
+class TeacherCache:
+    """An open store, validated against :mod:`cache.schema` on open."""
+
+    def __init__(self, path, mode: str = "r"):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            hint = ""
+            if wip_path(self.path).exists():
+                hint = f" ({wip_path(self.path)} exists: the run did not finish; rerun the command to resume)"
+            raise CacheError(f"{self.path}: not a teacher cache{hint}")
+        self.root = zarr.open_group(str(self.path), mode=mode)
+        self.attrs = dict(self.root.attrs)
+        self._validate()
+
+    # -- validation ------------------------------------------------------------------------
+    def _validate(self) -> None:
+        fmt = self.attrs.get("format")
+        if fmt != S.FORMAT:
+            raise CacheError(f"{self.path}: format {fmt!r}, this version reads {S.FORMAT!r}")
+        missing = [k for k in S.ROOT_ATTRS if k not in self.attrs]
+        if missing:
+            raise CacheError(f"{self.path}: root attribute(s) missing: {', '.join(missing)}")
+        layout = self.layout
+        for name, spec in S.ARRAYS.items():
+            try:
+                arr = self.root[name]
+            except KeyError:
+                raise CacheError(f"{self.path}: array {name} is missing") from None
+            shape = S.shape_of(name, layout)
+            if arr.shape != shape:
+                raise CacheError(f"{self.path}: {name} has shape {arr.shape}, the layout says {shape}")
+            kind_ok = (arr.dtype.kind in "TUO") if spec.dtype == "str" else (arr.dtype == np.dtype(spec.dtype))
+            if not kind_ok:
+                raise CacheError(f"{self.path}: {name} has dtype {arr.dtype}, the schema says {spec.dtype}")
+
+    def check_matches(self, **wanted: dict) -> None:
+        """Refuse, naming the first differing field, when ``teacher``/``pair_rule``/``dataset`` differ."""
+        for group, value in wanted.items():
+            if value is None:
+                continue
+            stored = json.loads(json.dumps(self.attrs.get(group)))  # tuples -> lists, as stored
+            diff = S.first_difference(stored, json.loads(json.dumps(value)), group)
+            if diff:
+                raise CacheError(
+                    f"{self.path} was made with a different {group}: {diff} is "
+                    f"{S.lookup({group: stored}, diff)!r} in the cache but {S.lookup({group: value}, diff)!r} "
+                    "was asked for; use another output path or --overwrite")
+
+    # -- geometry --------------------------------------------------------------------------
+    @property
+    def layout(self) -> dict:
+        return self.attrs["layout"]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over teacher, pair rule, dataset and layout: what a checkpoint trained on it names."""
+        import hashlib
+        ident = {k: self.attrs[k] for k in (*S.IDENTITY_ATTRS, "layout")}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    @property
+    def num_images(self) -> int:
+        return self.layout["num_images"]
+
+    @property
+    def num_shards(self) -> int:
+        return self.layout["num_shards"]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    def shard_images(self, k: int) -> tuple[int, int]:
+        s = self.layout["images_per_shard"]
+        return k * s, min((k + 1) * s, self.num_images)
+
+    def shard_pair_rows(self, k: int) -> tuple[int, int]:
+        rows = self.layout["shard_rows"]
+        return rows[k], rows[k + 1]
+
+    # -- reading ---------------------------------------------------------------------------
+    def array(self, name: str) -> zarr.Array:
+        if name not in S.ARRAYS:
+            raise KeyError(f"{name} is not in the cache schema")
+        return self.root[name]
+
+    def read(self, name: str, sel=slice(None)) -> np.ndarray:
+        return np.asarray(self.array(name)[sel])
+
+    def shards_done(self) -> np.ndarray:
+        """bool [K]"""
+        return self.read("images/shard_done")
+
+    # -- writing ---------------------------------------------------------------------------
+    def write_prepared(self, arrays: dict[str, np.ndarray]) -> None:
+        """Write every prepare-time array, then mark the store prepared (one writer only)."""
+        expected = {n for n, s in S.ARRAYS.items() if s.writer == S.PREPARE}
+        if set(arrays) != expected:
+            raise ValueError(f"prepare arrays differ from the schema: {sorted(set(arrays) ^ expected)}")
+        for name, value in arrays.items():
+            self.root[name][...] = value
+        self._set_attr("prepared", True)
+
+    def write_shard(self, k: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write shard ``k``'s rows of the shard arrays given; whole chunks only (asserted)."""
+        lo_i, hi_i = self.shard_images(k)
+        lo_p, hi_p = self.shard_pair_rows(k)
+        for name, value in arrays.items():
+            spec = S.ARRAYS[name]
+            assert spec.writer == S.SHARD and name != "images/shard_done", name
+            lo, hi = (lo_i, hi_i) if spec.dims[0] == "image" else (lo_p, hi_p)
+            if value.shape[0] != hi - lo:
+                raise ValueError(f"{name}: shard {k} has {hi - lo} rows, got {value.shape[0]}")
+            if hi > lo:
+                self.root[name][lo:hi] = value
+
+    def mark_shard_done(self, k: int) -> None:
+        self.root["images/shard_done"][k] = True
+
+    def _set_attr(self, key: str, value) -> None:
+        self.root.attrs[key] = value
+        self.attrs[key] = value
+
+    def set_attr(self, key: str, value) -> None:
+        """Set a root attribute that is not part of the identity (e.g. run statistics)."""
+        if key in S.IDENTITY_ATTRS or key in ("format", "layout", "prepared", "complete"):
+            raise ValueError(f"{key} is managed by the cache module")
+        self._set_attr(key, value)
+
+    # -- summaries -------------------------------------------------------------------------
+    def describe(self) -> str:
+        lines = [f"teacher cache {self.path}", f"  format {self.attrs['format']}, package "
+                 f"{self.attrs['package_version']}, created {self.attrs['created']}"]
+        done = self.shards_done()
+        lines.append(f"  complete: {self.complete}  (shards done {int(done.sum())}/{len(done)}, "
+                     f"prepared: {self.attrs['prepared']})")
+        for group in ("teacher", "pair_rule", "dataset", "layout"):
+            lines.append(f"  {group}:")
+            for k, v in self.attrs[group].items():
+                if k == "prompts" or k == "shard_rows":
+                    v = f"[{len(v)} entries]"
+                lines.append(f"    {k}: {v}")
+        lines.append("  arrays:")
+        for name in S.ARRAYS:
+            a = self.root[name]
+            nbytes = a.nbytes_stored() if hasattr(a, "nbytes_stored") else 0
+            lines.append(f"    {name:<20} {str(a.dtype):<10} {str(a.shape):<26} chunks {str(a.chunks):<22} "
+                         f"{nbytes / 2**20:9.1f} MiB")
+        return "\n".join(lines)
+
+    def verify(self) -> list[str]:
+        """Problems found (empty when the store is complete and consistent)."""
+        problems = []
+        done = self.shards_done()
+        if not done.all():
+            problems.append(f"{int((~done).sum())} of {len(done)} shards not done: "
+                            f"{np.flatnonzero(~done)[:10].tolist()}")
+        if not self.attrs.get("prepared"):
+            problems.append("prepare-time arrays were never completed")
+        status = self.read("images/status")
+        if done.all() and (status == S.STATUS_PENDING).any():
+            problems.append(f"{int((status == S.STATUS_PENDING).sum())} images still pending in done shards")
+        offs = self.read("detections/offsets")
+        if offs[0] != 0 or offs[-1] != self.layout["num_detections"] or np.any(np.diff(offs) < 0):
+            problems.append("detections/offsets is not a valid CSR index")
+        begin, end = self.read("pairs/begin"), self.read("pairs/end")
+        image = self.read("pairs/image")
+        expect = np.full(len(image), -1, np.int64)
+        for i in np.flatnonzero(end > begin):
+            expect[begin[i]:end[i]] = i
+        if not np.array_equal(expect, image):
+            problems.append("pairs/image disagrees with pairs/begin and pairs/end")
+        ok = status == S.STATUS_OK
+        for name in ("global/score", "global/embedding"):
+            vals = self.read(name, slice(None))[ok]
+            if not np.isfinite(vals).all():
+                problems.append(f"{name} has non-finite values")
+        valid_rows = image >= 0
+        ok_rows = valid_rows & (ok[np.clip(image, 0, None)] if len(image) else valid_rows)
+        for name in ("union/score", "union/embedding"):
+            vals = self.read(name)[ok_rows]
+            if not np.isfinite(vals).all():
+                problems.append(f"{name} has non-finite values")
+        emb = self.read("text/embedding")
+        if not np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-3):
+            problems.append("text/embedding rows are not unit length")
+        return problems
+
+
+def open_cache(path, *, require_complete: bool = True, mode: str = "r") -> TeacherCache:
+    """Open a finished store; with ``require_complete=False`` also a ``.wip`` one."""
+    path = Path(path)
+    if not path.exists() and not require_complete and wip_path(path).exists():
+        path = wip_path(path)
+    c = TeacherCache(path, mode=mode)
+    if require_complete and not c.complete:
+        raise CacheError(f"{path}: the store is not complete ({int(c.shards_done().sum())}/{c.num_shards} shards)")
+    return c
+
+
+def finalize(cache: TeacherCache) -> Path:
+    """Mark a fully written ``.wip`` store complete and move it to its final name."""
+    done = cache.shards_done()
+    if not done.all():
+        raise CacheError(f"{cache.path}: {int((~done).sum())} shard(s) not done; cannot finalise")
+    cache._set_attr("complete", True)
+    final = cache.path.with_name(cache.path.name.removesuffix(".wip"))
+    if final == cache.path:
+        return final
+    if final.exists():
+        shutil.rmtree(final)
+    cache.path.rename(final)
+    return final
