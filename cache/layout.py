@@ -6,6 +6,7 @@ image is decoded, and every shard knows which chunks are its own.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,11 +56,10 @@ def plan(pairs_per_image: np.ndarray, images_per_shard: int = 256, image_chunk: 
          pair_chunk: int = 256) -> Layout:
     """Lay out pair rows so that no chunk of any shard-written array spans two shards.
 
-    images_per_shard must be a multiple of image_chunk (image-indexed chunks then align
-    with shards); each shard's pair rows start on a multiple of pair_chunk.
+    image_chunk is lowered to a divisor of images_per_shard (image-indexed chunks then
+    align with shards); each shard's pair rows start on a multiple of pair_chunk.
     """
-    if images_per_shard % image_chunk:
-        raise ValueError(f"images_per_shard ({images_per_shard}) must be a multiple of image_chunk ({image_chunk})")
+    image_chunk = math.gcd(image_chunk, images_per_shard)
     counts = np.asarray(pairs_per_image, dtype=np.int64)
     n = len(counts)
     k = max(1, -(-n // images_per_shard))

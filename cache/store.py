@@ -82,6 +82,7 @@ class TeacherCache:
             raise CacheError(f"{self.path}: not a teacher cache{hint}")
         self.root = zarr.open_group(str(self.path), mode=mode)
         self.attrs = dict(self.root.attrs)
+        self._arrays: dict[str, zarr.Array] = {}
         self._validate()
 
     # -- validation ------------------------------------------------------------------------
@@ -154,7 +155,9 @@ class TeacherCache:
     def array(self, name: str) -> zarr.Array:
         if name not in S.ARRAYS:
             raise KeyError(f"{name} is not in the cache schema")
-        return self.root[name]
+        if name not in self._arrays:  # opening reads metadata: once per array
+            self._arrays[name] = self.root[name]
+        return self._arrays[name]
 
     def read(self, name: str, sel=slice(None)) -> np.ndarray:
         return np.asarray(self.array(name)[sel])
@@ -170,24 +173,38 @@ class TeacherCache:
         if set(arrays) != expected:
             raise ValueError(f"prepare arrays differ from the schema: {sorted(set(arrays) ^ expected)}")
         for name, value in arrays.items():
-            self.root[name][...] = value
+            self.array(name)[...] = value
         self._set_attr("prepared", True)
 
     def write_shard(self, k: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write shard ``k``'s rows of the shard arrays given; whole chunks only (asserted)."""
-        lo_i, hi_i = self.shard_images(k)
-        lo_p, hi_p = self.shard_pair_rows(k)
+        """Write all of shard ``k``'s rows of the shard arrays given."""
         for name, value in arrays.items():
-            spec = S.ARRAYS[name]
-            assert spec.writer == S.SHARD and name != "images/shard_done", name
-            lo, hi = (lo_i, hi_i) if spec.dims[0] == "image" else (lo_p, hi_p)
+            lo, hi = self._shard_range(k, name)
             if value.shape[0] != hi - lo:
                 raise ValueError(f"{name}: shard {k} has {hi - lo} rows, got {value.shape[0]}")
-            if hi > lo:
-                self.root[name][lo:hi] = value
+            self.write_rows(k, name, lo, hi, value)
+
+    def write_rows(self, k: int, name: str, a: int, b: int, value: np.ndarray) -> None:
+        """Write rows [a, b) of a shard array; they must be whole chunks of shard ``k``.
+
+        This is the one place that enforces the rule that keeps concurrent shards safe:
+        a starts a chunk, b ends one (or ends the shard), and both lie inside shard k.
+        """
+        spec = S.ARRAYS[name]
+        if spec.writer != S.SHARD or name == "images/shard_done":
+            raise ValueError(f"{name} is not written by shards")
+        lo, hi = self._shard_range(k, name)
+        chunk = self.array(name).chunks[0]
+        if not (lo <= a <= b <= hi and a % chunk == 0 and (b % chunk == 0 or b == hi)):
+            raise ValueError(f"{name}: rows [{a}, {b}) are not whole chunks of shard {k} [{lo}, {hi})")
+        if b > a:
+            self.array(name)[a:b] = value
+
+    def _shard_range(self, k: int, name: str) -> tuple[int, int]:
+        return self.shard_images(k) if S.ARRAYS[name].dims[0] == "image" else self.shard_pair_rows(k)
 
     def mark_shard_done(self, k: int) -> None:
-        self.root["images/shard_done"][k] = True
+        self.array("images/shard_done")[k] = True
 
     def _set_attr(self, key: str, value) -> None:
         self.root.attrs[key] = value

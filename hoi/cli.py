@@ -59,9 +59,12 @@ def eval_predictions(annotations, labelspace, predictions, box_format, ignore_un
         click.echo(format_table(res))
 
 
+from hoi.cli_cache import cache_group, teacher_cache  # noqa: E402
 from hoi.cli_detections import detections  # noqa: E402
 
 main.add_command(detections)
+main.add_command(teacher_cache)
+main.add_command(cache_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

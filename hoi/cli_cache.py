@@ -1,0 +1,111 @@
+"""``hoi teacher-cache`` and ``hoi cache inspect|verify``: thin wrappers over pipeline and cache."""
+
+from __future__ import annotations
+
+import click
+
+
+def register_model_configs(paths) -> None:
+    """Register open_clip model configs (JSON files or folders); the model name is the file stem."""
+    if not paths:
+        return
+    import open_clip
+    for p in paths:
+        open_clip.add_model_config(p)
+
+
+@click.command("teacher-cache")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder with the split's images (file names as in the detections file).")
+@click.option("--detections", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Detections of the split (HDF5, from `hoi detections import`).")
+@click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Ground truth, for test splits: stored in the cache so evaluation needs only the cache.")
+@click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the dataset.")
+@click.option("--model", required=True, help="open_clip model name (ViT-B-16-quickgelu for OpenAI weights), "
+                                             "or local-dir:FOLDER.")
+@click.option("--pretrained", default=None, help="Pretrained tag (weights must already be cached: nothing is "
+                                                 "downloaded) or a checkpoint file.")
+@click.option("--model-config", multiple=True, type=click.Path(exists=True),
+              help="Register an open_clip model config (JSON file or folder) before loading --model.")
+@click.option("--template", "templates", multiple=True, default=("{}",),
+              help="Prompt template, repeatable: '{}' is the label space's prompt as written; others get its "
+                   "description, e.g. 'a photo of {}.'. Embeddings are averaged over templates.")
+@click.option("--crop-mode", type=click.Choice(["squash", "pad", "center"]), default="squash",
+              help="How a non-square box becomes the square encoder input.")
+@click.option("--union-margin", type=float, default=0.0, help="Grow union boxes by this fraction per side (context).")
+@click.option("--global-size", type=int, default=None,
+              help="Input size of the global pass (dense map of global-size/patch tokens a side); default: "
+                   "the model's.")
+@click.option("--human-score", type=float, default=0.2, help="Pair rule: minimum person detection score.")
+@click.option("--object-score", type=float, default=0.2, help="Pair rule: minimum object detection score.")
+@click.option("--max-humans", type=int, default=15, help="Pair rule: humans per image.")
+@click.option("--max-objects", type=int, default=15, help="Pair rule: objects per image.")
+@click.option("--images-per-shard", type=int, default=256, help="Images per shard (one dask task).")
+@click.option("--batch-size", type=int, default=16, help="Images per encoder batch (global pass).")
+@click.option("--crop-batch", type=int, default=256, help="Union crops per encoder batch.")
+@click.option("--workers", type=int, default=2, help="DataLoader workers decoding images.")
+@click.option("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+@click.option("--threads", type=int, default=1, help="Shards run at once by the local scheduler.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="A dask.distributed scheduler address (tcp://host:8786): run the shards on that cluster.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
+              help="An unreadable image stops the run (fail) or is recorded as skipped (skip).")
+@click.option("--overwrite", is_flag=True, help="Start afresh instead of resuming an existing store.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="The Zarr store to write (PATH.wip while in progress).")
+def teacher_cache(images, detections, annotations, labelspace, model, pretrained, model_config, templates,
+                  crop_mode, union_margin, global_size, human_score, object_score, max_humans, max_objects,
+                  images_per_shard, batch_size, crop_batch, workers, device, threads, scheduler, on_error,
+                  overwrite, output):
+    """Run a frozen CLIP once over every image and union box of a split into a Zarr cache."""
+    from hoidata.labelspace import LabelSpace
+    from hoidata.pairs import PairRule
+    from pipeline.run import RunOptions, TeacherOptions, build_teacher_cache
+
+    register_model_configs(model_config)
+    try:
+        final = build_teacher_cache(
+            output, images=images, detections=detections, annotations=annotations,
+            labelspace=LabelSpace.load(labelspace),
+            teacher=TeacherOptions(model=model, pretrained=pretrained, templates=tuple(templates),
+                                   crop_mode=crop_mode, union_margin=union_margin, global_size=global_size),
+            pair_rule=PairRule(human_score, object_score, max_humans, max_objects),
+            run=RunOptions(images_per_shard=images_per_shard, batch_size=batch_size, crop_batch=crop_batch,
+                           workers=workers, device=device, threads=threads, scheduler=scheduler,
+                           on_error=on_error, overwrite=overwrite))
+    except (ValueError, OSError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"teacher cache: {final}")
+
+
+@click.group("cache")
+def cache_group() -> None:
+    """Inspect and verify teacher caches."""
+
+
+@cache_group.command("inspect")
+@click.argument("path", type=click.Path(exists=False, file_okay=False))
+def inspect(path):
+    """Print a store's attributes, arrays, sizes and completion (a .wip store too)."""
+    from cache.store import CacheError, open_cache
+
+    try:
+        click.echo(open_cache(path, require_complete=False).describe())
+    except CacheError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@cache_group.command("verify")
+@click.argument("path", type=click.Path(exists=False, file_okay=False))
+def verify(path):
+    """Check that a store is complete and consistent; exit 1 with the problems otherwise."""
+    from cache.store import CacheError, open_cache
+
+    try:
+        problems = open_cache(path, require_complete=False).verify()
+    except CacheError as e:
+        raise click.ClickException(str(e)) from e
+    if problems:
+        raise click.ClickException("; ".join(problems))
+    click.echo(f"{path}: complete and consistent")

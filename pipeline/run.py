@@ -1,0 +1,310 @@
+"""``hoi teacher-cache``: prepare a store, run its shards on dask, finalise it.
+
+The coordinator alone writes the prepare-time arrays (text embeddings, images,
+detections, pairs, ground truth); then every shard not yet done runs as one dask task,
+on the local threaded scheduler or, with ``scheduler=ADDRESS``, on a dask.distributed
+cluster (one worker per GPU). A rerun finds the ``.wip`` store, checks that it was made
+with the same teacher, pair rule and dataset, and runs only the shards left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cache import schema as S
+from cache import store as cstore
+from cache.layout import plan
+from hoidata import boxes as B
+from hoidata.annotations import Annotations, read_annotations
+from hoidata.detections import Detections, load_detections
+from hoidata.labelspace import LabelSpace
+from hoidata.pairs import PairRule, make_pairs
+from pipeline.clip import text_embeddings
+from pipeline.shard import ShardJob, ShardStats, resolve_device, run_shard, teacher_for
+
+log = logging.getLogger(__name__)
+
+KNOWN_SPLIT_SIZES = {"hico_det": (38118, 9658)}
+
+
+@dataclass(frozen=True)
+class TeacherOptions:
+    """What defines the teacher (recorded in the store and compared on reuse)."""
+
+    model: str
+    pretrained: str | None = None
+    templates: tuple[str, ...] = ("{}",)
+    crop_mode: str = "squash"
+    union_margin: float = 0.0
+    global_size: int | None = None
+    mean: tuple | None = None
+    std: tuple | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run (not part of the store's identity)."""
+
+    images_per_shard: int = 256
+    image_chunk: int = 16
+    pair_chunk: int = 256
+    batch_size: int = 16
+    crop_batch: int = 256
+    workers: int = 2
+    device: str = "auto"
+    threads: int = 1
+    scheduler: str | None = None
+    on_error: str = "fail"
+    overwrite: bool = False
+    progress: bool = True
+
+
+def _sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sha256_arrays(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes() if a.dtype.kind != "U" else "\0".join(a.tolist()).encode())
+    return h.hexdigest()
+
+
+def _clean_detections(dets: Detections) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Boxes clipped to their image, zero-area ones dropped. Returns (box, score, label, offsets,
+    clipped, dropped)."""
+    img = dets.image_of_detection
+    wh = dets.sizes[img].astype(np.float64)
+    known = wh[:, 0] > 0
+    box = np.where(known[:, None], B.clip_coord(dets.boxes, wh[:, 0], wh[:, 1]), dets.boxes)
+    clipped = int(np.any(box != dets.boxes, axis=1).sum())
+    keep = B.area_coord(box) > 0
+    counts = np.bincount(img[keep], minlength=len(dets))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return (box[keep].astype(np.float32), dets.scores[keep], dets.labels[keep].astype(np.int32), offsets,
+            clipped, int((~keep).sum()))
+
+
+def _align_annotations(ann: Annotations, dets: Detections) -> Annotations:
+    if ann.file_names != dets.file_names:
+        missing = sorted(set(ann.file_names) - set(dets.file_names))
+        if missing:
+            raise ValueError(f"the detections file has no entry for {len(missing)} annotated image(s), "
+                             f"e.g. {missing[0]}; import detections for the same image list")
+        raise ValueError("the annotations and the detections list the images in a different order; "
+                         "import the detections with the annotation file as --images")
+    return ann
+
+
+def _check_images(root: Path, names: list[str], on_error: str) -> None:
+    """Fail early (before a long run) when image files are missing."""
+    if not root.is_dir():
+        raise ValueError(f"images folder {root} does not exist")
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing and on_error != "skip":
+        raise ValueError(f"{len(missing)} of {len(names)} images are missing under {root}, e.g. {missing[0]}; "
+                         "pass --on-error skip to record them as skipped")
+    if missing:
+        log.warning("%d images missing under %s; they will be recorded as skipped", len(missing), root)
+
+
+def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labelspace: LabelSpace,
+                        annotations: str | Path | None = None, teacher: TeacherOptions,
+                        pair_rule: PairRule = PairRule(), run: RunOptions = RunOptions()) -> Path:
+    """Build (or resume) the teacher cache at ``out``. Returns the final store path."""
+    out, images = Path(out), Path(images)
+    t0 = time.perf_counter()
+    dets = load_detections(detections, labelspace)
+    ann = _align_annotations(read_annotations(annotations, labelspace), dets) if annotations else None
+    _check_images(images, dets.file_names, run.on_error)
+    n = len(dets)
+    expected = KNOWN_SPLIT_SIZES.get(labelspace.name)
+    if expected and n not in expected:
+        log.warning("%s has %d images; HICO-DET has %d (train) and %d (test): is the image list complete?",
+                    labelspace.name, n, *expected)
+
+    if run.overwrite:
+        for p in (out, cstore.wip_path(out)):
+            if p.exists():
+                shutil.rmtree(p)
+    device = resolve_device(run.device)
+    job = ShardJob(store=str(cstore.wip_path(out)), images_root=str(images), model=teacher.model,
+                   pretrained=teacher.pretrained, global_size=teacher.global_size, mean=teacher.mean,
+                   std=teacher.std, crop_mode=teacher.crop_mode, union_margin=teacher.union_margin,
+                   batch_size=run.batch_size, crop_batch=run.crop_batch, workers=run.workers,
+                   device=run.device, on_error=run.on_error)
+    t = teacher_for(job)  # loaded once per process: the local shards reuse it
+    teacher_attrs = {
+        "model": teacher.model, "pretrained": teacher.pretrained, "weights_sha256": t.weights_sha256,
+        "prompts": list(labelspace.prompts), "templates": list(teacher.templates),
+        "prompts_sha256": hashlib.sha256(json.dumps([list(labelspace.prompts), list(teacher.templates)])
+                                         .encode()).hexdigest(),
+        "crop_mode": teacher.crop_mode, "union_margin": teacher.union_margin, "input_size": t.image_size,
+        "global_size": t.global_size, "mean": list(t.mean), "std": list(t.std),
+        "interpolation": t.interpolation, "resize_mode": "whole image, " + teacher.crop_mode,
+        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+    }
+    box, score, label, det_offsets, clipped, dropped = _clean_detections(dets)
+    hum, obj, pair_offsets = make_pairs(score, label, det_offsets, labelspace.human, pair_rule)
+    dataset_attrs = {
+        "labelspace": labelspace.name, "labelspace_sha256": labelspace.fingerprint, "num_images": n,
+        "images_sha256": _sha256_arrays(np.array(dets.file_names), dets.sizes),
+        "detections_sha256": _sha256_file(detections), "detector": {
+            k: dets.attrs.get(k) for k in ("detector", "weights", "score_threshold", "nms") if k in dets.attrs},
+        "annotations_sha256": _sha256_file(annotations) if annotations else None,
+    }
+    lay = plan(np.diff(pair_offsets), run.images_per_shard, run.image_chunk, run.pair_chunk)
+    emb_dim = int(t.model.visual.proj.shape[1])
+    layout = {**lay.as_attrs(), "num_classes": labelspace.num_classes, "embed_dim": emb_dim,
+              "grid": list(t.grid), "num_detections": int(len(box)),
+              "num_gt": int(ann.num_pairs) if ann is not None else 0}
+    identity = {"teacher": teacher_attrs, "pair_rule": pair_rule.as_dict(), "dataset": dataset_attrs}
+
+    if out.exists():
+        existing = cstore.TeacherCache(out)
+        existing.check_matches(**identity)
+        if existing.complete:
+            log.info("%s is already complete (same teacher, pair rule and dataset); nothing to do", out)
+            return out
+    if cstore.wip_path(out).exists():
+        cache = cstore.TeacherCache(cstore.wip_path(out), mode="r+")
+        cache.check_matches(**identity)
+        if cache.layout != json.loads(json.dumps(layout)):
+            raise cstore.CacheError(f"{cache.path}: made with other shard settings "
+                                    "(--images-per-shard, chunks); rerun with those, or --overwrite")
+        log.info("resuming %s: %d of %d shards done", cache.path, int(cache.shards_done().sum()), cache.num_shards)
+    else:
+        cache = cstore.create(out, layout=layout, **identity)
+    if not cache.attrs["prepared"]:
+        text = text_embeddings(t, labelspace.prompts, teacher.templates, device=device)
+        cache.write_prepared(_prepared_arrays(labelspace, dets, ann, text, box, score, label, det_offsets,
+                                              hum, obj, lay))
+        log.info("prepared %s: %d images, %d detections (%d clipped, %d zero-area dropped), %d pairs in %d shards",
+                 cache.path, n, len(box), clipped, dropped, layout["num_pairs"], lay.num_shards)
+
+    todo = [k for k in range(lay.num_shards) if not cache.shards_done()[k]]
+    t_shards = time.perf_counter()
+    stats = _run_shards(job, todo, run, cache, lay)
+    t_shards = time.perf_counter() - t_shards
+    cache.set_attr("last_run", _summary(stats, time.perf_counter() - t0, t_shards))
+    status = cache.read("images/status")
+    skipped = [dets.file_names[i] for i in np.flatnonzero(status == S.STATUS_SKIPPED)]
+    cache.set_attr("skipped_images", skipped)
+    final = cstore.finalize(cache)
+    _report(stats, time.perf_counter() - t0, skipped, final)
+    return final
+
+
+def _prepared_arrays(ls, dets, ann, text, box, score, label, det_offsets, hum, obj, lay) -> dict:
+    rows = lay.num_pair_rows
+    pair_image = np.full(rows, -1, np.int32)
+    pair_h = np.zeros(rows, np.int64)
+    pair_o = np.zeros(rows, np.int64)
+    counts = lay.pair_end - lay.pair_begin
+    dst = np.concatenate([np.arange(b, e) for b, e in zip(lay.pair_begin, lay.pair_end)]) if rows else \
+        np.zeros(0, np.int64)
+    dst = dst.astype(np.int64)
+    pair_image[dst] = np.repeat(np.arange(len(dets)), counts)
+    pair_h[dst], pair_o[dst] = hum, obj
+    pair_box = np.zeros((rows, 4), np.float32)
+    pair_box[dst] = B.union_coord(box[hum], box[obj]) if len(hum) else np.zeros((0, 4), np.float32)
+    g = ann if ann is not None else Annotations.from_lists([], [], [], ls.name)
+    return {
+        "text/embedding": text, "text/verb": ls.hoi_verb.astype(np.int32),
+        "text/object": ls.hoi_object.astype(np.int32),
+        "text/name": np.array([ls.class_name(c) for c in range(ls.num_classes)]),
+        "images/file_name": np.array(dets.file_names), "images/size": dets.sizes.astype(np.int32),
+        "detections/offsets": det_offsets, "detections/box": box, "detections/score": score,
+        "detections/label": label,
+        "pairs/begin": lay.pair_begin, "pairs/end": lay.pair_end, "pairs/image": pair_image,
+        "pairs/human": pair_h, "pairs/object": pair_o, "pairs/box": pair_box,
+        "gt/offsets": g.offsets if ann is not None else np.zeros(len(dets) + 1, np.int64),
+        "gt/box_h": g.boxes_h.astype(np.float32), "gt/box_o": g.boxes_o.astype(np.float32),
+        "gt/hoi": g.hoi.astype(np.int32), "gt/verb": g.verb.astype(np.int32), "gt/object": g.object.astype(np.int32),
+    }
+
+
+class _Progress:
+    """A thread-safe tqdm over images, with crops/s beside images/s."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, desc="teacher-cache")
+        self.crops, self.t0, self.lock = 0, time.perf_counter(), threading.Lock()
+
+    def __call__(self, images: int, crops: int) -> None:
+        with self.lock:
+            self.crops += crops
+            self.bar.update(images)
+            self.bar.set_postfix(crops_s=f"{self.crops / max(time.perf_counter() - self.t0, 1e-9):.0f}")
+
+    def close(self):
+        self.bar.close()
+
+
+def _run_shards(job: ShardJob, todo: list[int], run: RunOptions, cache, lay) -> list[ShardStats]:
+    import dask
+
+    if not todo:
+        return []
+    total = sum(min((k + 1) * lay.images_per_shard, lay.num_images) - k * lay.images_per_shard for k in todo)
+    if run.scheduler:
+        from dask.distributed import Client, as_completed
+
+        log.info("running %d shards on the dask.distributed cluster at %s", len(todo), run.scheduler)
+        with Client(run.scheduler) as client:
+            futures = [client.submit(run_shard, job, k, pure=False) for k in todo]
+            stats = []
+            prog = _Progress(total, run.progress)
+            for f in as_completed(futures):
+                s = f.result()
+                prog(s.images + len(s.skipped), s.crops)
+                stats.append(s)
+            prog.close()
+            return stats
+    prog = _Progress(total, run.progress)
+    try:
+        tasks = [dask.delayed(run_shard)(job, k, prog, dask_key_name=f"shard-{k}") for k in todo]
+        return list(dask.compute(*tasks, scheduler="threads", num_workers=run.threads))
+    finally:
+        prog.close()
+
+
+def _summary(stats: list[ShardStats], wall: float, shards_wall: float = 0.0) -> dict:
+    """Run statistics; rates over the whole run (model loading and preparation included)."""
+    images = sum(s.images for s in stats)
+    crops = sum(s.crops for s in stats)
+    busy = sum(s.wall_s for s in stats)
+    return {"images": images, "crops": crops, "wall_s": round(wall, 3), "shards_wall_s": round(shards_wall, 3),
+            "images_per_s": round(images / wall, 2) if wall else 0.0,
+            "crops_per_s": round(crops / wall, 2) if wall else 0.0,
+            "encoder_share": round(sum(s.encoder_s for s in stats) / busy, 3) if busy else 0.0,
+            "data_wait_share": round(sum(s.data_wait_s for s in stats) / busy, 3) if busy else 0.0}
+
+
+def _report(stats, wall, skipped, final) -> None:
+    s = _summary(stats, wall)
+    log.info("wrote %s: %d images, %d crops in %.1f s (%.1f images/s, %.0f crops/s); encoder busy %.0f%% of "
+             "shard time, waiting for data %.0f%%", final, s["images"], s["crops"], wall, s["images_per_s"],
+             s["crops_per_s"], 100 * s["encoder_share"], 100 * s["data_wait_share"])
+    if s["data_wait_share"] > 0.2:
+        log.warning("the encoder waited for decoded images %.0f%% of the time: raise --workers",
+                    100 * s["data_wait_share"])
+    if skipped:
+        log.warning("%d image(s) were unreadable and recorded as skipped, e.g. %s", len(skipped), skipped[0])
+
