@@ -42,9 +42,9 @@ def register_model_configs(paths) -> None:
 @click.option("--max-humans", type=int, default=15, help="Pair rule: humans per image.")
 @click.option("--max-objects", type=int, default=15, help="Pair rule: objects per image.")
 @click.option("--images-per-shard", type=int, default=256, help="Images per shard (one dask task).")
-@click.option("--batch-size", type=int, default=16, help="Images per encoder batch (global pass).")
+@click.option("--batch-size", type=int, default=32, help="Images per encoder batch (global pass).")
 @click.option("--crop-batch", type=int, default=256, help="Union crops per encoder batch.")
-@click.option("--workers", type=int, default=2, help="DataLoader workers decoding images.")
+@click.option("--workers", type=int, default=4, help="Threads decoding images ahead of the encoder.")
 @click.option("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 @click.option("--threads", type=int, default=1, help="Shards run at once by the local scheduler.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",

@@ -32,7 +32,7 @@ def square_boxes(boxes: torch.Tensor, mode: str) -> torch.Tensor:
     return torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dim=1)
 
 
-def with_margin(boxes: torch.Tensor, margin: float) -> torch.Tensor:
+def with_margin(boxes, margin: float):
     """Grow [M, 4] boxes by ``margin`` times their width and height on each side."""
     if margin == 0:
         return boxes
@@ -40,11 +40,10 @@ def with_margin(boxes: torch.Tensor, margin: float) -> torch.Tensor:
     return boxes + torch.stack([-w, -h, w, h], dim=1) * margin
 
 
-def normalise(image_u8: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 [3, H, W] -> float32 [3, H, W], (x / 255 - mean) / std."""
-    m = torch.tensor(mean, device=image_u8.device, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, device=image_u8.device, dtype=torch.float32).view(3, 1, 1)
-    return (image_u8.float() / 255.0 - m) / s
+def normalise(image_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [3, H, W] -> float32 [3, H, W], (x / 255 - mean) / std; mean, std float32 [3, 1, 1]
+    already on the image's device (building them here would be a blocking copy per image)."""
+    return (image_u8.float() / 255.0 - mean) / std
 
 
 def crop_boxes(image: torch.Tensor, boxes: torch.Tensor, size: int, mode: str = "squash") -> torch.Tensor:
@@ -63,6 +62,3 @@ def crop_boxes(image: torch.Tensor, boxes: torch.Tensor, size: int, mode: str = 
                      aligned=True)
 
 
-def whole_image_box(width: int, height: int, device=None) -> torch.Tensor:
-    """float32 [1, 4]: the box covering the whole image."""
-    return torch.tensor([[0.0, 0.0, float(width), float(height)]], device=device)

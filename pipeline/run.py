@@ -57,13 +57,15 @@ class RunOptions:
     images_per_shard: int = 256
     image_chunk: int = 16
     pair_chunk: int = 256
-    batch_size: int = 16
+    batch_size: int = 32
     crop_batch: int = 256
-    workers: int = 2
+    workers: int = 4
     device: str = "auto"
     threads: int = 1
     scheduler: str | None = None
     on_error: str = "fail"
+    cuda_graphs: bool = True
+    decode: str = "auto"
     overwrite: bool = False
     progress: bool = True
 
@@ -147,7 +149,8 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
                    pretrained=teacher.pretrained, global_size=teacher.global_size, mean=teacher.mean,
                    std=teacher.std, crop_mode=teacher.crop_mode, union_margin=teacher.union_margin,
                    batch_size=run.batch_size, crop_batch=run.crop_batch, workers=run.workers,
-                   device=run.device, on_error=run.on_error)
+                   device=run.device, on_error=run.on_error, cuda_graphs=run.cuda_graphs,
+                   decode=run.decode)
     t = teacher_for(job)  # loaded once per process: the local shards reuse it
     teacher_attrs = {
         "model": teacher.model, "pretrained": teacher.pretrained, "weights_sha256": t.weights_sha256,
@@ -294,7 +297,10 @@ def _summary(stats: list[ShardStats], wall: float, shards_wall: float = 0.0) -> 
             "images_per_s": round(images / wall, 2) if wall else 0.0,
             "crops_per_s": round(crops / wall, 2) if wall else 0.0,
             "encoder_share": round(sum(s.encoder_s for s in stats) / busy, 3) if busy else 0.0,
-            "data_wait_share": round(sum(s.data_wait_s for s in stats) / busy, 3) if busy else 0.0}
+            "data_wait_share": round(sum(s.data_wait_s for s in stats) / busy, 3) if busy else 0.0,
+            "launch_share": round(sum(s.launch_s for s in stats) / busy, 3) if busy else 0.0,
+            "collect_share": round(sum(s.collect_s for s in stats) / busy, 3) if busy else 0.0,
+            "write_wait_share": round(sum(s.write_wait_s for s in stats) / busy, 3) if busy else 0.0}
 
 
 def _report(stats, wall, skipped, final) -> None:

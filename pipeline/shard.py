@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +22,8 @@ from cache import schema as S
 from cache.store import TeacherCache
 from pipeline import crops
 from pipeline.clip import Teacher, load_teacher
-from pipeline.images import ImageFolder, loader
+from pipeline.encoder import Encoder
+from pipeline.images import ImageFolder, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,13 @@ class ShardJob:
     std: tuple | None
     crop_mode: str
     union_margin: float
-    batch_size: int = 16
+    batch_size: int = 32
     crop_batch: int = 256
-    workers: int = 2
+    workers: int = 4
     device: str = "auto"
     on_error: str = "fail"
+    cuda_graphs: bool = True
+    decode: str = "auto"      # threads | processes | auto (processes on a GPU)
 
 
 @dataclass
@@ -58,8 +60,11 @@ class ShardStats:
     crops: int = 0
     skipped: list = field(default_factory=list)
     wall_s: float = 0.0
-    data_wait_s: float = 0.0
-    encoder_s: float = 0.0
+    data_wait_s: float = 0.0     # waiting for decoded images
+    encoder_s: float = 0.0       # the image encoder itself (CUDA events on a GPU)
+    launch_s: float = 0.0        # queuing crops and passes (CPU)
+    collect_s: float = 0.0       # copying results back (waits for the device)
+    write_wait_s: float = 0.0    # waiting for the last writes of the shard
 
 
 _TEACHERS: dict = {}
@@ -80,40 +85,6 @@ def teacher_for(job: ShardJob) -> Teacher:
             _TEACHERS[key] = load_teacher(job.model, job.pretrained, global_size=job.global_size, mean=job.mean,
                                           std=job.std, device=resolve_device(job.device))
         return _TEACHERS[key]
-
-
-class _Encoder:
-    """The image encoder under the right precision, timing its own work."""
-
-    def __init__(self, teacher: Teacher, text: torch.Tensor, device: torch.device):
-        self.t, self.text, self.device = teacher, text, device
-        self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
-        self.seconds = 0.0
-
-    def _run(self, visual, x: torch.Tensor):
-        t0 = time.perf_counter()
-        with torch.no_grad(), self.amp:
-            pooled, tokens = visual(x)
-        emb = pooled.float()
-        emb = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        score = emb @ self.text.T
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds += time.perf_counter() - t0
-        return emb, score, tokens
-
-    def global_pass(self, x: torch.Tensor):
-        """x: float32 [B, 3, G, G] -> emb [B, D], raw cosine [B, C], dense [B, h, w, D] (all float32)."""
-        emb, score, tokens = self._run(self.t.global_model.visual, x)
-        with torch.no_grad():
-            dense = tokens.float() @ self.t.global_model.visual.proj.float()
-        h, w = self.t.grid
-        return emb, score, dense.reshape(len(x), h, w, -1)
-
-    def union_pass(self, x: torch.Tensor):
-        """x: float32 [M, 3, S, S] -> emb [M, D], raw cosine [M, C]."""
-        emb, score, _ = self._run(self.t.model.visual, x)
-        return emb, score
 
 
 class _ChunkFlusher:
@@ -159,79 +130,142 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
     device = resolve_device(job.device)
     lo_i, hi_i = cache.shard_images(k)
     lo_p, hi_p = cache.shard_pair_rows(k)
-    names = cache.read("images/file_name", slice(lo_i, hi_i)).tolist()
-    sizes = cache.read("images/size", slice(lo_i, hi_i))
-    begin = cache.read("pairs/begin", slice(lo_i, hi_i))
-    end = cache.read("pairs/end", slice(lo_i, hi_i))
-    union_box = torch.from_numpy(cache.read("pairs/box", slice(lo_p, hi_p)))
-    text = torch.from_numpy(cache.read("text/embedding")).to(device)
-    enc = _Encoder(teacher, text, device)
-    stats = ShardStats()
+    ctx = _ShardContext(
+        job=job, teacher=teacher, device=device, names=cache.read("images/file_name", slice(lo_i, hi_i)).tolist(),
+        sizes=cache.read("images/size", slice(lo_i, hi_i)),
+        begin=cache.read("pairs/begin", slice(lo_i, hi_i)) - lo_p, end=cache.read("pairs/end", slice(lo_i, hi_i)) - lo_p,
+        union_box=torch.from_numpy(cache.read("pairs/box", slice(lo_p, hi_p))),
+        enc=Encoder(teacher, torch.from_numpy(cache.read("text/embedding")).to(device), device,
+                    global_batch=job.batch_size, crop_batch=job.crop_batch, cuda_graphs=job.cuda_graphs),
+        stats=ShardStats(),
+        mean=torch.tensor(teacher.mean, dtype=torch.float32, device=device).view(3, 1, 1),
+        std=torch.tensor(teacher.std, dtype=torch.float32, device=device).view(3, 1, 1))
 
     futures: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard{k}-writer") as pool:
-        img_out = _ChunkFlusher(cache, k, ["global/embedding", "global/score", "global/dense", "images/status"],
-                                lo_i, hi_i, cache.layout["image_chunk"], pool, futures)
-        pair_out = _ChunkFlusher(cache, k, ["union/embedding", "union/score"], lo_p, hi_p,
-                                 cache.layout["pair_chunk"], pool, futures)
-        dataset = ImageFolder(job.images_root, names, range(hi_i - lo_i), sizes)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard{k}-writer") as pool, ctx.enc.session():
+        ctx.img_out = _ChunkFlusher(cache, k, ["global/embedding", "global/score", "global/dense", "images/status"],
+                                    lo_i, hi_i, cache.layout["image_chunk"], pool, futures)
+        ctx.pair_out = _ChunkFlusher(cache, k, ["union/embedding", "union/score"], lo_p, hi_p,
+                                     cache.layout["pair_chunk"], pool, futures)
+        dataset = ImageFolder(job.images_root, ctx.names, range(hi_i - lo_i), ctx.sizes, pin=device.type == "cuda")
+        previous = None
         t_wait = time.perf_counter()
-        for batch in loader(dataset, job.batch_size, job.workers):
-            stats.data_wait_s += time.perf_counter() - t_wait
-            _encode_batch(batch, job, teacher, enc, device, sizes, begin, end, lo_i, lo_p, union_box,
-                          img_out, pair_out, stats, names)
-            last = batch[-1].index
-            img_out.ready(lo_i + last + 1)
-            pair_out.ready(int(end[last]))
-            if progress is not None:
-                progress(len(batch), int(end[last] - begin[batch[0].index]))
+        for batch in prefetch(dataset, job.batch_size, job.workers, processes=job.decode == "processes"
+                              or (job.decode == "auto" and device.type == "cuda")):
+            t_launch = time.perf_counter()
+            ctx.stats.data_wait_s += t_launch - t_wait
+            launched = _launch(ctx, batch)        # queued on the device
+            t_collect = time.perf_counter()
+            ctx.stats.launch_s += t_collect - t_launch
+            if previous is not None:
+                _collect(ctx, *previous, progress)  # the batch before: waits for it, not for this one
+            previous = (batch, launched)
             t_wait = time.perf_counter()
-        img_out.finish()
-        pair_out.finish()
+            ctx.stats.collect_s += t_wait - t_collect
+        if previous is not None:
+            _collect(ctx, *previous, progress)
+        ctx.img_out.finish()
+        ctx.pair_out.finish()
+        t_write = time.perf_counter()
         for f in futures:
             f.result()  # re-raise a failed write before anything is marked done
+        ctx.stats.write_wait_s = time.perf_counter() - t_write
     cache.mark_shard_done(k)
-    stats.encoder_s = enc.seconds
-    stats.wall_s = time.perf_counter() - t_start
-    return stats
+    ctx.stats.encoder_s = ctx.enc.total_seconds()
+    ctx.stats.wall_s = time.perf_counter() - t_start
+    return ctx.stats
 
 
-def _encode_batch(batch, job, teacher, enc, device, sizes, begin, end, lo_i, lo_p, union_box,
-                  img_out, pair_out, stats, names):
-    """Global and union passes for one batch of decoded images, into the shard buffers."""
-    globals_, ok_rows, union_crops, union_rows = [], [], [], []
+@dataclass
+class _ShardContext:
+    job: ShardJob
+    teacher: Teacher
+    device: torch.device
+    names: list
+    sizes: np.ndarray        # int32 [n, 2]
+    begin: np.ndarray        # int64 [n] pair rows, relative to the shard's first row
+    end: np.ndarray
+    union_box: torch.Tensor  # float32 [rows, 4]
+    enc: Encoder
+    stats: ShardStats
+    mean: torch.Tensor = None  # float32 [3, 1, 1] on the device
+    std: torch.Tensor = None
+    img_out: "_ChunkFlusher | None" = None
+    pair_out: "_ChunkFlusher | None" = None
+
+
+def _launch(ctx: _ShardContext, batch) -> dict:
+    """Queue the global and union passes of one batch; returns device tensors and their rows.
+
+    Nothing here waits for the device: boxes go up in one pinned, asynchronous copy and
+    images were pinned by the decoder threads. (A plain host-to-device copy would wait
+    for every kernel queued before it, and the GPU would idle while the CPU prepares.)
+    """
+    job, teacher, device = ctx.job, ctx.teacher, ctx.device
+    ok, boxes, counts = [], [], []
     for item in batch:
         j = item.index  # position within the shard
         if item.image is None:
             if job.on_error != "skip":
                 raise ShardError(f"{item.error} (pass --on-error skip to record it as skipped and go on)")
             log.warning("skipping %s", item.error)
-            img_out.bufs["images/status"][j] = S.STATUS_SKIPPED
-            stats.skipped.append(names[j])
+            ctx.img_out.bufs["images/status"][j] = S.STATUS_SKIPPED
+            ctx.stats.skipped.append(ctx.names[j])
             continue
-        img = crops.normalise(item.image.to(device, non_blocking=True), teacher.mean, teacher.std)
-        w, h = int(sizes[j][0]), int(sizes[j][1])
-        globals_.append(crops.crop_boxes(img, crops.whole_image_box(w, h, device), teacher.global_size,
-                                         job.crop_mode))
-        ok_rows.append(j)
-        b, e = int(begin[j]) - lo_p, int(end[j]) - lo_p
-        if e > b:
-            boxes = crops.with_margin(union_box[b:e].to(device), job.union_margin)
-            union_crops.append(crops.crop_boxes(img, boxes, teacher.image_size, job.crop_mode))
-            union_rows.append(np.arange(b, e))
-    if ok_rows:
-        emb, score, dense = enc.global_pass(torch.cat(globals_))
-        rows = np.array(ok_rows)
-        img_out.bufs["global/embedding"][rows] = emb.cpu().numpy()
-        img_out.bufs["global/score"][rows] = score.cpu().numpy()
-        img_out.bufs["global/dense"][rows] = dense.cpu().numpy()
-        img_out.bufs["images/status"][rows] = S.STATUS_OK
-        stats.images += len(rows)
+        w, h = float(ctx.sizes[j][0]), float(ctx.sizes[j][1])
+        b, e = int(ctx.begin[j]), int(ctx.end[j])
+        ok.append(item)
+        boxes += [torch.tensor([[0.0, 0.0, w, h]]), crops.with_margin(ctx.union_box[b:e], job.union_margin)]
+        counts.append(e - b)
+    out = {"image_rows": np.array([it.index for it in ok], dtype=np.int64),
+           "pair_rows": np.zeros(0, np.int64), "union": []}
+    if not ok:
+        return out
+    all_boxes = torch.cat(boxes)
+    if ctx.device.type == "cuda":
+        all_boxes = all_boxes.pin_memory()
+    all_boxes = all_boxes.to(device, non_blocking=True)
+    globals_, union_crops, at = [], [], 0
+    for item, n in zip(ok, counts):
+        img = crops.normalise(item.image.to(device, non_blocking=True), ctx.mean, ctx.std)
+        globals_.append(crops.crop_boxes(img, all_boxes[at:at + 1], teacher.global_size, job.crop_mode))
+        if n:
+            union_crops.append(crops.crop_boxes(img, all_boxes[at + 1:at + 1 + n], teacher.image_size, job.crop_mode))
+        at += 1 + n
+    results = list(ctx.enc.global_pass(torch.cat(globals_)))
     if union_crops:
-        x, rows = torch.cat(union_crops), np.concatenate(union_rows)
-        for a in range(0, len(x), job.crop_batch):
-            emb, score = enc.union_pass(x[a:a + job.crop_batch])
-            r = rows[a:a + job.crop_batch]
-            pair_out.bufs["union/embedding"][r] = emb.cpu().numpy()
-            pair_out.bufs["union/score"][r] = score.cpu().numpy()
-        stats.crops += len(x)
+        x = torch.cat(union_crops)
+        out["pair_rows"] = np.concatenate([np.arange(ctx.begin[it.index], ctx.end[it.index]) for it in ok])
+        union = [ctx.enc.union_pass(x[a:a + job.crop_batch]) for a in range(0, len(x), job.crop_batch)]
+        results += [torch.cat([e for e, _ in union]), torch.cat([s for _, s in union])]
+    # Queue the copies back now, right behind this batch's kernels: a copy issued later
+    # would wait for the next batch's kernels too. The event marks when they have landed.
+    out["host"] = [r.to("cpu", non_blocking=True) for r in results]
+    if device.type == "cuda":
+        out["ready"] = torch.cuda.Event()
+        out["ready"].record()
+    return out
+
+
+def _collect(ctx: _ShardContext, batch, out: dict, progress) -> None:
+    """Put one launched batch's results into the shard buffers and flush finished chunks."""
+    if "ready" in out:
+        out["ready"].synchronize()  # this batch's copies only, not the batch queued after it
+    host = [t.numpy() for t in out.get("host", [])]
+    rows = out["image_rows"]
+    if len(rows):
+        ctx.img_out.bufs["global/embedding"][rows] = host[0]
+        ctx.img_out.bufs["global/score"][rows] = host[1]
+        ctx.img_out.bufs["global/dense"][rows] = host[2]
+        ctx.img_out.bufs["images/status"][rows] = S.STATUS_OK
+        ctx.stats.images += len(rows)
+    prow = out["pair_rows"]
+    if len(prow):
+        ctx.pair_out.bufs["union/embedding"][prow] = host[3]
+        ctx.pair_out.bufs["union/score"][prow] = host[4]
+        ctx.stats.crops += len(prow)
+    first, last = batch[0].index, batch[-1].index
+    ctx.img_out.ready(ctx.img_out.lo + last + 1)
+    ctx.pair_out.ready(ctx.pair_out.lo + int(ctx.end[last]))
+    if progress is not None:
+        progress(len(batch), int(ctx.end[last] - ctx.begin[first]))
