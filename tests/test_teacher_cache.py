@@ -1,0 +1,177 @@
+"""The teacher cache: agreement with open_clip, resume after SIGKILL, refusal of another
+teacher, unreadable images, concurrent shards (offline, a tiny registered CLIP)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+from PIL import Image
+from tinyworld import MODEL, make_checkpoint, make_world
+
+from cache import schema as S
+from cache.store import CacheError, open_cache, wip_path
+from hoidata.labelspace import LabelSpace
+from pipeline.clip import load_teacher
+from pipeline.run import RunOptions, TeacherOptions, build_teacher_cache
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    paths = make_world(root, num_images=10)
+    paths["checkpoint"] = make_checkpoint(root / "model")
+    paths["config"] = root / "model" / f"{MODEL}.json"
+    return paths
+
+
+def build(world, out, **run):
+    run = {"images_per_shard": 4, "workers": 0, "progress": False, **run}
+    teacher = run.pop("teacher", TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])))
+    return build_teacher_cache(out, images=world["images"], detections=world["detections"],
+                               annotations=world["annotations"], labelspace=LabelSpace.load(world["labelspace"]),
+                               teacher=teacher, run=RunOptions(**run))
+
+
+def arrays(path) -> dict:
+    g = zarr.open_group(str(path), mode="r")
+    return {name: np.asarray(g[name][...]) for name in S.ARRAYS}
+
+
+def chunk_bytes(path) -> dict:
+    """Every chunk file of every array, by relative path (the store's bytes, attrs aside)."""
+    path = Path(path)
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and "/c/" in str(p.relative_to(path)).replace(os.sep, "/") + "/"}
+
+
+@pytest.fixture(scope="module")
+def reference(world, tmp_path_factory):
+    return build(world, tmp_path_factory.mktemp("ref") / "cache.zarr")
+
+
+def test_store_is_complete_and_valid(reference):
+    c = open_cache(reference)
+    assert c.complete and c.verify() == []
+    assert (c.read("images/status") == S.STATUS_OK).all()
+    assert c.layout["num_pairs"] > 0 and c.num_shards == 3
+    # image 4 has no human: no pairs, global outputs all the same
+    begin, end = c.read("pairs/begin"), c.read("pairs/end")
+    assert begin[4] == end[4] and np.abs(c.read("global/score")[4]).sum() > 0
+    # boxes are clipped to the image and zero-area boxes dropped
+    box, sizes = c.read("detections/box"), c.read("images/size")
+    img = np.repeat(np.arange(c.num_images), np.diff(c.read("detections/offsets")))
+    assert (box[:, 2] <= sizes[img, 0]).all() and (box[:, 3] <= sizes[img, 1]).all()
+    assert ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) > 0).all()
+    t = c.attrs["teacher"]
+    assert t["model"] == MODEL and len(t["weights_sha256"]) == 64 and t["crop_mode"] == "squash"
+
+
+def test_scores_equal_direct_open_clip(world, reference):
+    """Cached scores = open_clip on the same crop tensors; our crops = a reference crop."""
+    import open_clip
+
+    c = open_cache(reference)
+    t = load_teacher(MODEL, str(world["checkpoint"]))  # for its preprocessing constants only
+    model = open_clip.create_model(MODEL, pretrained=str(world["checkpoint"])).eval()  # plain open_clip
+    tok = open_clip.get_tokenizer(MODEL)
+    with torch.no_grad():
+        text = model.encode_text(tok(list(LabelSpace.load(world["labelspace"]).prompts)), normalize=True)
+    np.testing.assert_allclose(c.read("text/embedding"), text.numpy(), atol=1e-5)
+    mean, std = np.array(t.mean)[:, None, None], np.array(t.std)[:, None, None]
+    names, sizes = c.read("images/file_name"), c.read("images/size")
+    begin, end, boxes = c.read("pairs/begin"), c.read("pairs/end"), c.read("pairs/box")
+    size = t.image_size
+    cosines = []
+    for i in (0, 2, 5):
+        im = Image.open(world["images"] / names[i]).convert("RGB")
+        # the global input: the whole image squashed to the input size
+        ref = torch.tensor(((np.asarray(im.resize((size, size), Image.BILINEAR), np.float32) / 255)
+                            .transpose(2, 0, 1) - mean) / std, dtype=torch.float32)
+        with torch.no_grad():
+            emb = model.encode_image(ref[None], normalize=True)[0]
+        cosines.append(float(emb @ torch.from_numpy(c.read("global/embedding")[i]).float()))
+        for r in range(begin[i], end[i]):
+            crop = im.resize((size, size), Image.BILINEAR, box=tuple(float(v) for v in boxes[r]))
+            arr = (np.asarray(crop, np.float32) / 255).transpose(2, 0, 1)
+            with torch.no_grad():
+                emb = model.encode_image(torch.tensor((arr - mean) / std, dtype=torch.float32)[None],
+                                           normalize=True)[0]
+            cached = torch.from_numpy(c.read("union/embedding")[r]).float()
+            cosines.append(float(emb @ cached / cached.norm()))
+            # the cached raw cosine is the cached embedding against the cached text, to fp16 precision
+            np.testing.assert_allclose(c.read("union/score")[r].astype(np.float32),
+                                       (cached @ text.T).numpy(), atol=2e-3)
+    assert min(cosines) >= 0.999, cosines
+
+
+def test_resume_after_sigkill_is_byte_identical(world, reference, tmp_path):
+    out = tmp_path / "cache.zarr"
+    cmd = [sys.executable, "-m", "hoi", "-q", "teacher-cache", "--images", str(world["images"]),
+           "--detections", str(world["detections"]), "--annotations", str(world["annotations"]),
+           "--labelspace", str(world["labelspace"]), "--model", MODEL, "--model-config", str(world["config"]),
+           "--pretrained", str(world["checkpoint"]), "--images-per-shard", "4", "--workers", "0", "-o", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_done = wip_path(out) / "images" / "shard_done" / "c" / "0"
+    deadline = time.time() + 120
+    while not first_done.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "the run finished before it could be killed; the test needs a slower run"
+    assert not open_cache(out, require_complete=False).complete
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert open_cache(out).complete
+    assert chunk_bytes(out) == chunk_bytes(reference)
+
+
+def test_other_teacher_is_refused(world, reference):
+    with pytest.raises(CacheError, match="teacher.crop_mode"):
+        build(world, reference, teacher=TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"]),
+                                                       crop_mode="pad"))
+
+
+def test_corrupt_image_is_named_and_nothing_marked_done(world, tmp_path):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(world["images"], images)
+    (images / "img_006.jpg").write_bytes(b"not a jpeg at all")
+    bad = {**world, "images": images}
+    out = tmp_path / "cache.zarr"
+    with pytest.raises(RuntimeError, match="img_006.jpg"):
+        build(bad, out)
+    c = open_cache(out, require_complete=False)
+    assert not out.exists() and not c.complete
+    assert not c.shards_done()[1]  # the shard holding image 6
+    # with --on-error skip the image is recorded, the rest is complete
+    final = build(bad, out, on_error="skip")
+    c = open_cache(final)
+    assert c.read("images/status")[6] == S.STATUS_SKIPPED and c.attrs["skipped_images"] == ["img_006.jpg"]
+    assert (np.delete(c.read("images/status"), 6) == S.STATUS_OK).all()
+
+
+def test_two_shards_at_once_lose_nothing(world, reference, tmp_path):
+    out = build(world, tmp_path / "cache.zarr", threads=2)
+    a, b = arrays(out), arrays(reference)
+    for name in S.ARRAYS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_cache_inspect_and_verify_cli(reference):
+    from hoi.cli import main
+
+    out = CliRunner().invoke(main, ["cache", "inspect", str(reference)])
+    assert out.exit_code == 0 and "union/score" in out.output and "complete: True" in out.output
+    out = CliRunner().invoke(main, ["cache", "verify", str(reference)])
+    assert out.exit_code == 0 and "complete and consistent" in out.output
