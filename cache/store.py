@@ -58,9 +58,12 @@ def create(path, *, teacher: dict, pair_rule: dict, dataset: dict, layout: dict,
         fill = "" if spec.dtype == "str" else (False if spec.dtype == "bool" else 0)
         if name == "pairs/image":
             fill = -1  # padding rows stay -1 without being written
+        # CLIP features in float16 barely compress, and compressing them costs the
+        # writer thread CPU (and GIL) that the thread feeding the GPU needs.
+        compressors = None if spec.dtype == "float16" else "auto"
         root.create_array(name, shape=S.shape_of(name, layout), chunks=S.chunks_of(name, layout),
-                          dtype=dtype, fill_value=fill, attributes={"description": spec.description,
-                                                                    "writer": spec.writer})
+                          dtype=dtype, fill_value=fill, compressors=compressors,
+                          attributes={"description": spec.description, "writer": spec.writer})
     root.attrs.update({
         "format": S.FORMAT, "package_version": _package_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
