@@ -61,10 +61,10 @@ def eval_predictions(annotations, labelspace, predictions, box_format, ignore_un
 
 from hoi.cli_cache import cache_group, teacher_cache  # noqa: E402
 from hoi.cli_detections import detections  # noqa: E402
+from hoi.cli_train import ablate_cmd, eval_cmd, predict_cmd, train_cmd  # noqa: E402
 
-main.add_command(detections)
-main.add_command(teacher_cache)
-main.add_command(cache_group)
+for command in (detections, teacher_cache, cache_group, train_cmd, predict_cmd, eval_cmd, ablate_cmd):
+    main.add_command(command)
 
 
 if __name__ == "__main__":  # pragma: no cover

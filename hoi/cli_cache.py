@@ -52,12 +52,13 @@ def register_model_configs(paths) -> None:
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
               help="An unreadable image stops the run (fail) or is recorded as skipped (skip).")
 @click.option("--overwrite", is_flag=True, help="Start afresh instead of resuming an existing store.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="The Zarr store to write (PATH.wip while in progress).")
 def teacher_cache(images, detections, annotations, labelspace, model, pretrained, model_config, templates,
                   crop_mode, union_margin, global_size, human_score, object_score, max_humans, max_objects,
                   images_per_shard, batch_size, crop_batch, workers, device, threads, scheduler, on_error,
-                  overwrite, output):
+                  overwrite, progress, output):
     """Run a frozen CLIP once over every image and union box of a split into a Zarr cache."""
     from hoidata.labelspace import LabelSpace
     from hoidata.pairs import PairRule
@@ -73,7 +74,7 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
             pair_rule=PairRule(human_score, object_score, max_humans, max_objects),
             run=RunOptions(images_per_shard=images_per_shard, batch_size=batch_size, crop_batch=crop_batch,
                            workers=workers, device=device, threads=threads, scheduler=scheduler,
-                           on_error=on_error, overwrite=overwrite))
+                           on_error=on_error, overwrite=overwrite, progress=progress))
     except (ValueError, OSError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"teacher cache: {final}")

@@ -165,7 +165,8 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
     box, score, label, det_offsets, clipped, dropped = _clean_detections(dets)
     hum, obj, pair_offsets = make_pairs(score, label, det_offsets, labelspace.human, pair_rule)
     dataset_attrs = {
-        "labelspace": labelspace.name, "labelspace_sha256": labelspace.fingerprint, "num_images": n,
+        # the whole label space travels with the cache: readers need no other file
+        "labelspace": labelspace.to_dict(), "labelspace_sha256": labelspace.fingerprint, "num_images": n,
         "images_sha256": _sha256_arrays(np.array(dets.file_names), dets.sizes),
         "detections_sha256": _sha256_file(detections), "detector": {
             k: dets.attrs.get(k) for k in ("detector", "weights", "score_threshold", "nms") if k in dets.attrs},

@@ -119,7 +119,8 @@ def test_resume_after_sigkill_is_byte_identical(world, reference, tmp_path):
     cmd = [sys.executable, "-m", "hoi", "-q", "teacher-cache", "--images", str(world["images"]),
            "--detections", str(world["detections"]), "--annotations", str(world["annotations"]),
            "--labelspace", str(world["labelspace"]), "--model", MODEL, "--model-config", str(world["config"]),
-           "--pretrained", str(world["checkpoint"]), "--images-per-shard", "4", "--workers", "0", "-o", str(out)]
+           "--pretrained", str(world["checkpoint"]), "--images-per-shard", "4", "--workers", "0", "--no-progress",
+           "-o", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_done = wip_path(out) / "images" / "shard_done" / "c" / "0"
     deadline = time.time() + 120
@@ -175,3 +176,15 @@ def test_cache_inspect_and_verify_cli(reference):
     assert out.exit_code == 0 and "union/score" in out.output and "complete: True" in out.output
     out = CliRunner().invoke(main, ["cache", "verify", str(reference)])
     assert out.exit_code == 0 and "complete and consistent" in out.output
+
+
+def test_train_and_eval_on_a_real_teacher_cache(world, reference, tmp_path):
+    """The pipeline's store is what the trainer reads: train, predict, evaluate end to end."""
+    from trainer.engine import train
+    from trainer.predict import run_eval
+
+    metrics = train(reference, tmp_path / "run", epochs=2, progress=False, seed=0)
+    assert np.isfinite(metrics["loss"])
+    res, report = run_eval(reference, checkpoint=tmp_path / "run" / "checkpoint", results=tmp_path / "r.json")
+    assert res.num_images == 10 and res.num_predictions > 0
+    assert (tmp_path / "r.json").is_file() and report["results"]["default"].keys() >= {"full", "rare", "non_rare"}

@@ -1,0 +1,149 @@
+"""``hoi train``, ``hoi predict``, ``hoi eval``, ``hoi ablate``: the student's commands.
+
+Thin wrappers: parse, call one function of :mod:`trainer`, print. The training options
+are generated from :class:`trainer.config.TrainConfig` (declared once, there), and the
+prediction options by one decorator, so every command that shares an option spells it
+the same way. Register them on the ``hoi`` group with ``main.add_command``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from trainer.config import PREDICTION_MODELS, field_specs
+
+
+def _user_errors():
+    """Errors a user can fix (bad config, cache or checkpoint; NaN loss): a message, no traceback."""
+    from trainer.engine import NonFiniteLossError
+    return (ValueError, OSError, NonFiniteLossError)  # ConfigError, CacheError, CheckpointError are ValueErrors
+
+
+def training_options(f):
+    """One option per training-config field. Defaults are None so that only the options
+    given override the config (the defaults, or a resumed run's own)."""
+    for name, default, help_text, choices, kind in reversed(field_specs()):
+        flag = name.replace("_", "-")
+        if kind is bool:
+            f = click.option(f"--{flag}/--no-{flag}", name, default=None, show_default=False,
+                             help=f"{help_text}  [default: {'on' if default else 'off'}]")(f)
+        else:
+            f = click.option(f"--{flag}", name, type=click.Choice(choices) if choices else kind, default=None,
+                             show_default=False, help=f"{help_text}  [default: {default}]")(f)
+    return f
+
+
+def _given(options: dict) -> dict:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def prediction_options(f):
+    """What every command that predicts on a cache takes."""
+    opts = [
+        click.option("--cache", "cache", required=True, type=click.Path(exists=True, file_okay=False),
+                     help="Teacher cache of the split to predict on."),
+        click.option("--model", type=click.Choice(PREDICTION_MODELS), default="student",
+                     help="A trained student, the teacher alone (CLIP on union boxes) or random scores."),
+        click.option("--checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="The student's checkpoint folder (RUN/checkpoint); with --model student."),
+        click.option("--det-exponent", type=float, default=1.0,
+                     help="Pair scores are multiplied by (human score x object score) to this power."),
+        click.option("--top-k", type=int, default=0, help="Keep the k best rows per image; 0 keeps all."),
+        click.option("--temperature", type=float, default=None, show_default=False,
+                     help="Softmax temperature of the teacher baseline's union scores.  [default: 0.01]"),
+        click.option("--batch-size", type=int, default=64, help="Images per forward pass of the student."),
+        click.option("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'."),
+        click.option("--seed", type=int, default=0, help="Seed of the random baseline."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _predict_kwargs(o: dict) -> dict:
+    keys = ("model", "checkpoint", "det_exponent", "top_k", "temperature", "batch_size", "device", "seed")
+    return {k: o[k] for k in keys}
+
+
+labelspace_option = click.option(
+    "--labelspace", default=None, metavar="NAME|FILE",
+    help="Label space of the test split (Rare classes, zero-shot splits).  [default: the cache's dataset.labelspace]")
+
+
+@click.command("train", context_settings={"show_default": True})
+@click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False), help="Training teacher cache.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: metrics.jsonl, checkpoint/.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint (same cache only).")
+@training_options
+def train_cmd(cache, out, resume, **options):
+    """Train the student on a teacher cache (never runs CLIP)."""
+    from trainer.engine import train
+
+    try:
+        m = train(cache, out, resume=resume, **_given(options))
+    except _user_errors() as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"epoch {m['epoch']}: loss {m['loss']:.4f}, {m['pairs_per_s']:,.0f} pairs/s; "
+               f"checkpoint {m['checkpoint']}")
+
+
+@click.command("predict", context_settings={"show_default": True})
+@prediction_options
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Predictions file in the evaluator's format (.json, .json.gz or .npz).")
+def predict_cmd(output, **options):
+    """Write predictions for every pair of a cached split."""
+    from trainer.predict import predict_file
+
+    try:
+        info = predict_file(options["cache"], output, **_predict_kwargs(options))
+    except _user_errors() as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"wrote {info['num_predictions']:,} predictions ({info['model']}) to {output}")
+
+
+@click.command("eval", context_settings={"show_default": True})
+@prediction_options
+@labelspace_option
+@click.option("--results", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the results JSON (the evaluator's summary plus what made the predictions) here.")
+@click.option("--predictions", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write the predictions here (.json, .json.gz or .npz).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
+def eval_cmd(labelspace, results, predictions, as_json, **options):
+    """Predict on a test cache and print its HICO-DET mAP (ground truth from the cache)."""
+    from hoidata.evaluation import format_table
+    from trainer.predict import run_eval
+
+    try:
+        res, report = run_eval(options["cache"], results=results, predictions=predictions, labelspace=labelspace,
+                               **_predict_kwargs(options))
+    except _user_errors() as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(json.dumps(report, indent=1) if as_json else f"model: {report['model']}\n{format_table(res)}")
+
+
+@click.command("ablate", context_settings={"show_default": True})
+@click.option("--train-cache", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Training teacher cache.")
+@click.option("--test-cache", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Test teacher cache (with ground truth).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for one run per row, the results and ablation.json.")
+@click.option("--det-exponent", type=float, default=1.0,
+              help="Pair scores are multiplied by (human score x object score) to this power.")
+@labelspace_option
+@training_options
+def ablate_cmd(train_cache, test_cache, out, det_exponent, labelspace, **options):
+    """Train and evaluate the paper's ablation grid; print one table."""
+    from trainer.ablate import ablate, format_ablation
+    from trainer.config import TrainConfig
+
+    try:
+        rows = ablate(train_cache, test_cache, out, TrainConfig().replace(**_given(options)),
+                      det_exponent=det_exponent, labelspace=labelspace)
+    except _user_errors() as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(format_ablation(rows))

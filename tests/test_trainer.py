@@ -1,0 +1,351 @@
+"""The student trainer on tiny synthetic caches: data, switches, learning, checkpoints, predict + eval, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cache.schema import STATUS_SKIPPED
+from cache.store import open_cache
+from cache.synthetic import make_synthetic_cache
+from hoi.cli_train import ablate_cmd, eval_cmd, predict_cmd, train_cmd
+from hoidata.predictions import read_predictions
+from trainer import engine
+from trainer.ablate import GRID, format_ablation
+from trainer.bench import bench_trainer
+from trainer.checkpoint import CheckpointError, load_weights
+from trainer.config import ConfigError, TrainConfig
+from trainer.data import Block, CacheReader, TrainData, object_class_mask, teacher_region, to_grid
+from trainer.engine import NonFiniteLossError, build_model, train
+from trainer.losses import DistillationLoss, mil_pool
+from trainer.model import masked_softmax, pair_scores
+from trainer.predict import load_student, predict, run_eval
+
+WORLD = dict(num_classes=24, embed_dim=32, grid=(8, 8), images_per_shard=32, image_chunk=8, pair_chunk=64)
+BASE = TrainConfig(epochs=6, batch_size=16, hidden_dim=32, lr=3e-3, progress=False, threads=1, device="cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two cores shared with other jobs: torch's default threads would oversubscribe them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    root = tmp_path_factory.mktemp("caches")
+    return {
+        "train": make_synthetic_cache(root / "train", num_images=160, pairs_per_image=6, seed=0, split="train",
+                                      with_gt=False, **WORLD),
+        "test": make_synthetic_cache(root / "test", num_images=64, pairs_per_image=6, seed=1, split="test", **WORLD),
+        "other_teacher": make_synthetic_cache(root / "other", num_images=8, pairs_per_image=2, seed=1, split="test",
+                                              teacher_seed=1, **WORLD),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(caches, tmp_path_factory):
+    """An uninterrupted run of BASE: its folder and final weights."""
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    train(caches["train"], out, BASE)
+    return out, load_weights(out / "checkpoint")
+
+
+def first_batch(cache_path, config=BASE, size=8):
+    cache = open_cache(cache_path)
+    block = CacheReader(cache, "squash").read(0, size)
+    return block.to_batch(torch.from_numpy(object_class_mask(cache)), torch.device("cpu")), cache
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation, ties given their average rank (float16 teacher scores do tie)."""
+    def ranks(x):
+        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+        ends = np.cumsum(counts)
+        return ((2 * ends - counts - 1) / 2)[inverse]
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# -- the synthetic cache and the data ------------------------------------------------------
+
+def test_synthetic_cache_is_valid_and_shard_parallel_writes_same_bytes(tmp_path, caches):
+    c = open_cache(caches["test"])
+    assert c.verify() == []
+    rows = c.read("pairs/image") >= 0
+    emb, text = c.read("union/embedding")[rows].astype(np.float32), c.read("text/embedding")
+    np.testing.assert_allclose(c.read("union/score")[rows], emb @ text.T, atol=2e-3)  # scores are cosines
+    again = open_cache(make_synthetic_cache(tmp_path / "again", num_images=64, pairs_per_image=6, seed=1,
+                                            split="test", workers=2, **WORLD))
+    for name in ("global/dense", "union/score", "pairs/box"):
+        np.testing.assert_array_equal(again.read(name), c.read(name))
+
+
+def test_to_grid_geometries():
+    box, size = np.array([[0, 0, 100, 50]], np.float32), np.array([[200, 100]], np.float32)
+    np.testing.assert_allclose(to_grid(box, size, (10, 10), "squash"), [[0, 0, 5, 5]])
+    np.testing.assert_allclose(to_grid(box, size, (10, 10), "pad"), [[0, 2.5, 5, 5]])  # 200 x 200, 50 px top pad
+    np.testing.assert_allclose(to_grid(box, size, (10, 10), "center"), [[0, 0, 5, 5]])  # centre 100 x 100: x from 50
+    union = np.array([[10, 20, 30, 60]], np.float32)  # 20 x 40
+    np.testing.assert_allclose(teacher_region(union, 0.0, "squash"), union)
+    np.testing.assert_allclose(teacher_region(union, 0.5, "squash"), [[0, 0, 40, 80]])
+    np.testing.assert_allclose(teacher_region(union, 0.0, "pad"), [[0, 20, 40, 60]])
+    np.testing.assert_allclose(teacher_region(union, 0.0, "center"), [[10, 30, 30, 50]])
+
+
+@pytest.mark.parametrize("in_memory", ["yes", "no"])
+def test_every_image_once_per_epoch_with_its_pairs(caches, in_memory):
+    cache = open_cache(caches["train"])
+    cfg = BASE.replace(in_memory=in_memory, block_images=8, shuffle_blocks=2, batch_size=12)
+    data = TrainData(cache, cfg, "squash")
+    reads = []
+    read = data.reader.read
+    data.reader.read = lambda i0, i1: reads.append(i1 - i0) or read(i0, i1)
+    blocks = list(data.epoch(0))
+    if in_memory == "no":  # memory is a few blocks, whatever the split's size
+        assert max(reads) == 8 and len(reads) == cache.num_images // 8
+    assert len(blocks) == len(data) and all(len(b) == 12 for b in blocks[:-1])
+    seen = np.concatenate([b.image for b in blocks])
+    assert sorted(seen) == list(range(cache.num_images))
+    assert not np.array_equal(seen, np.sort(seen))  # shuffled
+    merged = Block.concat(blocks)
+    begin, end = cache.read("pairs/begin"), cache.read("pairs/end")
+    want = np.concatenate([np.arange(begin[i], end[i]) for i in merged.image])
+    np.testing.assert_array_equal(merged.pair_row, want)
+    np.testing.assert_array_equal(merged.union_score, cache.read("union/score")[want])
+    # blocks are chunk-aligned runs inside one shard: whole dense-map chunks are read
+    for i0, i1 in data.reader.blocks(cfg.block_images):
+        assert i0 % cache.layout["image_chunk"] == 0 and i0 // 32 == (i1 - 1) // 32
+
+
+def test_skipped_images_are_left_out(tmp_path):
+    path = make_synthetic_cache(tmp_path / "c", num_images=16, pairs_per_image=2, seed=2, split="test", **WORLD)
+    open_cache(path, mode="r+").array("images/status")[3:5] = STATUS_SKIPPED  # the teacher could not read them
+    seen = np.concatenate([b.image for b in TrainData(open_cache(path), BASE, "squash").epoch(0)])
+    assert sorted(seen) == [i for i in range(16) if i not in (3, 4)]
+    pred, _ = predict(path, model="teacher")
+    assert len(pred) and not np.isin(pred.image, [3, 4]).any() and len(pred.file_names) == 16
+
+
+# -- switches ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("row", GRID, ids=[r.name for r in GRID])
+def test_each_ablation_row_builds_what_it_says(caches, row):
+    cfg = BASE.replace(**row.overrides)
+    batch, cache = first_batch(caches["test"])
+    model = build_model(cfg, cache, torch.device("cpu"))
+    outputs = model(batch)
+    pair = {"fused"} if cfg.fusion == "early" else {k for k in ("ho", "union") if getattr(cfg, f"{k}_branch")}
+    expected = pair | ({"global"} if cfg.global_branch else set())
+    assert set(outputs) == set(model.heads) == expected  # a disabled branch is not even built
+    losses = DistillationLoss(cfg)(outputs, batch)
+    want = {"global"} if cfg.global_branch else set()
+    want |= {"mil"} if cfg.ho_branch else set()
+    want |= {"union"} if cfg.union_branch else set()
+    assert set(losses) == want
+
+
+def test_supervision_level_switch_ignores_the_other_level(caches):
+    batch, cache = first_batch(caches["test"])
+    changed = lambda **kw: type(batch)(**{**batch.__dict__, **kw})  # noqa: E731
+    for overrides, other in ((GRID[0].overrides, "union_score"), (GRID[1].overrides, "global_score")):
+        cfg = BASE.replace(**overrides)
+        model, crit = build_model(cfg, cache, torch.device("cpu")), DistillationLoss(cfg)
+        out = model(batch)
+        before = crit.total(crit(out, batch))
+        after = crit.total(crit(out, changed(**{other: torch.randn_like(getattr(batch, other))})))
+        assert torch.equal(before, after), f"{other} must not matter to {overrides}"
+
+
+def test_fusion_switch(caches):
+    batch, cache = first_batch(caches["test"])
+    moved = batch.grid_boxes.clone()
+    moved[:, 2] = torch.tensor([0.0, 0.0, 1.0, 1.0])  # every union box to the corner cell
+    with_moved = type(batch)(**{**batch.__dict__, "grid_boxes": moved})
+    for cfg, union_matters in ((BASE.replace(fusion="early"), True), (BASE.replace(union_branch=False), False)):
+        model = build_model(cfg, cache, torch.device("cpu")).eval()
+        a, b = pair_scores(model(batch), batch.class_mask), pair_scores(model(with_moved), batch.class_mask)
+        assert (not torch.allclose(a, b)) == union_matters
+    # late fusion with one pair branch: the fused scores are that branch's softmax, nothing else
+    model = build_model(BASE.replace(union_branch=False), cache, torch.device("cpu"))
+    out = model(batch)
+    assert torch.equal(pair_scores(out, batch.class_mask), masked_softmax(out["ho"], batch.class_mask))
+
+
+def test_loss_switches_change_their_loss(caches):
+    batch, cache = first_batch(caches["test"])
+    model = build_model(BASE, cache, torch.device("cpu"))
+    out = model(batch)
+    base = DistillationLoss(BASE)(out, batch)
+    assert DistillationLoss(BASE.replace(mil="lme"))(out, batch)["mil"] != base["mil"]
+    assert DistillationLoss(BASE.replace(label_support="all"))(out, batch)["union"] != base["union"]
+    assert DistillationLoss(BASE.replace(temperature=0.05))(out, batch)["global"] != base["global"]
+    crit = DistillationLoss(BASE.replace(w_union=3.0))
+    assert torch.allclose(crit.total(base), base["global"] + base["mil"] + 3 * base["union"])
+    early = DistillationLoss(BASE.replace(fusion="early", w_mil=0.0))
+    assert set(early.weights) == {"global", "union"} and early.source["union"] == "fused"
+
+
+def test_mil_pooling():
+    logits = torch.tensor([[1.0, float("-inf")], [3.0, 0.5], [2.0, float("-inf")]])
+    image = torch.tensor([0, 0, 1])
+    assert torch.equal(mil_pool(logits, image, 2, "max", 1.0), torch.tensor([[3.0, 0.5], [2.0, float("-inf")]]))
+    soft = mil_pool(logits, image, 2, "lme", 1.0)
+    assert torch.allclose(soft[0, 0], torch.log((torch.exp(torch.tensor(1.0)) + torch.exp(torch.tensor(3.0))) / 2))
+    assert soft[0, 1] == 0.5 and soft[1, 0] == 2.0 and soft[1, 1] == float("-inf")  # one pair: itself
+    assert torch.allclose(mil_pool(logits, image, 2, "lme", 1e-3), mil_pool(logits, image, 2, "max", 1.0), atol=1e-2)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"w_global": 0.0}, "--no-global-branch"),
+    ({"w_union": 0.0}, "--no-union-branch"),
+    ({"fusion": "early", "ho_branch": False}, "early fusion"),
+    ({"ho_branch": False, "union_branch": False}, "no branch scores pairs"),
+    ({"fusion": "sideways"}, "late, early"),
+])
+def test_config_errors_say_what_to_do(change, words):
+    with pytest.raises(ConfigError, match=words):
+        BASE.replace(**change)
+    with pytest.raises(ConfigError, match="unknown config field"):
+        TrainConfig.from_dict({**BASE.to_dict(), "colour": "blue"})
+
+
+# -- learning, seeds, checkpoints -----------------------------------------------------------
+
+def test_loss_falls_and_same_seed_same_weights(caches, reference, tmp_path):
+    out, weights = reference
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == list(range(1, BASE.epochs + 1))
+    assert lines[-1]["loss"] < 0.5 * lines[0]["loss"]
+    for k in ("loss_global", "loss_mil", "loss_union"):
+        assert lines[-1][k] < lines[0][k]
+    train(caches["train"], tmp_path / "again", BASE)
+    again = load_weights(tmp_path / "again" / "checkpoint")
+    assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def test_resumed_run_ends_where_uninterrupted_one_ends(caches, reference, tmp_path, monkeypatch):
+    plain = engine.train_one_epoch
+
+    def killed_in_epoch_3(*args, epoch, **kw):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return plain(*args, epoch=epoch, **kw)
+    monkeypatch.setattr(engine, "train_one_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(caches["train"], tmp_path / "run", BASE)
+    monkeypatch.setattr(engine, "train_one_epoch", plain)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(caches["train"], tmp_path / "run", BASE)
+    with pytest.raises(ConfigError, match="lr: 0.003 -> 0.1"):
+        train(caches["train"], tmp_path / "run", resume=True, lr=0.1)
+    train(caches["train"], tmp_path / "run", resume=True)
+    _, weights = reference
+    resumed = load_weights(tmp_path / "run" / "checkpoint")
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == BASE.epochs
+
+
+def test_checkpoint_from_another_cache_is_refused(caches, reference):
+    out, _ = reference
+    with pytest.raises(CheckpointError, match=r"trained on .*dataset\.seed is 0 there but 1 here"):
+        train(caches["test"], out, resume=True)
+    with pytest.raises(CheckpointError, match=r"another teacher.*teacher\.teacher_seed is 0 .* but 1"):
+        load_student(out / "checkpoint", open_cache(caches["other_teacher"]), torch.device("cpu"))
+
+
+def test_non_finite_loss_stops_with_a_clear_message(caches, tmp_path, monkeypatch):
+    monkeypatch.setattr(DistillationLoss, "loss_union", lambda self, logits, batch: logits.sum() * float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1, step 0 .*--lr"):
+        train(caches["train"], tmp_path / "nan", BASE)
+
+
+def test_union_branch_ranks_held_out_pairs_like_the_teacher(caches, reference):
+    out, _ = reference
+    cache = open_cache(caches["test"])
+    model, _ = load_student(out / "checkpoint", cache, torch.device("cpu"))
+    untrained = build_model(BASE, cache, torch.device("cpu")).eval()
+    block = CacheReader(cache, "squash").read(0, cache.num_images)
+    batch = block.to_batch(torch.from_numpy(object_class_mask(cache)), torch.device("cpu"))
+    teacher = block.union_score.astype(np.float32)
+    mask = batch.class_mask.numpy()
+
+    def mean_rho(net):
+        with torch.no_grad():
+            student = net(batch)["union"].numpy()
+        return np.mean([spearman(student[p, mask[p]], teacher[p, mask[p]]) for p in range(len(teacher))])
+    trained, chance = mean_rho(model), mean_rho(untrained)
+    assert trained > 0.6 and trained > chance + 0.4, (trained, chance)
+
+
+# -- predict and evaluate -------------------------------------------------------------------
+
+def test_predict_then_evaluate_end_to_end(caches, reference, tmp_path):
+    out, _ = reference
+    maps = {}
+    for model, kw in (("student", {"checkpoint": out / "checkpoint"}), ("teacher", {}), ("random", {})):
+        res, report = run_eval(caches["test"], model=model, results=tmp_path / f"{model}.json",
+                               predictions=tmp_path / f"{model}.npz", **kw)
+        maps[model] = res.summary()["default"]["full"]
+        saved = json.loads((tmp_path / f"{model}.json").read_text())
+        assert saved["model"] == model and saved["results"]["num_images"] == 64
+        assert set(saved["results"]["default"]) == {"full", "rare", "non_rare"}
+        pred = read_predictions(tmp_path / f"{model}.npz")
+        assert len(pred) == report["num_predictions"] > 0 and pred.box_format == "coord"
+    student = json.loads((tmp_path / "student.json").read_text())
+    assert student["config"] == BASE.to_dict() and student["epoch"] == BASE.epochs
+    assert maps["teacher"] > 2 * maps["random"] and maps["student"] > 1.5 * maps["random"], maps
+    top, _ = run_eval(caches["test"], model="teacher", top_k=3)
+    assert top.num_predictions <= 3 * 64
+
+
+# -- the command line -----------------------------------------------------------------------
+
+def test_cli_train_predict_eval(caches, reference, tmp_path):
+    runner = CliRunner()
+    out, _ = reference
+    r = runner.invoke(train_cmd, ["--cache", str(caches["train"]), "--out", str(tmp_path / "run"), "--epochs", "1",
+                                  "--hidden-dim", "16", "--no-global-branch", "--no-progress", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "run" / "checkpoint" / "checkpoint.json").read_text())
+    assert meta["config"]["global_branch"] is False and meta["config"]["hidden_dim"] == 16
+    assert meta["cache"]["fingerprint"] == open_cache(caches["train"]).fingerprint and meta["package_version"]
+    r = runner.invoke(train_cmd, ["--cache", str(caches["test"]), "--out", str(tmp_path / "run"), "--resume"])
+    assert r.exit_code == 1 and "dataset.seed" in r.output
+    r = runner.invoke(predict_cmd, ["--cache", str(caches["test"]), "--checkpoint", str(out / "checkpoint"),
+                                    "-o", str(tmp_path / "p.json.gz")])
+    assert r.exit_code == 0 and "predictions (student)" in r.output, r.output
+    r = runner.invoke(eval_cmd, ["--cache", str(caches["test"]), "--model", "teacher", "--results",
+                                 str(tmp_path / "r.json")])
+    assert r.exit_code == 0 and "default" in r.output and (tmp_path / "r.json").exists(), r.output
+    r = runner.invoke(eval_cmd, ["--cache", str(caches["train"]), "--model", "teacher"])
+    assert r.exit_code == 1 and "no ground truth" in r.output
+
+
+def test_cli_ablate_prints_one_table(caches, tmp_path):
+    r = CliRunner().invoke(ablate_cmd, ["--train-cache", str(caches["train"]), "--test-cache", str(caches["test"]),
+                                        "--out", str(tmp_path), "--epochs", "1", "--hidden-dim", "16",
+                                        "--no-progress", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "ablation.json").read_text())
+    assert len(rows) == 2 + len(GRID) and format_ablation(rows) in r.output
+    for row in GRID:
+        assert row.label in r.output
+
+
+def test_bench_trainer_runs_and_reports_both_ratios(tmp_path):
+    lines = []
+    r = bench_trainer(num_images=16, pairs_per_image=2, labelspace=None, num_classes=24, embed_dim=32, grid=(4, 4),
+                      batch_size=8, online_batches=1, inference_images=4, device="cpu", workdir=tmp_path, workers=1,
+                      echo=lines.append)
+    assert "cache speed-up" in "\n".join(lines) and "inference per test image" in lines[-1]
+    assert r["speedup"] > 0 and r["student_ms_per_image"] > 0 and r["teacher_ms_per_image"] > 0

@@ -1,0 +1,89 @@
+"""The paper's ablation grid: which supervision levels and branches, and how pair scores fuse.
+
+One training run per row (into ``OUT/<row>/``; a row whose run already finished is
+reused), each predicted and evaluated on the test cache, plus the teacher and random
+baselines on the same pairs; one table, like the paper's, and ``OUT/ablation.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from hoidata.evaluation import EvalResult
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .engine import CHECKPOINT_DIR, train
+from .predict import run_eval
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    label: str
+    overrides: dict
+
+
+# Supervision levels: "global" = the global and human-object branches learning from the
+# global CLIP scores; "union" = the union branch learning from the union CLIP scores.
+GRID = (
+    Row("global_level", "global level (global + human-object branches)", {"union_branch": False}),
+    Row("union_level", "union level (union branch)", {"global_branch": False, "ho_branch": False}),
+    Row("both_no_global", "both levels, without the global branch", {"global_branch": False}),
+    Row("both_late", "both levels, late fusion", {"fusion": "late"}),
+    Row("both_early", "both levels, early fusion", {"fusion": "early"}),
+)
+
+
+def _trained(out: Path, config: TrainConfig, train_cache) -> str:
+    """Train ``config`` into ``out`` unless a finished run of it is there; the checkpoint folder."""
+    ckpt_dir = out / CHECKPOINT_DIR
+    done = (ckpt_dir / ckpt.META_FILE).exists()
+    if done and ckpt.read_meta(ckpt_dir)["epoch"] >= config.epochs:
+        return str(ckpt_dir)
+    return train(train_cache, out, config, resume=done)["checkpoint"]
+
+
+def ablate(train_cache, test_cache, out_dir, config: TrainConfig | None = None, *, det_exponent: float = 1.0,
+           labelspace: str | None = None, rows: tuple[Row, ...] = GRID) -> list[dict]:
+    """Run the grid; return one dict per row (label, switches, summary) and write ablation.json."""
+    config = config or TrainConfig()
+    out = Path(out_dir)
+    results = []
+
+    def add(label: str, switches: dict, res: EvalResult) -> None:
+        results.append({"label": label, **switches, "summary": json.loads(res.summary_json())})
+
+    for model in ("teacher", "random"):
+        res, _ = run_eval(test_cache, model=model, det_exponent=det_exponent, labelspace=labelspace,
+                          results=out / model / "results.json", temperature=config.temperature)
+        add({"teacher": "teacher: CLIP on union boxes", "random": "random scores"}[model], {}, res)
+    for row in rows:
+        cfg = config.replace(**row.overrides)
+        checkpoint = _trained(out / row.name, cfg, train_cache)
+        res, _ = run_eval(test_cache, model="student", checkpoint=checkpoint, det_exponent=det_exponent,
+                          labelspace=labelspace, results=out / row.name / "results.json", device=cfg.device)
+        add(row.label, {"global": cfg.global_branch, "ho": cfg.ho_branch, "union": cfg.union_branch,
+                        "fusion": cfg.fusion}, res)
+    (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def format_ablation(results: list[dict]) -> str:
+    """The rows as the paper prints them: branches, fusion, then mAP (%) Default Full / Rare /
+    Non-rare and Known-Object Full."""
+    mark = {True: "x", False: "", None: ""}
+
+    def pct(x, width: int) -> str:  # an undefined mean (no class in the subset) is null
+        return f"{'-':>{width}}" if x is None else f"{100 * x:{width}.2f}"
+
+    head = f"{'':<46}{'glob':>5}{'h-o':>5}{'union':>6}{'fusion':>8}{'Full':>8}{'Rare':>8}{'Non-rare':>10}{'KO Full':>9}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        d, ko = r["summary"]["default"], r["summary"]["known_object"]
+        lines.append(f"{r['label']:<46}{mark[r.get('global')]:>5}{mark[r.get('ho')]:>5}{mark[r.get('union')]:>6}"
+                     f"{r.get('fusion', ''):>8}{pct(d['full'], 8)}{pct(d['rare'], 8)}{pct(d['non_rare'], 10)}"
+                     f"{pct(ko['full'], 9)}")
+    return "\n".join(lines)

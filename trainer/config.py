@@ -1,0 +1,158 @@
+"""Every switch of a training run, in one dataclass that round-trips through JSON.
+
+Each field carries its help text (and choices, where it has them) as metadata: the command
+line builds its options from this table, so an option is declared once, here.
+
+Fields marked ``runtime`` change how a run executes, not what it computes; a resumed run
+may change them (and may raise ``epochs``), every other field must match the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+
+# Scorers of cached pairs that `predict` knows (see trainer.predict).
+PREDICTION_MODELS = ("student", "teacher", "random")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the fields and the fix."""
+
+
+def _opt(default, help: str, choices: tuple | None = None, runtime: bool = False):
+    return field(default=default, metadata={"help": help, "choices": choices, "runtime": runtime})
+
+
+@dataclass
+class TrainConfig:
+    # -- model ----------------------------------------------------------------------------
+    hidden_dim: int = _opt(256, "Width of the student's features.")
+    roi_size: int = _opt(3, "RoI-align output size (roi_size x roi_size cells per box).")
+    global_branch: bool = _opt(True, "Global branch: image-level HOI scores from the pooled map.")
+    ho_branch: bool = _opt(True, "Human-object branch: pair scores from human and object features and layout.")
+    union_branch: bool = _opt(True, "Union branch: pair scores from union-box features.")
+    fusion: str = _opt("late", "Pair scores: 'late' combines the human-object and union branches' scores; "
+                               "'early' concatenates their features and scores once.", ("late", "early"))
+    crop_mode: str = _opt("auto", "How the teacher made the whole image (dense map) and union boxes square: "
+                                  "'squash', 'pad' (grow to the long side) or 'center' (cut to the short side); "
+                                  "'auto' reads the cache's teacher.crop_mode, else squash.",
+                          ("auto", "squash", "pad", "center"))
+    # -- soft labels and losses -----------------------------------------------------------
+    temperature: float = _opt(0.01, "Soft labels: softmax(raw cosine / temperature); CLIP's own is 0.01.")
+    label_support: str = _opt("object", "Pair soft labels (union and human-object) over the classes of the "
+                                        "pair's detected object, or over all classes.", ("object", "all"))
+    mil: str = _opt("max", "Multiple-instance pooling of pair scores over an image: 'max', or 'lme' "
+                           "(log-mean-exp, a soft maximum).", ("max", "lme"))
+    mil_temperature: float = _opt(1.0, "Temperature of 'lme' pooling, in logit units (smaller: closer to max).")
+    w_global: float = _opt(1.0, "Weight of the global loss (global branch <- global CLIP scores); 0 disables it.")
+    w_mil: float = _opt(1.0, "Weight of the MIL loss (human-object pair scores pooled <- global CLIP "
+                             "scores); 0 disables it.")
+    w_union: float = _opt(1.0, "Weight of the union loss (union pair scores <- union CLIP scores); 0 disables it.")
+    # -- optimisation ---------------------------------------------------------------------
+    epochs: int = _opt(20, "Epochs over the training cache.")
+    batch_size: int = _opt(32, "Images per step (all their pairs come along).")
+    lr: float = _opt(1e-3, "Peak learning rate (AdamW).")
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not on biases, norms and logit scales).")
+    warmup: float = _opt(0.05, "Linear warm-up, as a fraction of all steps; then cosine decay.")
+    min_lr_ratio: float = _opt(0.01, "Final learning rate as a fraction of --lr.")
+    clip_grad: float = _opt(1.0, "Clip the gradient norm to this; 0 disables clipping.")
+    amp: bool = _opt(True, "Mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.")
+    seed: int = _opt(0, "Seed of weights, data order and dropout.")
+    # -- data -----------------------------------------------------------------------------
+    in_memory: str = _opt("auto", "Hold the whole split in RAM ('yes'), stream it from Zarr in chunk-aligned "
+                                  "blocks ('no'), or decide by --in-memory-limit-mb ('auto').",
+                          ("auto", "yes", "no"))
+    in_memory_limit_mb: int = _opt(2048, "'auto' holds a split in RAM when it needs less than this.")
+    block_images: int = _opt(256, "Images per streamed block (rounded to whole image chunks of the cache).")
+    shuffle_blocks: int = _opt(4, "Streaming: blocks whose images are shuffled together (memory: this many "
+                                  "blocks, plus --prefetch read ahead).")
+    prefetch: int = _opt(2, "Streaming: blocks read ahead by a background thread.", runtime=True)
+    # -- runtime --------------------------------------------------------------------------
+    device: str = _opt("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.", runtime=True)
+    progress: bool = _opt(True, "Show a progress bar.", runtime=True)
+    threads: int = _opt(0, "CPU threads for torch; 0 keeps torch's default. On a CPU shared with other jobs, "
+                           "1 avoids the slowdown of oversubscribed threads.", runtime=True)
+
+    # -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Build from a dict (e.g. a checkpoint's), refusing unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)} (this version knows "
+                              f"{', '.join(sorted(known))})")
+        return cls(**d).validated()
+
+    def replace(self, **changes) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    @property
+    def pair_branches(self) -> tuple[str, ...]:
+        """The branches that score pairs: ('fused',) in early fusion, else the enabled ones of ho, union."""
+        if self.fusion == "early":
+            return ("fused",)
+        return tuple(b for b in ("ho", "union") if getattr(self, f"{b}_branch"))
+
+    @property
+    def active_losses(self) -> tuple[str, ...]:
+        """Losses computed: those with a positive weight whose branch exists (global, mil, union)."""
+        sources = {"global": self.global_branch, "mil": self.fusion == "early" or self.ho_branch,
+                   "union": self.fusion == "early" or self.union_branch}
+        return tuple(k for k in ("global", "mil", "union") if sources[k] and getattr(self, f"w_{k}") > 0)
+
+    def validated(self) -> "TrainConfig":
+        """Check choices, ranges and that every branch has a loss that trains it; return self."""
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name} = {getattr(self, f.name)!r}; choose one of {', '.join(choices)}")
+        for name in ("hidden_dim", "roi_size", "epochs", "batch_size", "block_images", "shuffle_blocks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("temperature", "mil_temperature", "lr"):
+            if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a positive number, not {getattr(self, name)}")
+        for name in ("w_global", "w_mil", "w_union", "weight_decay", "clip_grad", "prefetch", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, not {getattr(self, name)}")
+        if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("warmup must be in [0, 1) and min_lr_ratio in [0, 1]")
+        if not (self.ho_branch or self.union_branch):
+            raise ConfigError("no branch scores pairs: enable the human-object or the union branch "
+                              "(--ho-branch / --union-branch)")
+        if self.fusion == "early" and not (self.ho_branch and self.union_branch):
+            raise ConfigError("early fusion combines the human-object and union branches: enable both, "
+                              "or use --fusion late")
+        # A branch without a loss would be scored at test time without ever learning.
+        if self.global_branch and self.w_global == 0:
+            raise ConfigError("the global branch is on but w_global is 0, so it would never learn; "
+                              "pass --no-global-branch or --w-global > 0")
+        if self.fusion == "early":
+            if self.w_mil == 0 and self.w_union == 0:
+                raise ConfigError("early fusion needs w_mil or w_union > 0 to train the fused pair scores")
+        else:
+            for branch, weight in (("ho", "w_mil"), ("union", "w_union")):
+                if getattr(self, f"{branch}_branch") and getattr(self, weight) == 0:
+                    raise ConfigError(f"the {branch} branch is on but {weight} is 0, so it would never learn; "
+                                      f"pass --no-{branch}-branch or --{weight.replace('_', '-')} > 0")
+        return self
+
+
+def field_specs() -> list[tuple[str, object, str, tuple | None, type]]:
+    """(name, default, help, choices, type) of every config field, in declaration order."""
+    out = []
+    for f in fields(TrainConfig):
+        assert f.default is not MISSING
+        kind = type(f.default)
+        out.append((f.name, f.default, f.metadata["help"], f.metadata["choices"], kind))
+    return out
+
+
+def runtime_fields() -> set[str]:
+    return {f.name for f in fields(TrainConfig) if f.metadata["runtime"]}

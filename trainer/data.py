@@ -1,0 +1,378 @@
+"""Samples from a teacher cache: per-image dense maps, pairs and CLIP scores, read in blocks.
+
+A *block* is a run of images inside one shard that starts on an image chunk of the cache,
+so its dense maps are whole Zarr chunks (reading one image of a 16-image chunk would
+decode all 16). Its pair rows are contiguous too. Training streams blocks in a shuffled
+order (seed and epoch decide it), shuffles images across a few blocks at a time, and reads
+ahead in a thread; memory is a few blocks whatever the split's size. A small split is read
+once into RAM instead and shuffled whole.
+
+Skipped images (``images/status`` not OK: no dense map) are left out of every block.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, fields
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from cache import schema as S
+from cache.store import TeacherCache
+
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# How the teacher makes a box square before resizing it to its input (pipeline/crops.py): it
+# applies the rule to the whole image for the dense map, and to each union box (grown by
+# its margin) for the union scores. The student pools the regions the teacher saw.
+CROP_MODES = ("squash", "pad", "center")
+
+
+def resolve_crop_mode(setting: str, cache: TeacherCache) -> str:
+    """The teacher's crop mode: the setting, or for 'auto' the cache's ``teacher.crop_mode``."""
+    if setting != "auto":
+        return setting
+    mode = cache.attrs["teacher"].get("crop_mode")
+    if mode is None:
+        log.warning("%s does not record teacher.crop_mode; assuming 'squash' (pass --crop-mode to say otherwise)",
+                    cache.path)
+        return "squash"
+    if mode not in CROP_MODES:
+        raise ValueError(f"{cache.path}: teacher.crop_mode is {mode!r}; this version knows {', '.join(CROP_MODES)}")
+    return mode
+
+
+def square_boxes(boxes: np.ndarray, mode: str) -> np.ndarray:
+    """[K, 4] boxes made square as the teacher does: unchanged ('squash'), grown to the long
+    side ('pad') or cut to the short side ('center') around their centre."""
+    if mode == "squash":
+        return boxes
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    wh = boxes[:, 2:] - boxes[:, :2]
+    half = (wh.max(1) if mode == "pad" else wh.min(1))[:, None] / 2
+    return np.concatenate([centre - half, centre + half], 1)
+
+
+def teacher_region(boxes: np.ndarray, margin: float, mode: str) -> np.ndarray:
+    """[K, 4] what the teacher cut for union boxes [K, 4]: grown by ``margin`` times their
+    width and height on each side, then made square."""
+    wh = boxes[:, 2:] - boxes[:, :2]
+    return square_boxes(boxes + np.concatenate([-wh, wh], 1) * margin, mode)
+
+
+def to_grid(boxes: np.ndarray, sizes: np.ndarray, grid: tuple[int, int], mode: str) -> np.ndarray:
+    """float32 [K, 4]: pixel boxes [K, 4] (coord) of images of sizes [K, 2] (w, h) in grid
+    coordinates of the dense map (cell j covers [j, j + 1)), clipped to the grid.
+
+    The dense map covers the whole image made square by the teacher's crop ``mode``.
+    """
+    gh, gw = grid
+    sizes = sizes.astype(np.float64)
+    view = square_boxes(np.concatenate([np.zeros_like(sizes), sizes], 1), mode)
+    scale = np.array([gw, gh]) / (view[:, 2:] - view[:, :2])
+    out = (boxes.reshape(-1, 2, 2) - view[:, None, :2]) * scale[:, None]
+    return np.clip(out.reshape(-1, 4), 0, [gw, gh, gw, gh]).astype(np.float32)
+
+
+@dataclass
+class Block:
+    """The samples of some images, as numpy arrays (P pairs in image order, CSR by image).
+
+    image: int64 [n] cache image index; size: float32 [n, 2] (w, h) pixels;
+    dense: float16 [n, H, W, D] | None; global_score: float16 [n, C] | None (raw cosines);
+    pair_offsets: int64 [n + 1]; pair_row: int64 [P] cache pair row;
+    boxes: float32 [P, 3, 4] human, object, union boxes in pixels (coord);
+    grid_boxes: float32 [P, 3, 4] the regions to pool, in grid coordinates (the union as the
+    teacher cut it: with its margin, made square);
+    object: int64 [P] detected object class; det_score: float32 [P, 2] human, object;
+    union_score: float16 [P, C] | None (raw cosines).
+    """
+
+    image: np.ndarray
+    size: np.ndarray
+    dense: np.ndarray | None
+    global_score: np.ndarray | None
+    pair_offsets: np.ndarray
+    pair_row: np.ndarray
+    boxes: np.ndarray
+    grid_boxes: np.ndarray
+    object: np.ndarray
+    det_score: np.ndarray
+    union_score: np.ndarray | None
+
+    _PER_IMAGE = ("image", "size", "dense", "global_score")
+    _PER_PAIR = ("pair_row", "boxes", "grid_boxes", "object", "det_score", "union_score")
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.pair_row)
+
+    @property
+    def pair_image(self) -> np.ndarray:
+        """int64 [P]: index (within the block) of each pair's image."""
+        return np.repeat(np.arange(len(self)), np.diff(self.pair_offsets))
+
+    def select(self, idx: np.ndarray) -> "Block":
+        """The block of images ``idx`` (block-local, in that order)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        counts = np.diff(self.pair_offsets)[idx]
+        rows = _ranges(self.pair_offsets[idx], counts)
+        out = {k: None if getattr(self, k) is None else getattr(self, k)[idx] for k in self._PER_IMAGE}
+        out.update({k: None if getattr(self, k) is None else getattr(self, k)[rows] for k in self._PER_PAIR})
+        return Block(pair_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), **out)
+
+    @staticmethod
+    def concat(blocks: list["Block"]) -> "Block":
+        if len(blocks) == 1:
+            return blocks[0]
+        out = {}
+        for f in fields(Block):
+            parts = [getattr(b, f.name) for b in blocks]
+            if f.name == "pair_offsets":
+                starts = np.cumsum([0] + [b.num_pairs for b in blocks[:-1]])
+                out[f.name] = np.concatenate([[0]] + [p[1:] + s for p, s in zip(parts, starts)]).astype(np.int64)
+            else:
+                out[f.name] = None if parts[0] is None else np.concatenate(parts)
+        return Block(**out)
+
+    def to_batch(self, object_class_mask: torch.Tensor, device: torch.device) -> "Batch":
+        """Tensors on ``device`` (scores and maps as float32)."""
+        def t(x, dtype=torch.float32):  # moved in the cache's dtype (half the bytes), converted there
+            return None if x is None else torch.from_numpy(np.ascontiguousarray(x)).to(device).to(dtype)
+        norm = self.boxes[:, :2] / np.repeat(self.size, np.diff(self.pair_offsets), 0)[:, None, [0, 1, 0, 1]]
+        obj = t(self.object, torch.int64)
+        return Batch(dense=t(self.dense), global_score=t(self.global_score), pair_image=t(self.pair_image, torch.int64),
+                     grid_boxes=t(self.grid_boxes), norm_boxes=t(norm), object=obj, det_score=t(self.det_score),
+                     union_score=t(self.union_score), class_mask=object_class_mask[obj])
+
+
+@dataclass
+class Batch:
+    """A training or inference batch of B images and their P pairs (torch, on the device).
+
+    dense: float32 [B, H, W, D]; global_score: float32 [B, C] | None; pair_image: int64 [P];
+    grid_boxes: float32 [P, 3, 4] (human, object, union; grid coordinates);
+    norm_boxes: float32 [P, 2, 4] (human, object; divided by the image size);
+    object: int64 [P]; det_score: float32 [P, 2]; union_score: float32 [P, C] | None;
+    class_mask: bool [P, C], True on the HOI classes of each pair's object.
+    """
+
+    dense: torch.Tensor
+    global_score: torch.Tensor | None
+    pair_image: torch.Tensor
+    grid_boxes: torch.Tensor
+    norm_boxes: torch.Tensor
+    object: torch.Tensor
+    det_score: torch.Tensor
+    union_score: torch.Tensor | None
+    class_mask: torch.Tensor
+
+    @property
+    def num_images(self) -> int:
+        return self.dense.shape[0]
+
+    @property
+    def num_pairs(self) -> int:
+        return self.pair_image.shape[0]
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """int64: concatenation of arange(s, s + c) for each (s, c), vectorised."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    ends = np.cumsum(counts)
+    return np.arange(total, dtype=np.int64) - np.repeat(ends - counts, counts) + np.repeat(starts, counts)
+
+
+class CacheReader:
+    """Reads blocks of images from an open cache; holds only per-image index arrays.
+
+    crop_mode: the teacher's (see :func:`resolve_crop_mode`). what: which optional arrays to
+    read: any of 'dense', 'global_score', 'union_score'.
+    """
+
+    def __init__(self, cache: TeacherCache, crop_mode: str,
+                 what: tuple[str, ...] = ("dense", "global_score", "union_score")):
+        self.cache, self.crop_mode, self.what = cache, crop_mode, set(what)
+        self.union_margin = float(cache.attrs["teacher"].get("union_margin", 0.0))
+        lay = cache.layout
+        self.grid = (int(lay["grid"][0]), int(lay["grid"][1]))
+        self.begin, self.end = cache.read("pairs/begin"), cache.read("pairs/end")
+        self.sizes = cache.read("images/size").astype(np.float32)
+        self.ok = cache.read("images/status") == S.STATUS_OK
+        self.det_offsets = cache.read("detections/offsets")
+
+    @property
+    def num_images(self) -> int:
+        return len(self.begin)
+
+    def blocks(self, block_images: int) -> list[tuple[int, int]]:
+        """[(i0, i1)]: image ranges inside one shard each, starting on image chunks, at most
+        ``block_images`` images (rounded up to a whole chunk)."""
+        lay = self.cache.layout
+        chunk = lay["image_chunk"]
+        step = max(1, -(-block_images // chunk)) * chunk
+        out = []
+        for k in range(self.cache.num_shards):
+            lo, hi = self.cache.shard_images(k)
+            out.extend((i, min(i + step, hi)) for i in range(lo, hi, step))
+        return out
+
+    def estimate_bytes(self) -> int:
+        """Bytes a whole split takes in RAM when read (what 'auto' in-memory mode compares)."""
+        lay = self.cache.layout
+        gh, gw = self.grid
+        per_image = (gh * gw * lay["embed_dim"] * 2 if "dense" in self.what else 0) + lay["num_classes"] * 2
+        # boxes and grid boxes (2 x [3, 4] float32), det scores ([2] float32), object and row (int64)
+        per_pair = 2 * 12 * 4 + 2 * 4 + 2 * 8 + (lay["num_classes"] * 2 if "union_score" in self.what else 0)
+        return self.num_images * per_image + lay["num_pairs"] * per_pair
+
+    def read(self, i0: int, i1: int) -> Block:
+        """The OK images of [i0, i1) with all their pairs."""
+        c = self.cache
+        imgs = np.arange(i0, i1)[self.ok[i0:i1]]
+        counts = (self.end - self.begin)[imgs]
+        local = imgs - i0
+        lo = int(self.begin[imgs].min()) if counts.sum() else 0
+        hi = int(self.end[imgs].max()) if counts.sum() else 0
+        rows = _ranges(self.begin[imgs] - lo, counts)  # pair rows relative to lo, in image order
+        d0, d1 = int(self.det_offsets[i0]), int(self.det_offsets[i1])
+        det_box, det_score = c.read("detections/box", slice(d0, d1)), c.read("detections/score", slice(d0, d1))
+        det_label = c.read("detections/label", slice(d0, d1))
+        hum = c.read("pairs/human", slice(lo, hi))[rows] - d0
+        obj = c.read("pairs/object", slice(lo, hi))[rows] - d0
+        union = c.read("pairs/box", slice(lo, hi))[rows]
+        boxes = np.stack([det_box[hum], det_box[obj], union], 1).astype(np.float32)
+        regions = boxes.copy()
+        regions[:, 2] = teacher_region(union, self.union_margin, self.crop_mode)
+        pair_size = np.repeat(np.repeat(self.sizes[imgs], counts, 0), 3, 0)
+        grid_boxes = to_grid(regions.reshape(-1, 4), pair_size, self.grid, self.crop_mode).reshape(-1, 3, 4)
+
+        def image_array(name):  # whole chunks read, skipped images dropped after
+            return c.read(name, slice(i0, i1))[local]
+        return Block(
+            image=imgs.astype(np.int64), size=self.sizes[imgs],
+            dense=image_array("global/dense") if "dense" in self.what else None,
+            global_score=image_array("global/score") if "global_score" in self.what else None,
+            pair_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            pair_row=(lo + rows).astype(np.int64), boxes=boxes, grid_boxes=grid_boxes,
+            object=det_label[obj].astype(np.int64),
+            det_score=np.stack([det_score[hum], det_score[obj]], 1).astype(np.float32),
+            union_score=c.read("union/score", slice(lo, hi))[rows] if "union_score" in self.what else None)
+
+    def read_all(self, block_images: int) -> Block:
+        return Block.concat([self.read(i0, i1) for i0, i1 in self.blocks(block_images)])
+
+
+def object_class_mask(cache: TeacherCache) -> np.ndarray:
+    """bool [O, C]: True where class c is an HOI class of object o, for every object that the
+    text classes or the detections name (an object without classes gets an all-False row)."""
+    cls_obj = cache.read("text/object").astype(np.int64)
+    labels = cache.read("detections/label")
+    num_objects = int(max(cls_obj.max(initial=-1), labels.max(initial=-1))) + 1
+    mask = np.zeros((num_objects, len(cls_obj)), dtype=bool)
+    mask[cls_obj, np.arange(len(cls_obj))] = True
+    return mask
+
+
+def prefetched(read: Callable, items: list, depth: int) -> Iterator:
+    """``read(item)`` for each item, in order, computed up to ``depth`` items ahead in a thread
+    (Zarr decompression releases the GIL). Errors surface in the consumer."""
+    if depth == 0:
+        yield from (read(x) for x in items)
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for x in items:
+                if stop.is_set():
+                    return
+                q.put((True, read(x)))
+        except BaseException as e:  # forwarded to the consumer, re-raised there
+            q.put((False, e))
+
+    thread = threading.Thread(target=work, daemon=True, name="cache-prefetch")
+    thread.start()
+    try:
+        for _ in items:
+            ok, value = q.get()
+            if not ok:
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+class TrainData:
+    """Shuffled batches (numpy :class:`Block` of ``batch_size`` images) of a training cache, per epoch.
+
+    The order depends on (seed, epoch) only, so a resumed run sees the batches an
+    uninterrupted one would. In memory, the whole split is permuted; streamed, blocks are
+    permuted, and images are permuted within groups of ``shuffle_blocks`` blocks, the
+    remainder of a group carried into the next so only the last batch is short.
+    """
+
+    def __init__(self, cache: TeacherCache, config: TrainConfig, crop_mode: str):
+        self.config = config
+        what = ("dense", "global_score") + (("union_score",) if "union" in config.active_losses else ())
+        self.reader = CacheReader(cache, crop_mode, what)
+        self.block_ranges = self.reader.blocks(config.block_images)
+        need = self.reader.estimate_bytes()
+        self.in_memory = config.in_memory == "yes" or (
+            config.in_memory == "auto" and need <= config.in_memory_limit_mb * 2**20)
+        log.info("training data: %d images, %s (%.0f MiB for the whole split)", self.reader.ok.sum(),
+                 "held in memory" if self.in_memory else f"streamed in blocks of {config.block_images} images",
+                 need / 2**20)
+        self._all = self.reader.read_all(config.block_images) if self.in_memory else None
+
+    @property
+    def num_images(self) -> int:
+        return int(self.reader.ok.sum())
+
+    def __len__(self) -> int:
+        return -(-self.num_images // self.config.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[Block]:
+        rng = np.random.default_rng([self.config.seed, epoch])
+        bs = self.config.batch_size
+        if self.in_memory:
+            perm = rng.permutation(len(self._all))
+            for s in range(0, len(perm), bs):
+                yield self._all.select(perm[s:s + bs])
+            return
+        order = rng.permutation(len(self.block_ranges))
+        ranges = [self.block_ranges[k] for k in order]
+        blocks = prefetched(lambda r: self.reader.read(*r), ranges, self.config.prefetch)
+        pending: Block | None = None
+        group: list[Block] = []
+        for k, block in enumerate(blocks):
+            group.append(block)
+            if len(group) < self.config.shuffle_blocks and k < len(ranges) - 1:
+                continue
+            pool = Block.concat(([pending] if pending is not None else []) + group)
+            group = []
+            perm = rng.permutation(len(pool))
+            full = len(perm) // bs * bs
+            for s in range(0, full, bs):
+                yield pool.select(perm[s:s + bs])
+            pending = pool.select(perm[full:]) if full < len(perm) else None
+        if pending is not None:
+            yield pending
+

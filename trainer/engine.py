@@ -1,0 +1,205 @@
+"""The training loop: one plain ``train_one_epoch`` and :func:`train` around it.
+
+A run folder ``OUT`` holds ``metrics.jsonl`` (one JSON line per epoch) and ``checkpoint/``
+(see :mod:`trainer.checkpoint`), rewritten after every epoch. The data order, the learning
+rate and the weights' initialisation depend on the seed, the epoch and the step only, so
+``--resume`` from the checkpoint of epoch k ends with the weights an uninterrupted run has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from tqdm import tqdm
+
+from cache.store import TeacherCache, open_cache
+
+from . import checkpoint as ckpt
+from .config import ConfigError, TrainConfig, runtime_fields
+from .data import Block, TrainData, object_class_mask, resolve_crop_mode
+from .losses import DistillationLoss
+from .model import Student
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE, CHECKPOINT_DIR = "metrics.jsonl", "checkpoint"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message says where and what to try."""
+
+
+def select_device(setting: str) -> torch.device:
+    """'auto': the first CUDA device when there is one, else the CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {setting!r} was asked for but CUDA is not available; use --device auto or cpu")
+    return device
+
+
+def build_model(config: TrainConfig, cache: TeacherCache, device: torch.device) -> Student:
+    """A freshly initialised student (weights from ``config.seed``) scoring the cache's text embeddings."""
+    torch.manual_seed(config.seed)
+    return Student(config, torch.from_numpy(cache.read("text/embedding"))).to(device)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; biases, norms and logit scales (tensors of fewer than 2 dims) are not decayed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+
+
+def lr_factor(step: int, total: int, config: TrainConfig) -> float:
+    """Linear warm-up over ``warmup`` of the steps, then cosine from 1 to ``min_lr_ratio``."""
+    warm = int(config.warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """bfloat16 autocast on CUDA when asked (no loss scaling needed); full precision elsewhere."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model: Student, criterion: DistillationLoss, batches: Iterable[Block],
+                    optimizer: torch.optim.Optimizer, schedule: Callable[[int], float], *, class_mask: torch.Tensor,
+                    device: torch.device, epoch: int, step: int, config: TrainConfig,
+                    num_batches: int | None = None) -> tuple[dict, int]:
+    """One pass over ``batches``; returns (epoch metrics, global step after it).
+
+    class_mask: bool [O, C] on ``device``. Raises :class:`NonFiniteLossError` on a NaN/inf loss.
+    """
+    model.train()
+    sums: dict[str, float] = {}
+    images = pairs = seen = 0
+    start = time.perf_counter()
+    bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+               disable=not config.progress, leave=False, dynamic_ncols=True)
+    for block in bar:
+        batch = block.to_batch(class_mask, device)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * schedule(step)
+        with autocast_for(device, config.amp):
+            outputs = model(batch)
+        losses = criterion(outputs, batch)
+        loss = criterion.total(losses)
+        value = loss.item()  # one sync per step; it also feeds the progress bar
+        if not math.isfinite(value):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise NonFiniteLossError(
+                f"the loss became {value} at epoch {epoch + 1}, step {step} ({parts}). The checkpoint of the "
+                f"last finished epoch is intact. Try a lower --lr (now {config.lr:g}), keep --clip-grad on, or "
+                "--no-amp; if it recurs at the same step, check the cache for non-finite scores "
+                "(TeacherCache.verify()).")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        optimizer.step()
+        step += 1
+        seen += 1
+        images += batch.num_images
+        pairs += batch.num_pairs
+        for k, v in (("loss", value), *((f"loss_{k}", v.item()) for k, v in losses.items())):
+            sums[k] = sums.get(k, 0.0) + v
+        rate = pairs / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(loss=f"{value:.4f}", pairs_s=f"{rate:,.0f}", refresh=False)
+    seconds = time.perf_counter() - start
+    per_s = 1 / max(seconds, 1e-9)
+    metrics = {"epoch": epoch + 1, "step": step, **{k: v / max(seen, 1) for k, v in sums.items()},
+               "lr": optimizer.param_groups[0]["lr"], "images": images, "pairs": pairs, "seconds": round(seconds, 3),
+               "pairs_per_s": round(pairs * per_s, 1), "images_per_s": round(images * per_s, 1)}
+    return metrics, step
+
+
+def _resumed_config(meta: dict, config: TrainConfig | None, overrides: dict) -> TrainConfig:
+    """The checkpoint's config with ``overrides``; only runtime fields and a larger ``epochs`` may change."""
+    stored = TrainConfig.from_dict(meta["config"])
+    wanted = (config or stored).replace(**overrides)
+    changed = [k for k, v in wanted.to_dict().items()
+               if v != getattr(stored, k) and k not in runtime_fields() and k != "epochs"]
+    if changed:
+        pairs = ", ".join(f"{k}: {getattr(stored, k)!r} -> {getattr(wanted, k)!r}" for k in changed)
+        raise ConfigError(f"a resumed run keeps its configuration, but these fields differ from the checkpoint's: "
+                          f"{pairs}. Drop them, or start a new run (another --out)")
+    if wanted.epochs < meta["epoch"]:
+        raise ConfigError(f"the checkpoint has already trained {meta['epoch']} epochs; --epochs {wanted.epochs} "
+                          "is fewer")
+    return wanted
+
+
+def train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bool = False, **overrides) -> dict:
+    """Train a student on the cache at ``cache_path`` into ``out_dir``; return the last epoch's metrics.
+
+    config: the run's configuration (default: :class:`TrainConfig` defaults; when resuming,
+    the checkpoint's). overrides: field values applied on top (what the command line gave).
+    resume: continue from ``out_dir/checkpoint``, on the same cache only.
+    """
+    cache = open_cache(cache_path)
+    out = Path(out_dir)
+    ckpt_dir = out / CHECKPOINT_DIR
+    meta = None
+    if resume:
+        meta = ckpt.read_meta(ckpt_dir)
+        ckpt.check_same_cache(meta, cache, ckpt_dir)
+        config = _resumed_config(meta, config, overrides)
+    else:
+        if (ckpt_dir / ckpt.META_FILE).exists():
+            raise ConfigError(f"{ckpt_dir} exists: pass --resume to continue that run, or choose another --out")
+        config = (config or TrainConfig()).replace(**overrides)
+    out.mkdir(parents=True, exist_ok=True)
+
+    device = select_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    crop_mode = resolve_crop_mode(config.crop_mode, cache)
+    model = build_model(config, cache, device)
+    optimizer = make_optimizer(model, config)
+    criterion = DistillationLoss(config)
+    start_epoch, step = 0, 0
+    metrics_path = out / METRICS_FILE
+    if meta is not None:
+        model.load_state_dict(ckpt.load_weights(ckpt_dir))
+        optimizer.load_state_dict(ckpt.load_optimizer_state(ckpt_dir, meta))
+        start_epoch, step = meta["epoch"], meta["step"]
+        # a run killed between its metrics line and its checkpoint wrote one line too many
+        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+        metrics_path.write_text("".join(line + "\n" for line in lines if json.loads(line)["epoch"] <= start_epoch))
+    else:
+        metrics_path.write_text("")
+
+    data = TrainData(cache, config, crop_mode)
+    if data.num_images == 0:
+        raise ConfigError(f"{cache.path} has no usable image (all skipped or none); nothing to train on")
+    class_mask = torch.from_numpy(object_class_mask(cache)).to(device)
+    total = config.epochs * len(data)
+    log.info("training %s on %s (%s): %d images, %d steps, device %s", out, cache.path,
+             ", ".join(config.active_losses), data.num_images, total, device)
+    metrics = meta["metrics"] if meta is not None else {}
+    for epoch in range(start_epoch, config.epochs):
+        metrics, step = train_one_epoch(model, criterion, data.epoch(epoch), optimizer,
+                                        lambda s: lr_factor(s, total, config), class_mask=class_mask, device=device,
+                                        epoch=epoch, step=step, config=config, num_batches=len(data))
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        ckpt.save_checkpoint(ckpt_dir, model, optimizer, config=config.to_dict(), cache=cache, epoch=epoch + 1,
+                             step=step, metrics=metrics)
+        log.info("epoch %d/%d: loss %.4f, %.0f pairs/s", epoch + 1, config.epochs, metrics["loss"],
+                 metrics["pairs_per_s"])
+    return {**metrics, "checkpoint": str(ckpt_dir)}

@@ -1,0 +1,144 @@
+"""The student: three branches over the teacher's cached dense map, scored against CLIP's text.
+
+::
+
+    dense [B, H, W, D] --DenseAdapter--> x [B, F, H, W]
+        global:        mean over the grid            -> head -> embedding [B, D]
+        human-object:  RoI(human), RoI(object), layout -> head -> embedding [P, D]
+        union:         RoI(union)                    -> head -> embedding [P, D]
+        early fusion:  RoI(human), RoI(object), layout, RoI(union) -> one head -> [P, D]
+
+Every embedding is scored by cosine against the cached HOI text embeddings [C, D] times a
+learned logit scale per branch, so a class never seen in training is scored like any other.
+Branches that are switched off are not built: they contribute nothing, not even weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from .config import TrainConfig
+from .data import Batch
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp
+INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial value
+SPATIAL_FEATURES = 17
+# Box columns of Batch.grid_boxes (0 human, 1 object, 2 union) that each pair branch pools.
+BOXES = {"ho": (0, 1), "union": (2,), "fused": (0, 1, 2)}
+
+
+class DenseAdapter(nn.Module):
+    """[B, H, W, D] cached tokens -> [B, F, H, W] features: per-token norm and projection,
+    then a residual 3 x 3 convolution so that each cell sees its neighbours."""
+
+    def __init__(self, embed_dim: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dim)  # token norms vary with the teacher; the student should not care
+        self.proj = nn.Linear(embed_dim, hidden)
+        self.context = nn.Conv2d(hidden, hidden, 3, padding=1)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.norm(dense)).permute(0, 3, 1, 2)
+        return x + self.context(F.gelu(x))
+
+
+class RoIFeatures(nn.Module):
+    """RoI-align boxes [K, 5] (image index, x1, y1, x2, y2 in grid cells) on x [B, F, H, W]
+    into [K, F] features (roi_size x roi_size samples, flattened, projected)."""
+
+    def __init__(self, hidden: int, roi_size: int):
+        super().__init__()
+        self.roi_size = roi_size
+        self.proj = nn.Linear(hidden * roi_size * roi_size, hidden)
+
+    def forward(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        # aligned=True: a box [0, W] covers exactly the W cells; a fixed sampling ratio keeps
+        # the cost independent of box size and the result deterministic.
+        pooled = roi_align(x, rois, self.roi_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        return F.gelu(self.proj(pooled.flatten(1)))
+
+
+def spatial_features(boxes: torch.Tensor) -> torch.Tensor:
+    """[P, 17] layout of human and object boxes [P, 2, 4] (divided by the image size): both
+    boxes (x1, y1, x2, y2), the object's centre offset and log size ratios relative to the
+    human's size, log areas, IoU and the intersection over each area."""
+    h, o = boxes[:, 0], boxes[:, 1]
+    wh_h = (h[:, 2:] - h[:, :2]).clamp(min=1e-4)
+    wh_o = (o[:, 2:] - o[:, :2]).clamp(min=1e-4)
+    c_h, c_o = (h[:, :2] + h[:, 2:]) / 2, (o[:, :2] + o[:, 2:]) / 2
+    area_h, area_o = wh_h.prod(1), wh_o.prod(1)
+    inter = (torch.minimum(h[:, 2:], o[:, 2:]) - torch.maximum(h[:, :2], o[:, :2])).clamp(min=0).prod(1)
+    iou = inter / (area_h + area_o - inter)
+    return torch.cat([h, o, (c_o - c_h) / wh_h, torch.log(wh_o / wh_h), torch.log(torch.stack([area_h, area_o], 1)),
+                      torch.stack([iou, inter / area_h, inter / area_o], 1)], 1)
+
+
+def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+
+class Student(nn.Module):
+    """The student of ``config`` over text embeddings ``text`` float32 [C, D] (from the cache,
+    not a weight: the checkpoint stays valid for any prompt set of the same teacher)."""
+
+    def __init__(self, config: TrainConfig, text: torch.Tensor):
+        super().__init__()
+        self.config = config
+        embed_dim, hidden = text.shape[1], config.hidden_dim
+        self.register_buffer("text", F.normalize(text.float(), dim=-1), persistent=False)
+        self.adapter = DenseAdapter(embed_dim, hidden)
+        self.heads = nn.ModuleDict()
+        if config.global_branch:
+            self.heads["global"] = mlp(hidden, hidden, embed_dim)
+        self.roi = RoIFeatures(hidden, config.roi_size)
+        if config.ho_branch:
+            self.spatial = mlp(SPATIAL_FEATURES, hidden, hidden)
+        for name in config.pair_branches:
+            width = {"ho": 3, "union": 1, "fused": 4}[name] * hidden
+            self.heads[name] = mlp(width, hidden, embed_dim)
+        self.logit_scale = nn.ParameterDict({k: nn.Parameter(torch.tensor(INIT_LOGIT_SCALE)) for k in self.heads})
+
+    def score(self, name: str, embedding: torch.Tensor) -> torch.Tensor:
+        """[N, C] logits: scale x cosine(embedding, text)."""
+        scale = self.logit_scale[name].clamp(max=MAX_LOGIT_SCALE).exp()
+        return scale * F.normalize(embedding.float(), dim=-1) @ self.text.T
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Logits float32 per branch, over all classes (restricting them is the caller's
+        choice): 'global' [B, C]; per pair [P, C]: 'ho' and 'union' (late fusion) or 'fused'."""
+        x = self.adapter(batch.dense)
+        out = {}
+        if "global" in self.heads:
+            out["global"] = self.score("global", self.heads["global"](x.mean((2, 3))))
+        pair = self.config.pair_branches
+        if batch.num_pairs == 0:
+            return {**out, **{k: x.new_zeros(0, self.text.shape[0]) for k in pair}}
+        cols = sorted({c for k in pair for c in BOXES[k]})
+        boxes = batch.grid_boxes[:, cols]  # [P, k, 4]
+        idx = batch.pair_image[:, None, None].expand(-1, len(cols), 1).to(boxes.dtype)
+        feats = self.roi(x, torch.cat([idx, boxes], 2).reshape(-1, 5)).view(batch.num_pairs, len(cols), -1)
+        roi = {c: feats[:, j] for j, c in enumerate(cols)}
+        for name in pair:
+            parts = [roi[c] for c in BOXES[name]]
+            if name in ("ho", "fused"):
+                parts.insert(2, self.spatial(spatial_features(batch.norm_boxes)))
+            out[name] = self.score(name, self.heads[name](torch.cat(parts, 1)))
+        return out
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N, C] softmax over the True entries of mask [N, C]; 0 elsewhere, and on rows without one."""
+    p = torch.softmax(logits.float().masked_fill(~mask, float("-inf")), dim=-1)
+    return torch.where(mask, p, torch.zeros_like(p))
+
+
+def pair_scores(outputs: dict[str, torch.Tensor], class_mask: torch.Tensor) -> torch.Tensor:
+    """[P, C] test-time pair scores: each pair branch's softmax over the classes of the pair's
+    object (class_mask [P, C]), averaged over the branches (late fusion: after scoring)."""
+    names = [k for k in ("fused", "ho", "union") if k in outputs]
+    return torch.stack([masked_softmax(outputs[k], class_mask) for k in names]).mean(0)

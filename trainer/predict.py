@@ -1,0 +1,204 @@
+"""Predictions for a cached split, and their HICO-DET evaluation from the cache alone.
+
+Three scorers of the same pairs (the cache's, from the detections by the pair rule):
+
+- ``student``: a trained checkpoint; each pair branch's softmax over the classes of the
+  pair's object, averaged over the branches (late fusion; early fusion has one branch).
+- ``teacher``: CLIP on the union boxes alone, the baseline every student is compared with:
+  softmax(union raw cosine / temperature) over the classes of the pair's object. Softmax
+  rather than the raw cosine because raw cosines carry a per-crop offset (one crop is
+  closer to every prompt than another) that would mix up the ranking across pairs; the
+  temperature is the one the student's soft labels use, so both are on one scale.
+- ``random``: uniform random class scores: chance for the interaction classifier on the
+  same detections and pairs.
+
+Every scorer's class scores are multiplied by (human score x object score) ** det_exponent
+and kept only for the HOI classes of the detected object. Boxes are written in the
+``coord`` convention, as the cache stores them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache.store import TeacherCache, open_cache
+from hoidata.annotations import Annotations
+from hoidata.evaluation import EvalResult, evaluate
+from hoidata.labelspace import LabelSpace
+from hoidata.predictions import Predictions, write_predictions
+
+from . import checkpoint as ckpt
+from .config import PREDICTION_MODELS as MODELS
+from .config import ConfigError, TrainConfig
+from .data import Block, CacheReader, object_class_mask, prefetched, resolve_crop_mode
+from .engine import autocast_for, select_device
+from .model import Student, masked_softmax, pair_scores
+
+log = logging.getLogger(__name__)
+
+
+def labelspace_of(cache: TeacherCache, override: str | None = None) -> LabelSpace:
+    """The label space of the cache: ``override`` (a built-in name or a file), else the
+    cache's ``dataset.labelspace`` (a name, a file or the label-space dict itself); checked
+    against the cache's classes."""
+    src = override if override is not None else cache.attrs["dataset"].get("labelspace")
+    if src is None:
+        raise ConfigError(f"{cache.path} does not record its label space (dataset.labelspace); pass --labelspace "
+                          "NAME|FILE")
+    ls = LabelSpace.from_dict(src, source=f"{cache.path} dataset.labelspace") if isinstance(src, dict) \
+        else LabelSpace.load(src)
+    verb, obj = cache.read("text/verb"), cache.read("text/object")
+    if ls.num_classes != len(verb):
+        raise ConfigError(f"label space {ls.name!r} has {ls.num_classes} classes but {cache.path} has {len(verb)}")
+    bad = np.flatnonzero((ls.hoi_verb != verb) | (ls.hoi_object != obj))
+    if len(bad):
+        c = int(bad[0])
+        raise ConfigError(f"label space {ls.name!r} disagrees with {cache.path} on class {c}: (verb, object) "
+                          f"{ls.hoi[c]} vs ({verb[c]}, {obj[c]})")
+    return ls
+
+
+def ground_truth(cache: TeacherCache, labelspace_name: str = "") -> Annotations:
+    """The cache's ground truth (gt/*, images/*) as evaluator annotations (coord boxes)."""
+    if cache.layout["num_gt"] == 0:
+        raise ConfigError(f"{cache.path} holds no ground truth (gt/* is empty: a training split?); evaluate on "
+                          "a cache of a test split")
+    return Annotations(
+        file_names=[str(n) for n in cache.read("images/file_name")],
+        sizes=cache.read("images/size").astype(np.int64), offsets=cache.read("gt/offsets").astype(np.int64),
+        boxes_h=cache.read("gt/box_h").astype(np.float64), boxes_o=cache.read("gt/box_o").astype(np.float64),
+        hoi=cache.read("gt/hoi").astype(np.int64), verb=cache.read("gt/verb").astype(np.int64),
+        object=cache.read("gt/object").astype(np.int64), labelspace_name=labelspace_name)
+
+
+def load_student(checkpoint, cache: TeacherCache, device: torch.device) -> tuple[Student, dict]:
+    """The trained student of checkpoint folder ``checkpoint`` scoring ``cache``'s text
+    embeddings (refused if the cache was made by another teacher); returns (model, meta)."""
+    meta = ckpt.read_meta(checkpoint)
+    ckpt.check_teacher(meta, cache, checkpoint)
+    config = TrainConfig.from_dict(meta["config"])
+    model = Student(config, torch.from_numpy(cache.read("text/embedding"))).to(device)
+    try:
+        model.load_state_dict(ckpt.load_weights(checkpoint))
+    except RuntimeError as e:
+        raise ckpt.CheckpointError(f"{checkpoint}: the weights do not fit the model its config describes "
+                                   f"({e})") from None
+    return model.eval(), meta
+
+
+def _rows(block: Block, scores: np.ndarray, class_mask: np.ndarray, top_k: int) -> dict[str, np.ndarray]:
+    """Prediction rows of a block: (pair, class) for every class of each pair's object, with
+    scores [P, C]; only the ``top_k`` best of each image when top_k > 0 (then best first)."""
+    pair, cls = np.nonzero(class_mask[block.object])
+    score = scores[pair, cls].astype(np.float64)
+    image = block.image[block.pair_image[pair]]
+    if top_k > 0:
+        order = np.lexsort((-score, image))  # stable: by image, best first, ties in row order
+        rank = np.arange(len(order)) - np.searchsorted(image[order], image[order])
+        keep = order[rank < top_k]
+        pair, cls, score, image = pair[keep], cls[keep], score[keep], image[keep]
+    return {"image": image, "boxes_h": block.boxes[pair, 0], "boxes_o": block.boxes[pair, 1], "hoi": cls,
+            "score": score}
+
+
+def _student_scores(model: Student, block: Block, class_mask: torch.Tensor, device: torch.device,
+                    batch_size: int, amp: bool) -> np.ndarray:
+    """float32 [P, C]: the student's fused pair scores for a block, batch by batch."""
+    out = [np.zeros((0, class_mask.shape[1]), np.float32)]
+    for s in range(0, len(block), batch_size):
+        batch = block.select(np.arange(s, min(s + batch_size, len(block)))).to_batch(class_mask, device)
+        with torch.no_grad(), autocast_for(device, amp):
+            outputs = model(batch)
+        out.append(pair_scores(outputs, batch.class_mask).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent: float = 1.0, top_k: int = 0,
+            temperature: float | None = None, batch_size: int = 64, block_images: int = 256, device: str = "auto",
+            seed: int = 0) -> tuple[Predictions, dict]:
+    """Predictions of ``model`` (student / teacher / random, see the module docstring) for
+    every pair of the cache, and a dict saying what made them.
+
+    checkpoint: the student's checkpoint folder (student only). temperature: the teacher's
+    softmax temperature (default: the training default, 0.01). seed: the random baseline's.
+    """
+    if model not in MODELS:
+        raise ConfigError(f"model {model!r}: choose one of {', '.join(MODELS)}")
+    if (model == "student") != (checkpoint is not None):
+        raise ConfigError("--checkpoint goes with --model student (and only with it)")
+    cache = open_cache(cache_path)
+    dev = select_device(device)
+    mask = object_class_mask(cache)
+    info = {"model": model, "cache": {"path": str(cache.path), "fingerprint": cache.fingerprint},
+            "det_exponent": det_exponent, "top_k": top_k}
+    if model == "student":
+        student, meta = load_student(checkpoint, cache, dev)
+        config = student.config
+        reader = CacheReader(cache, resolve_crop_mode(config.crop_mode, cache), ("dense",))
+        mask_t = torch.from_numpy(mask).to(dev)
+        info.update(checkpoint=str(checkpoint), epoch=meta["epoch"], config=config.to_dict(),
+                    train_cache=meta["cache"]["path"])
+
+        def score_block(b: Block) -> np.ndarray:
+            return _student_scores(student, b, mask_t, dev, batch_size, config.amp)
+    elif model == "teacher":
+        temperature = TrainConfig().temperature if temperature is None else temperature
+        info["temperature"] = temperature
+        reader = CacheReader(cache, "squash", ("union_score",))  # the teacher needs no grid geometry
+
+        def score_block(b: Block) -> np.ndarray:
+            raw = torch.from_numpy(b.union_score.astype(np.float32))
+            return masked_softmax(raw / temperature, torch.from_numpy(mask[b.object])).numpy()
+    else:
+        info["seed"] = seed
+        reader = CacheReader(cache, "squash", ())
+        rng = np.random.default_rng(seed)
+
+        def score_block(b: Block) -> np.ndarray:
+            return rng.random((b.num_pairs, mask.shape[1]))
+    skipped = int((~reader.ok).sum())
+    if skipped:
+        log.warning("%d image(s) of %s were skipped by the teacher (no dense map): no predictions there",
+                    skipped, cache.path)
+
+    parts = []
+    for block in prefetched(lambda r: reader.read(*r), reader.blocks(block_images), 1):  # read ahead while scoring
+        scores = score_block(block) * (block.det_score.prod(1) ** det_exponent)[:, None]
+        parts.append(_rows(block, scores, mask, top_k))
+    cat = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, 4) if k.startswith("boxes") else 0)
+           for k in ("image", "boxes_h", "boxes_o", "hoi", "score")}
+    pred = Predictions.from_arrays([str(n) for n in cache.read("images/file_name")], box_format="coord", **cat)
+    info["num_predictions"] = len(pred)
+    return pred, info
+
+
+def predict_file(cache_path, output, **predict_kw) -> dict:
+    """:func:`predict`, written to ``output`` (.json, .json.gz or .npz); returns what made them."""
+    pred, info = predict(cache_path, **predict_kw)
+    write_predictions(pred, output)
+    return {**info, "output": str(output)}
+
+
+def run_eval(cache_path, *, results=None, predictions=None, labelspace: str | None = None,
+             **predict_kw) -> tuple[EvalResult, dict]:
+    """Predict (see :func:`predict`) on a test cache and evaluate against its own ground
+    truth and label space; write the results JSON (the evaluator's summary under
+    ``results`` plus what made the predictions) to ``results`` and the predictions to
+    ``predictions`` when given."""
+    cache = open_cache(cache_path)
+    ls = labelspace_of(cache, labelspace)
+    gt = ground_truth(cache, ls.name)  # before predicting: a cache without ground truth fails fast
+    pred, info = predict(cache_path, **predict_kw)
+    res = evaluate(gt, pred, ls, source=f"predictions for {cache.path}")
+    report = {**info, "results": json.loads(res.summary_json())}
+    if predictions:
+        write_predictions(pred, predictions)
+    if results:
+        Path(results).parent.mkdir(parents=True, exist_ok=True)
+        Path(results).write_text(json.dumps(report, indent=1) + "\n")
+    return res, report
