@@ -61,7 +61,8 @@ def bench_evaluator(num: int, baseline_classes: int) -> None:
 @click.command()
 @click.option("--predictions", "num", default=1_000_000, help="Number of synthetic predictions.")
 @click.option("--baseline-classes", default=30, help="Classes the slow baseline is timed on.")
-@click.option("--only", type=click.Choice(["all", "eval", "teacher"]), default="all", help="Which stage to time.")
+@click.option("--only", type=click.Choice(["all", "eval", "teacher", "trainer"]), default="all",
+              help="Which stage to time.")
 @click.option("--teacher-images", default=64, help="Images in the teacher-cache bench.")
 @click.option("--model", default=None, help="open_clip model of the teacher bench (default: ViT-B-16 on a GPU, "
                                             "a small ViT on the CPU); random weights.")
@@ -75,6 +76,9 @@ def main(num: int, baseline_classes: int, only: str, teacher_images: int, model:
     if only in ("all", "teacher"):
         from pipeline.bench import bench_teacher
         bench_teacher(model=model, num_images=teacher_images, echo=click.echo)
+    if only in ("all", "trainer"):
+        from trainer.bench import bench_trainer
+        bench_trainer(echo=click.echo)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,14 @@ class Row:
 # Supervision levels: "global" = the global and human-object branches learning from the
 # global CLIP scores; "union" = the union branch learning from the union CLIP scores.
 GRID = (
-    Row("global_level", "global level (global + human-object branches)", {"union_branch": False}),
-    Row("union_level", "union level (union branch)", {"global_branch": False, "ho_branch": False}),
-    Row("both_no_global", "both levels, without the global branch", {"global_branch": False}),
-    Row("both_late", "both levels, late fusion", {"fusion": "late"}),
-    Row("both_early", "both levels, early fusion", {"fusion": "early"}),
+    Row("global-level", "global level (global + human-object branches)", {"union_branch": False}),
+    Row("union-level", "union level (union branch)", {"global_branch": False, "ho_branch": False}),
+    Row("all-no-global", "both levels, without the global branch", {"global_branch": False}),
+    Row("all-late", "both levels, late fusion", {"fusion": "late"}),
+    Row("all-early", "both levels, early fusion", {"fusion": "early"}),
 )
+# The two baselines, evaluated on the same pairs: chance is uniform random scores.
+BASELINES = (("chance", "random", "chance: random scores"), ("teacher", "teacher", "teacher: CLIP on union boxes"))
 
 
 def _trained(out: Path, config: TrainConfig, train_cache) -> str:
@@ -53,19 +55,19 @@ def ablate(train_cache, test_cache, out_dir, config: TrainConfig | None = None, 
     out = Path(out_dir)
     results = []
 
-    def add(label: str, switches: dict, res: EvalResult) -> None:
-        results.append({"label": label, **switches, "summary": json.loads(res.summary_json())})
+    def add(name: str, label: str, switches: dict, res: EvalResult) -> None:
+        results.append({"name": name, "label": label, **switches, "summary": json.loads(res.summary_json())})
 
-    for model in ("teacher", "random"):
+    for name, model, label in BASELINES:
         res, _ = run_eval(test_cache, model=model, det_exponent=det_exponent, labelspace=labelspace,
-                          results=out / model / "results.json", temperature=config.temperature)
-        add({"teacher": "teacher: CLIP on union boxes", "random": "random scores"}[model], {}, res)
+                          results=out / name / "results.json", temperature=config.temperature)
+        add(name, label, {}, res)
     for row in rows:
         cfg = config.replace(**row.overrides)
         checkpoint = _trained(out / row.name, cfg, train_cache)
         res, _ = run_eval(test_cache, model="student", checkpoint=checkpoint, det_exponent=det_exponent,
                           labelspace=labelspace, results=out / row.name / "results.json", device=cfg.device)
-        add(row.label, {"global": cfg.global_branch, "ho": cfg.ho_branch, "union": cfg.union_branch,
+        add(row.name, row.label, {"global": cfg.global_branch, "ho": cfg.ho_branch, "union": cfg.union_branch,
                         "fusion": cfg.fusion}, res)
     (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
