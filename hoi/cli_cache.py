@@ -62,7 +62,8 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
     """Run a frozen CLIP once over every image and union box of a split into a Zarr cache."""
     from hoidata.labelspace import LabelSpace
     from hoidata.pairs import PairRule
-    from pipeline.run import RunOptions, TeacherOptions, build_teacher_cache
+    from pipeline.options import RunOptions, TeacherOptions
+    from pipeline.run import build_teacher_cache
 
     register_model_configs(model_config)
     try:

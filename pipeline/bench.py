@@ -23,7 +23,8 @@ from hoidata.detections import Detections, save_detections
 from hoidata.labelspace import hico_det
 from hoidata.pairs import PairRule
 from pipeline.clip import load_teacher
-from pipeline.run import RunOptions, TeacherOptions, build_teacher_cache
+from pipeline.options import RunOptions, TeacherOptions
+from pipeline.run import build_teacher_cache
 from pipeline.shard import resolve_device
 
 log = logging.getLogger(__name__)

@@ -29,45 +29,12 @@ from hoidata.detections import Detections, load_detections
 from hoidata.labelspace import LabelSpace
 from hoidata.pairs import PairRule, make_pairs
 from pipeline.clip import text_embeddings
+from pipeline.options import RunOptions, TeacherOptions
 from pipeline.shard import ShardJob, ShardStats, resolve_device, run_shard, teacher_for
 
 log = logging.getLogger(__name__)
 
 KNOWN_SPLIT_SIZES = {"hico_det": (38118, 9658)}
-
-
-@dataclass(frozen=True)
-class TeacherOptions:
-    """What defines the teacher (recorded in the store and compared on reuse)."""
-
-    model: str
-    pretrained: str | None = None
-    templates: tuple[str, ...] = ("{}",)
-    crop_mode: str = "squash"
-    union_margin: float = 0.0
-    global_size: int | None = None
-    mean: tuple | None = None
-    std: tuple | None = None
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run (not part of the store's identity)."""
-
-    images_per_shard: int = 256
-    image_chunk: int = 16
-    pair_chunk: int = 256
-    batch_size: int = 32
-    crop_batch: int = 256
-    workers: int = 4
-    device: str = "auto"
-    threads: int = 1
-    scheduler: str | None = None
-    on_error: str = "fail"
-    cuda_graphs: bool = True
-    decode: str = "auto"
-    overwrite: bool = False
-    progress: bool = True
 
 
 def _sha256_file(path) -> str:
@@ -145,12 +112,7 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
             if p.exists():
                 shutil.rmtree(p)
     device = resolve_device(run.device)
-    job = ShardJob(store=str(cstore.wip_path(out)), images_root=str(images), model=teacher.model,
-                   pretrained=teacher.pretrained, global_size=teacher.global_size, mean=teacher.mean,
-                   std=teacher.std, crop_mode=teacher.crop_mode, union_margin=teacher.union_margin,
-                   batch_size=run.batch_size, crop_batch=run.crop_batch, workers=run.workers,
-                   device=run.device, on_error=run.on_error, cuda_graphs=run.cuda_graphs,
-                   decode=run.decode)
+    job = ShardJob(store=str(cstore.wip_path(out)), images_root=str(images), teacher=teacher, run=run)
     t = teacher_for(job)  # loaded once per process: the local shards reuse it
     teacher_attrs = {
         "model": teacher.model, "pretrained": teacher.pretrained, "weights_sha256": t.weights_sha256,

@@ -2,7 +2,7 @@
 
 A shard is an independent task (clip-retrieval's reader -> mapper -> writer, per
 partition): it reads the prepare-time arrays it needs from the store, decodes its
-images in DataLoader workers, cuts the global input and every union box on the device,
+images in worker threads (or processes on a GPU machine), cuts the global input and every union box on the device,
 encodes them, and hands finished whole chunks to a writer thread so that writing
 overlaps with encoding. Only after every write has landed does it set its done flag.
 """
@@ -24,6 +24,7 @@ from pipeline import crops
 from pipeline.clip import Teacher, load_teacher
 from pipeline.encoder import Encoder
 from pipeline.images import ImageFolder, prefetch
+from pipeline.options import RunOptions, TeacherOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +39,8 @@ class ShardJob:
 
     store: str
     images_root: str
-    model: str
-    pretrained: str | None
-    global_size: int | None
-    mean: tuple | None
-    std: tuple | None
-    crop_mode: str
-    union_margin: float
-    batch_size: int = 32
-    crop_batch: int = 256
-    workers: int = 4
-    device: str = "auto"
-    on_error: str = "fail"
-    cuda_graphs: bool = True
-    decode: str = "auto"      # threads | processes | auto (processes on a GPU)
+    teacher: TeacherOptions
+    run: RunOptions
 
 
 @dataclass
@@ -79,11 +68,12 @@ def resolve_device(device: str) -> torch.device:
 
 def teacher_for(job: ShardJob) -> Teacher:
     """One loaded teacher per process and configuration (dask workers reuse it across shards)."""
-    key = (job.model, job.pretrained, job.global_size, job.mean, job.std, job.device)
+    t = job.teacher
+    key = (t.model, t.pretrained, t.global_size, t.mean, t.std, job.run.device)
     with _TEACHERS_LOCK:
         if key not in _TEACHERS:
-            _TEACHERS[key] = load_teacher(job.model, job.pretrained, global_size=job.global_size, mean=job.mean,
-                                          std=job.std, device=resolve_device(job.device))
+            _TEACHERS[key] = load_teacher(t.model, t.pretrained, global_size=t.global_size, mean=t.mean,
+                                          std=t.std, device=resolve_device(job.run.device))
         return _TEACHERS[key]
 
 
@@ -127,7 +117,7 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
     if cache.shards_done()[k]:
         return ShardStats()
     teacher = teacher_for(job)
-    device = resolve_device(job.device)
+    device = resolve_device(job.run.device)
     lo_i, hi_i = cache.shard_images(k)
     lo_p, hi_p = cache.shard_pair_rows(k)
     ctx = _ShardContext(
@@ -136,7 +126,8 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
         begin=cache.read("pairs/begin", slice(lo_i, hi_i)) - lo_p, end=cache.read("pairs/end", slice(lo_i, hi_i)) - lo_p,
         union_box=torch.from_numpy(cache.read("pairs/box", slice(lo_p, hi_p))),
         enc=Encoder(teacher, torch.from_numpy(cache.read("text/embedding")).to(device), device,
-                    global_batch=job.batch_size, crop_batch=job.crop_batch, cuda_graphs=job.cuda_graphs),
+                    global_batch=job.run.batch_size, crop_batch=job.run.crop_batch,
+                    cuda_graphs=job.run.cuda_graphs),
         stats=ShardStats(),
         mean=torch.tensor(teacher.mean, dtype=torch.float32, device=device).view(3, 1, 1),
         std=torch.tensor(teacher.std, dtype=torch.float32, device=device).view(3, 1, 1))
@@ -150,8 +141,8 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
         dataset = ImageFolder(job.images_root, ctx.names, range(hi_i - lo_i), ctx.sizes, pin=device.type == "cuda")
         previous = None
         t_wait = time.perf_counter()
-        for batch in prefetch(dataset, job.batch_size, job.workers, processes=job.decode == "processes"
-                              or (job.decode == "auto" and device.type == "cuda")):
+        decode = job.run.decode if job.run.decode != "auto" else ("processes" if device.type == "cuda" else "threads")
+        for batch in prefetch(dataset, job.run.batch_size, job.run.workers, processes=decode == "processes"):
             t_launch = time.perf_counter()
             ctx.stats.data_wait_s += t_launch - t_wait
             launched = _launch(ctx, batch)        # queued on the device
@@ -201,12 +192,12 @@ def _launch(ctx: _ShardContext, batch) -> dict:
     images were pinned by the decoder threads. (A plain host-to-device copy would wait
     for every kernel queued before it, and the GPU would idle while the CPU prepares.)
     """
-    job, teacher, device = ctx.job, ctx.teacher, ctx.device
+    run, opts, teacher, device = ctx.job.run, ctx.job.teacher, ctx.teacher, ctx.device
     ok, boxes, counts = [], [], []
     for item in batch:
         j = item.index  # position within the shard
         if item.image is None:
-            if job.on_error != "skip":
+            if run.on_error != "skip":
                 raise ShardError(f"{item.error} (pass --on-error skip to record it as skipped and go on)")
             log.warning("skipping %s", item.error)
             ctx.img_out.bufs["images/status"][j] = S.STATUS_SKIPPED
@@ -215,7 +206,7 @@ def _launch(ctx: _ShardContext, batch) -> dict:
         w, h = float(ctx.sizes[j][0]), float(ctx.sizes[j][1])
         b, e = int(ctx.begin[j]), int(ctx.end[j])
         ok.append(item)
-        boxes += [torch.tensor([[0.0, 0.0, w, h]]), crops.with_margin(ctx.union_box[b:e], job.union_margin)]
+        boxes += [torch.tensor([[0.0, 0.0, w, h]]), crops.with_margin(ctx.union_box[b:e], opts.union_margin)]
         counts.append(e - b)
     out = {"image_rows": np.array([it.index for it in ok], dtype=np.int64),
            "pair_rows": np.zeros(0, np.int64), "union": []}
@@ -228,15 +219,15 @@ def _launch(ctx: _ShardContext, batch) -> dict:
     globals_, union_crops, at = [], [], 0
     for item, n in zip(ok, counts):
         img = crops.normalise(item.image.to(device, non_blocking=True), ctx.mean, ctx.std)
-        globals_.append(crops.crop_boxes(img, all_boxes[at:at + 1], teacher.global_size, job.crop_mode))
+        globals_.append(crops.crop_boxes(img, all_boxes[at:at + 1], teacher.global_size, opts.crop_mode))
         if n:
-            union_crops.append(crops.crop_boxes(img, all_boxes[at + 1:at + 1 + n], teacher.image_size, job.crop_mode))
+            union_crops.append(crops.crop_boxes(img, all_boxes[at + 1:at + 1 + n], teacher.image_size, opts.crop_mode))
         at += 1 + n
     results = list(ctx.enc.global_pass(torch.cat(globals_)))
     if union_crops:
         x = torch.cat(union_crops)
         out["pair_rows"] = np.concatenate([np.arange(ctx.begin[it.index], ctx.end[it.index]) for it in ok])
-        union = [ctx.enc.union_pass(x[a:a + job.crop_batch]) for a in range(0, len(x), job.crop_batch)]
+        union = [ctx.enc.union_pass(x[a:a + run.crop_batch]) for a in range(0, len(x), run.crop_batch)]
         results += [torch.cat([e for e, _ in union]), torch.cat([s for _, s in union])]
     # Queue the copies back now, right behind this batch's kernels: a copy issued later
     # would wait for the next batch's kernels too. The event marks when they have landed.

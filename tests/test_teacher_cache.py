@@ -20,7 +20,8 @@ from cache import schema as S
 from cache.store import CacheError, open_cache, wip_path
 from hoidata.labelspace import LabelSpace
 from pipeline.clip import load_teacher
-from pipeline.run import RunOptions, TeacherOptions, build_teacher_cache
+from pipeline.options import RunOptions, TeacherOptions
+from pipeline.run import build_teacher_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 
