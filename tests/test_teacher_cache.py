@@ -89,7 +89,7 @@ def test_scores_equal_direct_open_clip(world, reference):
         text = model.encode_text(tok(list(LabelSpace.load(world["labelspace"]).prompts)), normalize=True)
     np.testing.assert_allclose(c.read("text/embedding"), text.numpy(), atol=1e-5)
     mean, std = np.array(t.mean)[:, None, None], np.array(t.std)[:, None, None]
-    names, sizes = c.read("images/file_name"), c.read("images/size")
+    names = c.read("images/file_name")
     begin, end, boxes = c.read("pairs/begin"), c.read("pairs/end"), c.read("pairs/box")
     size = t.image_size
     cosines = []

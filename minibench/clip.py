@@ -1,0 +1,97 @@
+"""The minibench CLIP: an open_clip ViT registered from ``minibench/model/minibench-vit.json``.
+
+Loading the shipped checkpoint needs nothing but open_clip (offline)::
+
+    import open_clip
+    open_clip.add_model_config("minibench/model/minibench-vit.json")   # name = file stem
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "minibench-vit", pretrained="minibench/model/open_clip_model.safetensors")
+    tokenizer = open_clip.get_tokenizer("minibench-vit")               # after registering: 16 tokens
+
+or, with no registration, ``open_clip.create_model_and_transforms("local-dir:minibench/model")``
+(the folder also holds ``open_clip_config.json``). :func:`load` does the first.
+
+The model sees 64 px inputs (patch 8: an 8x8 token map). ``force_image_size`` gives a
+larger input for whole scenes; open_clip interpolates the positional embedding on load.
+Preprocessing is open_clip's default for a checkpoint given by path (OpenAI mean/std,
+bicubic resize); :func:`to_input` applies the same mean/std to uint8 arrays.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+
+from .labels import HOI, PROMPTS
+
+MODEL_NAME = "minibench-vit"
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+CONFIG = MODEL_DIR / f"{MODEL_NAME}.json"
+WEIGHTS = MODEL_DIR / "open_clip_model.safetensors"
+
+
+def register() -> str:
+    """Register the model config with open_clip (idempotent); returns the model name."""
+    if MODEL_NAME not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG)
+    return MODEL_NAME
+
+
+def tokenizer():
+    """open_clip's tokenizer for the model (16-token context: only right after registering)."""
+    register()
+    tok = open_clip.get_tokenizer(MODEL_NAME)
+    assert tok.context_length == open_clip.get_model_config(MODEL_NAME)["text_cfg"]["context_length"]
+    return tok
+
+
+def tokenize(captions, tok=None) -> torch.Tensor:
+    """int64 [n, context]: token ids; raises if a caption would be truncated (open_clip's
+    tokenizer truncates silently)."""
+    tok = tok or tokenizer()
+    for c in captions:
+        n = len(tok.encode(c)) + 2  # + start and end of text
+        if n > tok.context_length:
+            raise ValueError(f"caption {c!r} needs {n} tokens; the context holds {tok.context_length}")
+    return tok(list(captions))
+
+
+def load(weights: str | Path = WEIGHTS, image_size: int | None = None):
+    """(model in eval mode, preprocess, tokenizer) from a checkpoint file, offline."""
+    register()
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        MODEL_NAME, pretrained=str(weights), force_image_size=image_size)
+    return model.eval(), preprocess, tokenizer()
+
+
+def to_input(images: np.ndarray, model) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W], normalised as the model's preprocessing does."""
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def rank_accuracy(model, images: np.ndarray, hoi: np.ndarray, batch: int = 256) -> dict:
+    """How often the right prompt ranks first, for crops uint8 [N, H, W, 3] of classes hoi [N].
+
+    ``top1``: among all classes; ``top1_given_object``: among the classes of the crop's
+    object (the teacher's job when the detector names the object); chance levels too.
+    """
+    model.eval()
+    text = model.encode_text(tokenize(PROMPTS), normalize=True)
+    feats = torch.cat([model.encode_image(to_input(images[i:i + batch], model), normalize=True)
+                       for i in range(0, len(images), batch)])
+    sim = (feats @ text.T).numpy()
+    obj = np.array([o for _, o in HOI])
+    same = obj[None, :] == obj[hoi][:, None]                     # [N, C]
+    n_of_obj = same.sum(1)
+    return {"n": int(len(hoi)),
+            "top1": float(np.mean(sim.argmax(1) == hoi)),
+            "top1_given_object": float(np.mean(np.where(same, sim, -np.inf).argmax(1) == hoi)),
+            "chance": 1.0 / len(PROMPTS), "chance_given_object": float(np.mean(1.0 / n_of_obj))}
