@@ -1,12 +1,23 @@
-# hoi-distill: every target installs the project first when needed.
-PY      ?= python3
-VENV    ?= .venv
-BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.installed
-OUT     ?= runs
+# hoi-distill. Every target installs the project into .venv first when needed.
+#
+# Without variables, teacher-cache / train / eval / demo run on the bundled benchmark
+# (minibench) with outputs under $(OUT) (runs/demo). On real data:
+#   make teacher-cache IMAGES=... DETECTIONS=... [ANNOTATIONS=...] CACHE=runs/hico/test.zarr \
+#        MODEL=ViT-B-16-quickgelu PRETRAINED=openai [LABELSPACE=hico_det]
+#   make train TRAIN_CACHE=runs/hico/train.zarr OUT=runs/hico
+#   make eval  TEST_CACHE=runs/hico/test.zarr OUT=runs/hico
+PY         ?= python3
+VENV       ?= .venv
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.installed
+OUT        ?= runs/demo
+LABELSPACE ?= hico_det
+MODEL      ?= ViT-B-16-quickgelu
+PRETRAINED ?= openai
+CACHE      ?= $(OUT)/cache.zarr
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test bench clean
+.PHONY: install test bench demo teacher-cache train eval minibench-clip clean
 
 install: $(STAMP)
 
@@ -21,6 +32,37 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m hoi.bench
+
+demo: $(STAMP)
+	$(BIN)/hoi demo --out $(OUT)
+
+teacher-cache: $(STAMP)
+ifdef IMAGES
+	$(BIN)/hoi teacher-cache --images $(IMAGES) --detections $(DETECTIONS) \
+	    $(if $(ANNOTATIONS),--annotations $(ANNOTATIONS)) --labelspace $(LABELSPACE) \
+	    --model $(MODEL) $(if $(PRETRAINED),--pretrained $(PRETRAINED)) -o $(CACHE)
+else
+	$(BIN)/hoi demo --out $(OUT) --until teacher-cache
+endif
+
+train: $(STAMP)
+ifdef TRAIN_CACHE
+	$(BIN)/hoi train --cache $(TRAIN_CACHE) --out $(OUT)/train
+else
+	$(BIN)/hoi demo --out $(OUT) --until train
+endif
+
+eval: $(STAMP)
+ifdef TEST_CACHE
+	$(BIN)/hoi eval --cache $(TEST_CACHE) --checkpoint $(OUT)/train/checkpoint --results $(OUT)/eval/results.json
+else
+	$(BIN)/hoi demo --out $(OUT) --until eval
+endif
+
+# Rebuild the shipped minibench CLIP (renders the web corpus first).
+minibench-clip: $(STAMP)
+	$(BIN)/python -m minibench.build --out runs/minibench
+	$(BIN)/python -m minibench.clip_train --out minibench/model --steps 2500 --corpus runs/minibench/web/corpus.npz
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -59,6 +59,52 @@ def eval_predictions(annotations, labelspace, predictions, box_format, ignore_un
         click.echo(format_table(res))
 
 
+@main.command("visualize")
+@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Predictions in the interchange format.")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False), help="Images folder.")
+@click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the predictions.")
+@click.option("--image", "names", multiple=True, help="Image file name to draw (repeatable); default: the first "
+                                                      "--count images with predictions.")
+@click.option("--count", default=4, help="Images to draw when no --image is given.")
+@click.option("--top", default=3, help="Pairs drawn per image (highest scores).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the PNG files.")
+def visualize(predictions, images, labelspace, names, count, top, output):
+    """Draw images' top HOI detections (boxes, class names, scores) to PNG files."""
+    from pathlib import Path
+
+    from hoidata.labelspace import LabelSpace
+    from hoidata.predictions import read_predictions
+    from hoidata.visualize import draw
+
+    try:
+        pred, ls = read_predictions(predictions), LabelSpace.load(labelspace)
+        names = names or [pred.file_names[i] for i in sorted(set(pred.image.tolist()))[:count]]
+        for name in names:
+            click.echo(draw(Path(images) / name, pred, ls, Path(output) / (Path(name).stem + ".png"), k=top))
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from e
+
+
+@main.command("demo")
+@click.option("--out", default="runs/demo", type=click.Path(file_okay=False), help="Folder for every output.")
+@click.option("--until", type=click.Choice(["teacher-cache", "train", "eval", "all"]), default="all",
+              help="Last stage: the caches, the default student trained, it evaluated, or the whole ablation table.")
+@click.option("--epochs", type=int, default=None, help="Training epochs of each student (default: the trainer's).")
+@click.option("--train-images", default=2000, help="Images of the minibench train split.")
+@click.option("--test-images", default=600, help="Images of the minibench test split.")
+def demo(out, until, epochs, train_images, test_images):
+    """The whole method on the bundled benchmark (minibench), offline: world, teacher cache,
+    students, evaluation, one table like the paper's."""
+    from hoi.demo import run_demo
+
+    try:
+        run_demo(out, until=until, epochs=epochs, train_images=train_images, test_images=test_images,
+                 echo=click.echo)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise UserError(str(e)) from e
+
+
 from hoi.cli_cache import cache_group, teacher_cache  # noqa: E402
 from hoi.cli_detections import detections  # noqa: E402
 from hoi.cli_train import ablate_cmd, eval_cmd, predict_cmd, train_cmd  # noqa: E402

@@ -1,0 +1,105 @@
+"""``make demo``: the whole method on the bundled benchmark, offline, on a CPU, in minutes.
+
+Builds the minibench world (or reuses it), runs the teacher cache over its train and test
+splits with the shipped small CLIP, trains the student for each row of the paper's
+ablation, evaluates every row on the test split and writes ``OUT/results.json`` and a few
+pictures. Everything lands under one folder (``runs/demo`` by default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# The demo's teacher: the shipped minibench CLIP; scenes encoded at 128 px for a 16x16 map
+# (the size at which that CLIP ranks whole scenes best: see minibench/README.md).
+GLOBAL_SIZE = 128
+# A few minutes on two cores: short training, and the paper's rows (hoi ablate has more).
+DEMO_TRAINING = {"epochs": 5, "batch_size": 64}
+DEMO_ROWS = ("global-level", "union-level", "all-late", "all-early")
+
+
+STAGES = ("teacher-cache", "train", "eval", "all")
+
+
+def demo_paths(out) -> dict[str, Path]:
+    out = Path(out)
+    return {"world": out / "world", "train_cache": out / "cache" / "train.zarr",
+            "test_cache": out / "cache" / "test.zarr", "train": out / "train", "eval": out / "eval",
+            "ablation": out / "ablation", "results": out / "results.json", "figures": out / "figures"}
+
+
+def run_demo(out="runs/demo", *, until: str = "all", epochs: int | None = None, train_images: int = 2000,
+             test_images: int = 600, figures: int = 4, echo=print) -> dict | None:
+    """Run the demo into ``out`` up to stage ``until`` (teacher-cache, train, eval, all).
+
+    ``all`` runs the ablation grid and returns the results written to ``out/results.json``;
+    ``train`` and ``eval`` train and evaluate the default student alone (``make train``,
+    ``make eval`` on the bundled benchmark)."""
+    from hoidata.labelspace import LabelSpace
+    from hoidata.predictions import read_predictions
+    from hoidata.visualize import draw
+    from minibench import build as world
+    from minibench.clip import MODEL_DIR
+    from pipeline.options import RunOptions, TeacherOptions
+    from pipeline.run import build_teacher_cache
+    from trainer.ablate import GRID, ablate, format_ablation
+    from trainer.config import TrainConfig
+
+    p = demo_paths(out)
+    echo(f"[1/4] minibench world -> {p['world']}")
+    world.build(p["world"], n_train=train_images, n_test=test_images, web=False, log=lambda m: echo(f"      {m}"))
+    w = world.layout(p["world"])
+    ls = LabelSpace.load(w["labelspace"])
+    teacher = TeacherOptions(model=f"local-dir:{MODEL_DIR}", global_size=GLOBAL_SIZE)
+    echo(f"[2/4] teacher cache (CLIP {MODEL_DIR.name}, scenes at {GLOBAL_SIZE} px, unions at its input size)")
+    for split in ("train", "test"):
+        build_teacher_cache(p[f"{split}_cache"], images=w[f"images_{split}"], detections=w[f"detections_{split}"],
+                            annotations=w["instances_test"] if split == "test" else None, labelspace=ls,
+                            teacher=teacher, run=RunOptions(images_per_shard=512, workers=2))
+    config = TrainConfig(progress=False, **{**DEMO_TRAINING, **({"epochs": epochs} if epochs else {})})
+    if until == "teacher-cache":
+        return None
+    if until in ("train", "eval"):
+        from trainer.engine import train
+        from trainer.predict import run_eval
+        echo(f"[3/4] student (default configuration) -> {p['train']}")
+        ckpt = train(p["train_cache"], p["train"], config)["checkpoint"]
+        if until == "eval":
+            res, report = run_eval(p["test_cache"], checkpoint=ckpt, results=p["eval"] / "results.json",
+                                   predictions=p["eval"] / "predictions.json.gz")
+            from hoidata.evaluation import format_table
+            echo(format_table(res))
+            echo(f"\nresults: {p['eval'] / 'results.json'}")
+            return report
+        return None
+    echo("[3/4] student: one training run per ablation row, each evaluated on the test split")
+    rows = ablate(p["train_cache"], p["test_cache"], p["ablation"], config,
+                  rows=tuple(r for r in GRID if r.name in DEMO_ROWS))
+    results = {"world": str(p["world"]), "teacher": teacher.model, "global_size": GLOBAL_SIZE,
+               "train_config": config.to_dict(),
+               "rows": [{"name": r["name"], "label": r["label"], "default": r["summary"]["default"],
+                         "known_object": r["summary"]["known_object"],
+                         **({"zero_shot": r["summary"]["zero_shot"]} if "zero_shot" in r["summary"] else {})}
+                        for r in rows]}
+    p["results"].write_text(json.dumps(results, indent=1) + "\n")
+    echo(f"[4/4] pictures of the all-late student's top detections -> {p['figures']}")
+    pred_file = p["ablation"] / "all-late" / "predictions.json.gz"
+    if not pred_file.exists():
+        from trainer.predict import predict
+        from hoidata.predictions import write_predictions
+        pred, _ = predict(p["test_cache"], checkpoint=p["ablation"] / "all-late" / "checkpoint")
+        write_predictions(pred, pred_file)
+    pred = read_predictions(pred_file)
+    for old in p["figures"].glob("*.png"):
+        old.unlink()
+    for i in sorted(set(pred.image.tolist()))[:figures]:  # images that have pairs at all
+        name = pred.file_names[i]
+        draw(w["images_test"] / name, pred, ls, p["figures"] / (Path(name).stem + ".png"))
+    echo("")
+    echo(format_ablation(rows))
+    echo(f"\nresults: {p['results']}")
+    return results
