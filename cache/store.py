@@ -209,6 +209,16 @@ class TeacherCache:
     def mark_shard_done(self, k: int) -> None:
         self.array("images/shard_done")[k] = True
 
+    def replace_text(self, teacher: dict, text: np.ndarray) -> None:
+        """New prompts for a copied store (``hoi rescore``): the text embeddings and the teacher
+        attributes that name them. The caller rewrites the scores."""
+        if self.complete:
+            raise CacheError(f"{self.path} is complete; rescore into a copy")
+        if text.shape != self.array("text/embedding").shape:
+            raise ValueError(f"text embeddings {text.shape}, the store has {self.array('text/embedding').shape}")
+        self.array("text/embedding")[...] = text
+        self._set_attr("teacher", teacher)
+
     def _set_attr(self, key: str, value) -> None:
         self.root.attrs[key] = value
         self.attrs[key] = value
@@ -288,6 +298,18 @@ def open_cache(path, *, require_complete: bool = True, mode: str = "r") -> Teach
     if require_complete and not c.complete:
         raise CacheError(f"{path}: the store is not complete ({int(c.shards_done().sum())}/{c.num_shards} shards)")
     return c
+
+
+def copy_store(src: TeacherCache, dst) -> TeacherCache:
+    """Copy a store to ``dst.wip``, marked incomplete, for a derived store (``hoi rescore``)."""
+    dst = Path(dst)
+    wip = wip_path(dst)
+    if dst.exists() or wip.exists():
+        raise CacheError(f"{dst} exists; choose another output")
+    shutil.copytree(src.path, wip)
+    out = TeacherCache(wip, mode="r+")
+    out._set_attr("complete", False)
+    return out
 
 
 def finalize(cache: TeacherCache) -> Path:

@@ -105,11 +105,11 @@ def demo(out, until, epochs, train_images, test_images):
         raise UserError(str(e)) from e
 
 
-from hoi.cli_cache import cache_group, teacher_cache  # noqa: E402
+from hoi.cli_cache import cache_group, rescore, teacher_cache  # noqa: E402
 from hoi.cli_detections import detections  # noqa: E402
 from hoi.cli_train import ablate_cmd, eval_cmd, predict_cmd, train_cmd  # noqa: E402
 
-for command in (detections, teacher_cache, cache_group, train_cmd, predict_cmd, eval_cmd, ablate_cmd):
+for command in (detections, teacher_cache, rescore, cache_group, train_cmd, predict_cmd, eval_cmd, ablate_cmd):
     main.add_command(command)
 
 

@@ -81,6 +81,31 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
     click.echo(f"teacher cache: {final}")
 
 
+@click.command("rescore")
+@click.argument("cache", type=click.Path(exists=True, file_okay=False))
+@click.option("--prompts", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON list of one prompt per HOI class (default: the label space's).")
+@click.option("--template", "templates", multiple=True, default=("{}",),
+              help="Prompt template, repeatable (as in teacher-cache); embeddings averaged over templates.")
+@click.option("--model-config", multiple=True, type=click.Path(exists=True),
+              help="Register an open_clip model config before loading the cache's model.")
+@click.option("--device", default="cpu", help="Device of the text encoder.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="The new store.")
+def rescore(cache, prompts, templates, model_config, device, output):
+    """Score a new prompt set against a finished cache without running the image encoder."""
+    import json
+
+    from pipeline.rescore import rescore as run
+
+    register_model_configs(model_config)
+    try:
+        plist = json.loads(open(prompts).read()) if prompts else None
+        final = run(cache, output, prompts=plist, templates=tuple(templates), device=device)
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"rescored cache: {final}")
+
+
 @click.group("cache")
 def cache_group() -> None:
     """Inspect and verify teacher caches."""

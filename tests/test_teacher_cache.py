@@ -189,3 +189,37 @@ def test_train_and_eval_on_a_real_teacher_cache(world, reference, tmp_path):
     res, report = run_eval(reference, checkpoint=tmp_path / "run" / "checkpoint", results=tmp_path / "r.json")
     assert res.num_images == 10 and res.num_predictions > 0
     assert (tmp_path / "r.json").is_file() and report["results"]["default"].keys() >= {"full", "rare", "non_rare"}
+
+
+def test_rescore_scores_new_prompts_without_the_image_encoder(world, reference, tmp_path):
+    import json
+
+    from pipeline.clip import text_embeddings
+
+    prompts = [f"a photo of {p.lower()}" for p in LabelSpace.load(world["labelspace"]).prompts]
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    from hoi.cli import main
+
+    out = CliRunner().invoke(main, ["rescore", str(reference), "--prompts", str(tmp_path / "p.json"),
+                                    "-o", str(tmp_path / "new.zarr")])
+    assert out.exit_code == 0, out.output
+    old, new = open_cache(reference), open_cache(tmp_path / "new.zarr")
+    assert new.attrs["teacher"]["prompts"] == prompts
+    assert new.attrs["teacher"]["prompts_sha256"] != old.attrs["teacher"]["prompts_sha256"]
+    text = text_embeddings(load_teacher(MODEL, str(world["checkpoint"])), prompts)
+    np.testing.assert_allclose(new.read("text/embedding"), text, atol=1e-6)
+    for level in ("global", "union"):
+        emb = new.read(f"{level}/embedding").astype(np.float32)
+        np.testing.assert_allclose(new.read(f"{level}/score").astype(np.float32), emb @ text.T, atol=2e-3)
+        np.testing.assert_array_equal(new.read(f"{level}/embedding"), old.read(f"{level}/embedding"))
+    assert not np.allclose(new.read("union/score"), old.read("union/score"))
+
+
+def test_shards_on_a_dask_distributed_cluster(world, reference, tmp_path):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        out = build(world, tmp_path / "cache.zarr", scheduler=cluster.scheduler_address)
+    a, b = arrays(out), arrays(reference)
+    for name in S.ARRAYS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)

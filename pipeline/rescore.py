@@ -1,0 +1,53 @@
+"""``hoi rescore``: score a new prompt set against a finished cache without running the
+image encoder again.
+
+The cache stores unit image and union embeddings; new scores are those embeddings
+against the new text embeddings (so they differ from a full rerun only by the float16
+rounding of the stored embeddings). The result is a new store, written as ``.wip`` and
+renamed when complete, whose teacher attributes name the new prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache import store as cstore
+from pipeline.clip import load_teacher, text_embeddings
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_PASS = 1 << 16
+
+
+def rescore(src, dst, *, prompts: list[str] | None = None, templates: tuple[str, ...] = ("{}",),
+            device: str = "cpu") -> Path:
+    """Copy the complete store ``src`` to ``dst`` with scores for ``prompts`` (default: the
+    label space's) under ``templates``. Returns the final path of ``dst``."""
+    cache = cstore.open_cache(src)
+    teacher = dict(cache.attrs["teacher"])
+    prompts = list(prompts or cache.attrs["dataset"]["labelspace"]["prompts"])
+    if len(prompts) != cache.layout["num_classes"]:
+        raise ValueError(f"{len(prompts)} prompts for {cache.layout['num_classes']} HOI classes")
+    t = load_teacher(teacher["model"], teacher["pretrained"], device=device)
+    if t.weights_sha256 != teacher["weights_sha256"]:
+        raise cstore.CacheError(f"{src} was made with weights {teacher['weights_sha256'][:12]}..., but "
+                                f"{teacher['model']} / {teacher['pretrained']} loads {t.weights_sha256[:12]}... here")
+    text = text_embeddings(t, prompts, templates, device=device)
+    out = cstore.copy_store(cache, dst)
+    teacher.update(prompts=prompts, templates=list(templates), rescored_from=str(cache.path),
+                   prompts_sha256=hashlib.sha256(json.dumps([prompts, list(templates)]).encode()).hexdigest())
+    out.replace_text(teacher, text)
+    text_t = torch.from_numpy(text)
+    for level in ("global", "union"):
+        emb, score = out.array(f"{level}/embedding"), out.array(f"{level}/score")
+        for a in range(0, emb.shape[0], ROWS_PER_PASS):  # one writer here: any row ranges are safe
+            e = torch.from_numpy(np.asarray(emb[a:a + ROWS_PER_PASS], dtype=np.float32))
+            score[a:a + ROWS_PER_PASS] = (e @ text_t.T).numpy().astype(np.float16)
+    log.info("rescored %s with %d prompts x %d templates into %s", cache.path, len(prompts), len(templates), dst)
+    return cstore.finalize(out)
