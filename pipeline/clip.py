@@ -10,6 +10,7 @@ source, so two caches made with the same weights agree.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -88,6 +89,11 @@ def load_teacher(model: str, pretrained: str | None = None, *, global_size: int 
         std=tuple(std or cfg.get("std", open_clip.OPENAI_DATASET_STD)),
         interpolation="roi_align-bilinear-area", resize_mode=str(cfg.get("resize_mode", "shortest")),
         weights_sha256=weights_sha256(m), patch_size=patch)
+
+
+def prompts_sha256(prompts, templates) -> str:
+    """Identity of a prompt set: the prompts and the templates applied to them."""
+    return hashlib.sha256(json.dumps([list(prompts), list(templates)]).encode()).hexdigest()
 
 
 def class_descriptions(prompts) -> list[str]:

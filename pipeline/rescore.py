@@ -9,8 +9,6 @@ renamed when complete, whose teacher attributes name the new prompts.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 
 from cache import store as cstore
-from pipeline.clip import load_teacher, text_embeddings
+from pipeline.clip import load_teacher, prompts_sha256, text_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +39,7 @@ def rescore(src, dst, *, prompts: list[str] | None = None, templates: tuple[str,
     text = text_embeddings(t, prompts, templates, device=device)
     out = cstore.copy_store(cache, dst)
     teacher.update(prompts=prompts, templates=list(templates), rescored_from=str(cache.path),
-                   prompts_sha256=hashlib.sha256(json.dumps([prompts, list(templates)]).encode()).hexdigest())
+                   prompts_sha256=prompts_sha256(prompts, templates))
     out.replace_text(teacher, text)
     text_t = torch.from_numpy(text)
     for level in ("global", "union"):

@@ -27,7 +27,7 @@ from hoidata.annotations import Annotations, read_annotations
 from hoidata.detections import Detections, load_detections
 from hoidata.labelspace import LabelSpace
 from hoidata.pairs import PairRule, make_pairs
-from pipeline.clip import text_embeddings
+from pipeline.clip import prompts_sha256, text_embeddings
 from pipeline.options import RunOptions, TeacherOptions
 from pipeline.shard import ShardJob, ShardStats, resolve_device, run_shard, teacher_for
 
@@ -113,26 +113,10 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
     device = resolve_device(run.device)
     job = ShardJob(store=str(cstore.wip_path(out)), images_root=str(images), teacher=teacher, run=run)
     t = teacher_for(job)  # loaded once per process: the local shards reuse it
-    teacher_attrs = {
-        "model": teacher.model, "pretrained": teacher.pretrained, "weights_sha256": t.weights_sha256,
-        "prompts": list(labelspace.prompts), "templates": list(teacher.templates),
-        "prompts_sha256": hashlib.sha256(json.dumps([list(labelspace.prompts), list(teacher.templates)])
-                                         .encode()).hexdigest(),
-        "crop_mode": teacher.crop_mode, "union_margin": teacher.union_margin, "input_size": t.image_size,
-        "global_size": t.global_size, "mean": list(t.mean), "std": list(t.std),
-        "interpolation": t.interpolation, "resize_mode": "whole image, " + teacher.crop_mode,
-        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
-    }
+    teacher_attrs = _teacher_attrs(teacher, t, labelspace, device)
     box, score, label, det_offsets, clipped, dropped = _clean_detections(dets)
     hum, obj, pair_offsets = make_pairs(score, label, det_offsets, labelspace.human, pair_rule)
-    dataset_attrs = {
-        # the whole label space travels with the cache: readers need no other file
-        "labelspace": labelspace.to_dict(), "labelspace_sha256": labelspace.fingerprint, "num_images": n,
-        "images_sha256": _sha256_arrays(np.array(dets.file_names), dets.sizes),
-        "detections_sha256": _sha256_file(detections), "detector": {
-            k: dets.attrs.get(k) for k in ("detector", "weights", "score_threshold", "nms") if k in dets.attrs},
-        "annotations_sha256": _sha256_file(annotations) if annotations else None,
-    }
+    dataset_attrs = _dataset_attrs(labelspace, dets, detections, annotations)
     lay = plan(np.diff(pair_offsets), run.images_per_shard, run.image_chunk, run.pair_chunk)
     emb_dim = int(t.model.visual.proj.shape[1])
     layout = {**lay.as_attrs(), "num_classes": labelspace.num_classes, "embed_dim": emb_dim,
@@ -173,6 +157,31 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
     final = cstore.finalize(cache)
     _report(stats, time.perf_counter() - t0, skipped, final)
     return final
+
+
+def _teacher_attrs(teacher: TeacherOptions, t, labelspace: LabelSpace, device) -> dict:
+    """The teacher's identity as stored and compared: everything that changes its scores."""
+    return {
+        "model": teacher.model, "pretrained": teacher.pretrained, "weights_sha256": t.weights_sha256,
+        "prompts": list(labelspace.prompts), "templates": list(teacher.templates),
+        "prompts_sha256": prompts_sha256(labelspace.prompts, teacher.templates),
+        "crop_mode": teacher.crop_mode, "union_margin": teacher.union_margin, "input_size": t.image_size,
+        "global_size": t.global_size, "mean": list(t.mean), "std": list(t.std),
+        "interpolation": t.interpolation, "resize_mode": "whole image, " + teacher.crop_mode,
+        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+    }
+
+
+def _dataset_attrs(labelspace: LabelSpace, dets: Detections, detections, annotations) -> dict:
+    """The dataset's identity: label space, image list, detections and ground truth, by content."""
+    return {
+        # the whole label space travels with the cache: readers need no other file
+        "labelspace": labelspace.to_dict(), "labelspace_sha256": labelspace.fingerprint, "num_images": len(dets),
+        "images_sha256": _sha256_arrays(np.array(dets.file_names), dets.sizes),
+        "detections_sha256": _sha256_file(detections), "detector": {
+            k: dets.attrs.get(k) for k in ("detector", "weights", "score_threshold", "nms") if k in dets.attrs},
+        "annotations_sha256": _sha256_file(annotations) if annotations else None,
+    }
 
 
 def _prepared_arrays(ls, dets, ann, text, box, score, label, det_offsets, hum, obj, lay) -> dict:
