@@ -55,7 +55,7 @@ def run_demo(out="runs/demo", *, until: str = "all", epochs: int | None = None, 
     w = world.layout(p["world"])
     ls = LabelSpace.load(w["labelspace"])
     teacher = TeacherOptions(model=f"local-dir:{MODEL_DIR}", global_size=GLOBAL_SIZE)
-    echo(f"[2/4] teacher cache (CLIP {MODEL_DIR.name}, scenes at {GLOBAL_SIZE} px, unions at its input size)")
+    echo(f"[2/4] teacher cache (the minibench CLIP; scenes at {GLOBAL_SIZE} px, union boxes at its input size)")
     for split in ("train", "test"):
         build_teacher_cache(p[f"{split}_cache"], images=w[f"images_{split}"], detections=w[f"detections_{split}"],
                             annotations=w["instances_test"] if split == "test" else None, labelspace=ls,
