@@ -312,3 +312,21 @@ def test_evaluate_file_uses_bundled_hico(tmp_path):
     f = _write(tmp_path, {"box_format": "coord", "predictions": {name: [row]}})
     r = evaluate_file("hico_det", f)
     assert r.ap["default"][int(i0["hoi"][0])] > 0 and r.num_images == 9658
+
+
+def test_visualize_draws_the_top_pairs(tmp_path, tiny_ls):
+    from PIL import Image
+
+    from hoidata.visualize import draw, top_detections
+
+    Image.new("RGB", (60, 50), (255, 255, 255)).save(tmp_path / "a.png")
+    p = preds({"a.png": [([1, 1, 10, 10], [21, 21, 40, 40], 0, 0.2), ([5, 5, 30, 30], [2, 2, 8, 8], 1, 0.9)]},
+              "coord")
+    assert top_detections(p, "a.png", 1).tolist() == [1]
+    out = draw(tmp_path / "a.png", p, tiny_ls, tmp_path / "out" / "a.png", k=1, scale=1)
+    im = np.asarray(Image.open(out))
+    assert im.shape == (50, 60, 3)
+    assert (im[5, 10:30] != 255).any()       # the best pair's human box is drawn
+    assert (im[38:41, 22:38] == 255).all()   # the other pair's object box (bottom edge at y = 40) is not
+    with pytest.raises(ValueError, match="no predictions for image b.png"):
+        top_detections(p, "b.png")
