@@ -20,6 +20,11 @@ import numpy as np
 
 BOX_FORMATS = ("pixel0", "pixel1", "coord")
 
+# How a non-square region becomes the square input of an image encoder: resized as it is
+# ('squash'), grown to its long side ('pad') or cut to its short side ('center'), around
+# its centre. The teacher cuts with this rule and the student pools the same regions.
+CROP_MODES = ("squash", "pad", "center")
+
 # Offsets that take each convention to pixel1: [dx1, dy1, dx2, dy2].
 _TO_PIXEL1 = {
     "pixel0": np.array([1.0, 1.0, 1.0, 1.0]),
@@ -60,3 +65,24 @@ def union_coord(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[..., 4] smallest box enclosing both ``a`` and ``b`` (any convention, elementwise)."""
     a, b = np.asarray(a), np.asarray(b)
     return np.concatenate([np.minimum(a[..., :2], b[..., :2]), np.maximum(a[..., 2:], b[..., 2:])], axis=-1)
+
+
+def square(boxes, mode: str) -> np.ndarray:
+    """float64 [K, 4] ``coord`` boxes made square by crop ``mode`` (see ``CROP_MODES``)."""
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop mode must be one of {', '.join(CROP_MODES)}, not {mode!r}")
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if mode == "squash":
+        return b
+    centre = (b[:, :2] + b[:, 2:]) / 2
+    wh = b[:, 2:] - b[:, :2]
+    half = (wh.max(1) if mode == "pad" else wh.min(1))[:, None] / 2
+    return np.concatenate([centre - half, centre + half], 1)
+
+
+def crop_region(boxes, margin: float, mode: str) -> np.ndarray:
+    """float64 [K, 4]: what is cut for ``coord`` boxes [K, 4]: grown by ``margin`` times their
+    width and height on each side, then made square by ``mode``."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    wh = b[:, 2:] - b[:, :2]
+    return square(b + np.concatenate([-wh, wh], 1) * margin, mode)

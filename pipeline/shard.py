@@ -20,6 +20,7 @@ import torch
 
 from cache import schema as S
 from cache.store import TeacherCache
+from hoidata import boxes as B
 from pipeline import crops
 from pipeline.clip import Teacher, load_teacher
 from pipeline.encoder import Encoder
@@ -124,7 +125,7 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
         job=job, teacher=teacher, device=device, names=cache.read("images/file_name", slice(lo_i, hi_i)).tolist(),
         sizes=cache.read("images/size", slice(lo_i, hi_i)),
         begin=cache.read("pairs/begin", slice(lo_i, hi_i)) - lo_p, end=cache.read("pairs/end", slice(lo_i, hi_i)) - lo_p,
-        union_box=torch.from_numpy(cache.read("pairs/box", slice(lo_p, hi_p))),
+        union_box=cache.read("pairs/box", slice(lo_p, hi_p)),
         enc=Encoder(teacher, torch.from_numpy(cache.read("text/embedding")).to(device), device,
                     global_batch=job.run.batch_size, crop_batch=job.run.crop_batch,
                     cuda_graphs=job.run.cuda_graphs),
@@ -176,7 +177,7 @@ class _ShardContext:
     sizes: np.ndarray        # int32 [n, 2]
     begin: np.ndarray        # int64 [n] pair rows, relative to the shard's first row
     end: np.ndarray
-    union_box: torch.Tensor  # float32 [rows, 4]
+    union_box: np.ndarray    # float32 [rows, 4]
     enc: Encoder
     stats: ShardStats
     mean: torch.Tensor = None  # float32 [3, 1, 1] on the device
@@ -193,40 +194,40 @@ def _launch(ctx: _ShardContext, batch) -> dict:
     for every kernel queued before it, and the GPU would idle while the CPU prepares.)
     """
     run, opts, teacher, device = ctx.job.run, ctx.job.teacher, ctx.teacher, ctx.device
-    ok, boxes, counts = [], [], []
+    ok = []
     for item in batch:
-        j = item.index  # position within the shard
-        if item.image is None:
-            if run.on_error != "skip":
-                raise ShardError(f"{item.error} (pass --on-error skip to record it as skipped and go on)")
+        if item.image is not None:
+            ok.append(item)
+        elif run.on_error != "skip":
+            raise ShardError(f"{item.error} (pass --on-error skip to record it as skipped and go on)")
+        else:
             log.warning("skipping %s", item.error)
-            ctx.img_out.bufs["images/status"][j] = S.STATUS_SKIPPED
-            ctx.stats.skipped.append(ctx.names[j])
-            continue
-        w, h = float(ctx.sizes[j][0]), float(ctx.sizes[j][1])
-        b, e = int(ctx.begin[j]), int(ctx.end[j])
-        ok.append(item)
-        boxes += [torch.tensor([[0.0, 0.0, w, h]]), crops.with_margin(ctx.union_box[b:e], opts.union_margin)]
-        counts.append(e - b)
-    out = {"image_rows": np.array([it.index for it in ok], dtype=np.int64),
-           "pair_rows": np.zeros(0, np.int64), "union": []}
+            ctx.img_out.bufs["images/status"][item.index] = S.STATUS_SKIPPED
+            ctx.stats.skipped.append(ctx.names[item.index])
+    idx = np.array([it.index for it in ok], dtype=np.int64)  # positions within the shard
+    out = {"image_rows": idx, "pair_rows": np.zeros(0, np.int64), "union": []}
     if not ok:
         return out
-    all_boxes = torch.cat(boxes)
-    if ctx.device.type == "cuda":
-        all_boxes = all_boxes.pin_memory()
-    all_boxes = all_boxes.to(device, non_blocking=True)
-    globals_, union_crops, at = [], [], 0
-    for item, n in zip(ok, counts):
+    counts = ctx.end[idx] - ctx.begin[idx]
+    rows = np.concatenate([np.arange(ctx.begin[j], ctx.end[j]) for j in idx])
+    wh = ctx.sizes[idx].astype(np.float64)
+    regions = np.concatenate([B.square(np.concatenate([np.zeros_like(wh), wh], 1), opts.crop_mode),  # whole images
+                              B.crop_region(ctx.union_box[rows], opts.union_margin, opts.crop_mode)])
+    regions = torch.from_numpy(regions.astype(np.float32))
+    if device.type == "cuda":
+        regions = regions.pin_memory()
+    regions = regions.to(device, non_blocking=True)
+    globals_, union_crops, at = [], [], len(ok)
+    for k, (item, n) in enumerate(zip(ok, counts)):
         img = crops.normalise(item.image.to(device, non_blocking=True), ctx.mean, ctx.std)
-        globals_.append(crops.crop_boxes(img, all_boxes[at:at + 1], teacher.global_size, opts.crop_mode))
+        globals_.append(crops.crop_boxes(img, regions[k:k + 1], teacher.global_size))
         if n:
-            union_crops.append(crops.crop_boxes(img, all_boxes[at + 1:at + 1 + n], teacher.image_size, opts.crop_mode))
-        at += 1 + n
+            union_crops.append(crops.crop_boxes(img, regions[at:at + n], teacher.image_size))
+        at += n
     results = list(ctx.enc.global_pass(torch.cat(globals_)))
     if union_crops:
         x = torch.cat(union_crops)
-        out["pair_rows"] = np.concatenate([np.arange(ctx.begin[it.index], ctx.end[it.index]) for it in ok])
+        out["pair_rows"] = rows
         union = [ctx.enc.union_pass(x[a:a + run.crop_batch]) for a in range(0, len(x), run.crop_batch)]
         results += [torch.cat([e for e, _ in union]), torch.cat([s for _, s in union])]
     # Queue the copies back now, right behind this batch's kernels: a copy issued later

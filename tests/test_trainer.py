@@ -19,7 +19,8 @@ from trainer.ablate import GRID, format_ablation
 from trainer.bench import bench_trainer
 from trainer.checkpoint import CheckpointError, load_weights
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import Block, CacheReader, TrainData, object_class_mask, teacher_region, to_grid
+from hoidata.boxes import crop_region
+from trainer.data import Block, CacheReader, TrainData, object_class_mask, to_grid
 from trainer.engine import NonFiniteLossError, build_model, train
 from trainer.losses import DistillationLoss, mil_pool
 from trainer.model import masked_softmax, pair_scores
@@ -96,10 +97,10 @@ def test_to_grid_geometries():
     np.testing.assert_allclose(to_grid(box, size, (10, 10), "pad"), [[0, 2.5, 5, 5]])  # 200 x 200, 50 px top pad
     np.testing.assert_allclose(to_grid(box, size, (10, 10), "center"), [[0, 0, 5, 5]])  # centre 100 x 100: x from 50
     union = np.array([[10, 20, 30, 60]], np.float32)  # 20 x 40
-    np.testing.assert_allclose(teacher_region(union, 0.0, "squash"), union)
-    np.testing.assert_allclose(teacher_region(union, 0.5, "squash"), [[0, 0, 40, 80]])
-    np.testing.assert_allclose(teacher_region(union, 0.0, "pad"), [[0, 20, 40, 60]])
-    np.testing.assert_allclose(teacher_region(union, 0.0, "center"), [[10, 30, 30, 50]])
+    np.testing.assert_allclose(crop_region(union, 0.0, "squash"), union)
+    np.testing.assert_allclose(crop_region(union, 0.5, "squash"), [[0, 0, 40, 80]])
+    np.testing.assert_allclose(crop_region(union, 0.0, "pad"), [[0, 20, 40, 60]])
+    np.testing.assert_allclose(crop_region(union, 0.0, "center"), [[10, 30, 30, 50]])
 
 
 @pytest.mark.parametrize("in_memory", ["yes", "no"])

@@ -23,16 +23,11 @@ import torch
 
 from cache import schema as S
 from cache.store import TeacherCache
+from hoidata import boxes as B
 
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-# How the teacher makes a box square before resizing it to its input (pipeline/crops.py): it
-# applies the rule to the whole image for the dense map, and to each union box (grown by
-# its margin) for the union scores. The student pools the regions the teacher saw.
-CROP_MODES = ("squash", "pad", "center")
-
 
 def resolve_crop_mode(setting: str, cache: TeacherCache) -> str:
     """The teacher's crop mode: the setting, or for 'auto' the cache's ``teacher.crop_mode``."""
@@ -43,27 +38,9 @@ def resolve_crop_mode(setting: str, cache: TeacherCache) -> str:
         log.warning("%s does not record teacher.crop_mode; assuming 'squash' (pass --crop-mode to say otherwise)",
                     cache.path)
         return "squash"
-    if mode not in CROP_MODES:
-        raise ValueError(f"{cache.path}: teacher.crop_mode is {mode!r}; this version knows {', '.join(CROP_MODES)}")
+    if mode not in B.CROP_MODES:
+        raise ValueError(f"{cache.path}: teacher.crop_mode is {mode!r}; this version knows {', '.join(B.CROP_MODES)}")
     return mode
-
-
-def square_boxes(boxes: np.ndarray, mode: str) -> np.ndarray:
-    """[K, 4] boxes made square as the teacher does: unchanged ('squash'), grown to the long
-    side ('pad') or cut to the short side ('center') around their centre."""
-    if mode == "squash":
-        return boxes
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    wh = boxes[:, 2:] - boxes[:, :2]
-    half = (wh.max(1) if mode == "pad" else wh.min(1))[:, None] / 2
-    return np.concatenate([centre - half, centre + half], 1)
-
-
-def teacher_region(boxes: np.ndarray, margin: float, mode: str) -> np.ndarray:
-    """[K, 4] what the teacher cut for union boxes [K, 4]: grown by ``margin`` times their
-    width and height on each side, then made square."""
-    wh = boxes[:, 2:] - boxes[:, :2]
-    return square_boxes(boxes + np.concatenate([-wh, wh], 1) * margin, mode)
 
 
 def to_grid(boxes: np.ndarray, sizes: np.ndarray, grid: tuple[int, int], mode: str) -> np.ndarray:
@@ -74,7 +51,7 @@ def to_grid(boxes: np.ndarray, sizes: np.ndarray, grid: tuple[int, int], mode: s
     """
     gh, gw = grid
     sizes = sizes.astype(np.float64)
-    view = square_boxes(np.concatenate([np.zeros_like(sizes), sizes], 1), mode)
+    view = B.square(np.concatenate([np.zeros_like(sizes), sizes], 1), mode)
     scale = np.array([gw, gh]) / (view[:, 2:] - view[:, :2])
     out = (boxes.reshape(-1, 2, 2) - view[:, None, :2]) * scale[:, None]
     return np.clip(out.reshape(-1, 4), 0, [gw, gh, gw, gh]).astype(np.float32)
@@ -254,7 +231,7 @@ class CacheReader:
         union = c.read("pairs/box", slice(lo, hi))[rows]
         boxes = np.stack([det_box[hum], det_box[obj], union], 1).astype(np.float32)
         regions = boxes.copy()
-        regions[:, 2] = teacher_region(union, self.union_margin, self.crop_mode)
+        regions[:, 2] = B.crop_region(union, self.union_margin, self.crop_mode)
         pair_size = np.repeat(np.repeat(self.sizes[imgs], counts, 0), 3, 0)
         grid_boxes = to_grid(regions.reshape(-1, 4), pair_size, self.grid, self.crop_mode).reshape(-1, 3, 4)
 
