@@ -39,67 +39,101 @@ def run_demo(out="runs/demo", *, until: str = "all", epochs: int | None = None, 
     ``all`` runs the ablation grid and returns the results written to ``out/results.json``;
     ``train`` and ``eval`` train and evaluate the default student alone (``make train``,
     ``make eval`` on the bundled benchmark)."""
-    from hoidata.labelspace import LabelSpace
-    from hoidata.predictions import read_predictions
-    from hoidata.visualize import draw
-    from minibench import build as world
-    from minibench.clip import MODEL_DIR
-    from pipeline.options import RunOptions, TeacherOptions
-    from pipeline.run import build_teacher_cache
-    from trainer.ablate import GRID, ablate, format_ablation
     from trainer.config import TrainConfig
 
     p = demo_paths(out)
-    echo(f"[1/4] minibench world -> {p['world']}")
-    world.build(p["world"], n_train=train_images, n_test=test_images, web=False, log=lambda m: echo(f"      {m}"))
-    w = world.layout(p["world"])
-    ls = LabelSpace.load(w["labelspace"])
-    teacher = TeacherOptions(model=f"local-dir:{MODEL_DIR}", global_size=GLOBAL_SIZE)
-    echo(f"[2/4] teacher cache (the minibench CLIP; scenes at {GLOBAL_SIZE} px, union boxes at its input size)")
-    for split in ("train", "test"):
-        build_teacher_cache(p[f"{split}_cache"], images=w[f"images_{split}"], detections=w[f"detections_{split}"],
-                            annotations=w["instances_test"] if split == "test" else None, labelspace=ls,
-                            teacher=teacher, run=RunOptions(images_per_shard=512, workers=2))
+    w, ls = _world(p, train_images, test_images, echo)
+    _caches(p, w, ls, echo)
     config = TrainConfig(progress=False, **{**DEMO_TRAINING, **({"epochs": epochs} if epochs else {})})
     if until == "teacher-cache":
         return None
     if until in ("train", "eval"):
-        from trainer.engine import train
-        from trainer.predict import run_eval
-        echo(f"[3/4] student (default configuration) -> {p['train']}")
-        ckpt = train(p["train_cache"], p["train"], config)["checkpoint"]
-        if until == "eval":
-            res, report = run_eval(p["test_cache"], checkpoint=ckpt, results=p["eval"] / "results.json",
-                                   predictions=p["eval"] / "predictions.json.gz")
-            from hoidata.evaluation import format_table
-            echo(format_table(res))
-            echo(f"\nresults: {p['eval'] / 'results.json'}")
-            return report
+        return _default_student(p, config, evaluate=until == "eval", echo=echo)
+    results = _ablation(p, config, echo)
+    _figures(p, w, ls, figures, echo)
+    return results
+
+
+def _world(p: dict, train_images: int, test_images: int, echo):
+    from hoidata.labelspace import LabelSpace
+    from minibench import build as world
+
+    echo(f"[1/4] minibench world -> {p['world']}")
+    world.build(p["world"], n_train=train_images, n_test=test_images, web=False, log=lambda m: echo(f"      {m}"))
+    w = world.layout(p["world"])
+    return w, LabelSpace.load(w["labelspace"])
+
+
+def _teacher():
+    from minibench.clip import MODEL_DIR
+    from pipeline.options import TeacherOptions
+
+    return TeacherOptions(model=f"local-dir:{MODEL_DIR}", global_size=GLOBAL_SIZE)
+
+
+def _caches(p: dict, w: dict, ls, echo) -> None:
+    from pipeline.options import RunOptions
+    from pipeline.run import build_teacher_cache
+
+    echo(f"[2/4] teacher cache (the minibench CLIP; scenes at {GLOBAL_SIZE} px, union boxes at its input size)")
+    for split in ("train", "test"):
+        build_teacher_cache(p[f"{split}_cache"], images=w[f"images_{split}"], detections=w[f"detections_{split}"],
+                            annotations=w["instances_test"] if split == "test" else None, labelspace=ls,
+                            teacher=_teacher(), run=RunOptions(images_per_shard=512, workers=2))
+
+
+def _default_student(p: dict, config, evaluate: bool, echo) -> dict | None:
+    from hoidata.evaluation import format_table
+    from trainer.engine import train
+    from trainer.predict import run_eval
+
+    echo(f"[3/4] student (default configuration) -> {p['train']}")
+    ckpt = train(p["train_cache"], p["train"], config)["checkpoint"]
+    if not evaluate:
         return None
+    res, report = run_eval(p["test_cache"], checkpoint=ckpt, results=p["eval"] / "results.json",
+                           predictions=p["eval"] / "predictions.json.gz")
+    echo(format_table(res))
+    echo(f"\nresults: {p['eval'] / 'results.json'}")
+    return report
+
+
+def _ablation(p: dict, config, echo) -> dict:
+    """The demo's rows of the ablation grid, written to results.json with their provenance."""
+    from cache.store import open_cache
+    from hoidata import __version__
+    from trainer.ablate import GRID, ablate, format_ablation
+
     echo("[3/4] student: one training run per ablation row, each evaluated on the test split")
     rows = ablate(p["train_cache"], p["test_cache"], p["ablation"], config,
                   rows=tuple(r for r in GRID if r.name in DEMO_ROWS))
-    results = {"world": str(p["world"]), "teacher": teacher.model, "global_size": GLOBAL_SIZE,
+    teacher = open_cache(p["test_cache"]).attrs["teacher"]
+    results = {"package_version": __version__, "world": str(p["world"]),
+               "teacher": {k: teacher[k] for k in ("model", "weights_sha256", "global_size", "input_size",
+                                                    "crop_mode")},
                "train_config": config.to_dict(),
                "rows": [{"name": r["name"], "label": r["label"], "default": r["summary"]["default"],
                          "known_object": r["summary"]["known_object"],
                          **({"zero_shot": r["summary"]["zero_shot"]} if "zero_shot" in r["summary"] else {})}
                         for r in rows]}
     p["results"].write_text(json.dumps(results, indent=1) + "\n")
-    echo(f"[4/4] pictures of the all-late student's top detections -> {p['figures']}")
-    pred_file = p["ablation"] / "all-late" / "predictions.json.gz"
-    if not pred_file.exists():
-        from trainer.predict import predict
-        from hoidata.predictions import write_predictions
-        pred, _ = predict(p["test_cache"], checkpoint=p["ablation"] / "all-late" / "checkpoint")
-        write_predictions(pred, pred_file)
-    pred = read_predictions(pred_file)
-    for old in p["figures"].glob("*.png"):
-        old.unlink()
-    for i in sorted(set(pred.image.tolist()))[:figures]:  # images that have pairs at all
-        name = pred.file_names[i]
-        draw(w["images_test"] / name, pred, ls, p["figures"] / (Path(name).stem + ".png"))
     echo("")
     echo(format_ablation(rows))
     echo(f"\nresults: {p['results']}")
     return results
+
+
+def _figures(p: dict, w: dict, ls, count: int, echo) -> None:
+    """Pictures of the all-late student's top detections on the first test images with pairs."""
+    from hoidata.predictions import write_predictions
+    from hoidata.visualize import draw
+    from trainer.predict import predict
+
+    echo(f"[4/4] pictures of the all-late student's top detections -> {p['figures']}")
+    pred, _ = predict(p["test_cache"], checkpoint=p["ablation"] / "all-late" / "checkpoint")
+    write_predictions(pred, p["ablation"] / "all-late" / "predictions.json.gz")
+    for old in p["figures"].glob("*.png"):
+        old.unlink()
+    for i in sorted(set(pred.image.tolist()))[:count]:  # images that have pairs at all
+        name = pred.file_names[i]
+        draw(w["images_test"] / name, pred, ls, p["figures"] / (Path(name).stem + ".png"))
