@@ -223,3 +223,38 @@ def test_shards_on_a_dask_distributed_cluster(world, reference, tmp_path):
     a, b = arrays(out), arrays(reference)
     for name in S.ARRAYS:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_other_pair_rule_refused_and_overwrite_starts_afresh(world, tmp_path):
+    from hoidata.pairs import PairRule
+
+    out = build(world, tmp_path / "cache.zarr")
+    with pytest.raises(CacheError, match="pair_rule.human_score"):
+        build_teacher_cache(out, images=world["images"], detections=world["detections"],
+                            annotations=world["annotations"], labelspace=LabelSpace.load(world["labelspace"]),
+                            teacher=TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])),
+                            pair_rule=PairRule(human_score=0.5), run=RunOptions(images_per_shard=4, workers=0,
+                                                                                  progress=False))
+    again = build_teacher_cache(out, images=world["images"], detections=world["detections"],
+                                annotations=world["annotations"], labelspace=LabelSpace.load(world["labelspace"]),
+                                teacher=TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])),
+                                pair_rule=PairRule(human_score=0.5),
+                                run=RunOptions(images_per_shard=4, workers=0, progress=False, overwrite=True))
+    c = open_cache(again)
+    assert c.attrs["pair_rule"]["human_score"] == 0.5 and c.verify() == []
+
+
+def test_verify_reports_an_unfinished_store(world, reference, tmp_path):
+    import shutil
+
+    from hoi.cli import main
+
+    wip = wip_path(tmp_path / "cache.zarr")
+    shutil.copytree(reference, wip)
+    g = zarr.open_group(str(wip), mode="r+")
+    g["images/shard_done"][1] = False
+    g.attrs["complete"] = False
+    out = CliRunner().invoke(main, ["cache", "verify", str(tmp_path / "cache.zarr")])
+    assert out.exit_code == 1 and "1 of 3 shards not done: [1]" in out.output
+    with pytest.raises(CacheError, match="rerun the command to resume"):
+        open_cache(tmp_path / "cache.zarr")
