@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from hoidata import __version__
+
 from . import schema as S
 
 
@@ -34,14 +36,6 @@ class CacheError(ValueError):
 def wip_path(path) -> Path:
     path = Path(path)
     return path.with_name(path.name + ".wip")
-
-
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("hoi-distill")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def create(path, *, teacher: dict, pair_rule: dict, dataset: dict, layout: dict,
@@ -65,7 +59,7 @@ def create(path, *, teacher: dict, pair_rule: dict, dataset: dict, layout: dict,
                           dtype=dtype, fill_value=fill, compressors=compressors,
                           attributes={"description": spec.description, "writer": spec.writer})
     root.attrs.update({
-        "format": S.FORMAT, "package_version": _package_version(),
+        "format": S.FORMAT, "package_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "teacher": teacher, "pair_rule": pair_rule, "dataset": dataset, "layout": layout,
         "prepared": False, "complete": False,

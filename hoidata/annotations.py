@@ -26,7 +26,6 @@ default ``box_format='pixel1'``.
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as B
+from .files import load_json
 from .labelspace import LabelSpace
 
 
@@ -109,16 +109,8 @@ class Annotations:
             for k in ("sizes", "offsets", "boxes_h", "boxes_o", "hoi", "verb", "object")))
 
 
-def _load_json(path: str | Path):
-    path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(f"{path}: no such annotation file")
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
-        raise AnnotationError(f"{path}: not a readable JSON file ({e})") from e
+def _load_json(path):
+    return load_json(path, AnnotationError, "annotation")
 
 
 def _check_pair_classes(path, name, labelspace: LabelSpace, hoi, verb, obj):
@@ -134,7 +126,10 @@ def _check_pair_classes(path, name, labelspace: LabelSpace, hoi, verb, obj):
 
 def read_hicodet_json(path, labelspace: LabelSpace, box_format: str = "pixel1") -> Annotations:
     """Read fredzzhang/hicodet's ``instances_*.json`` (``.json.gz`` too)."""
-    d = _load_json(path)
+    return _from_hicodet(_load_json(path), path, labelspace, box_format)
+
+
+def _from_hicodet(d, path, labelspace: LabelSpace, box_format: str) -> Annotations:
     for key in ("filenames", "size", "annotation"):
         if key not in d:
             raise AnnotationError(f"{path}: missing key {key!r} (not an instances_*.json file?)")
@@ -165,7 +160,10 @@ def read_qpic_json(path, labelspace: LabelSpace, box_format: str = "pixel1",
     The format has no image sizes: they come from ``sizes`` (file name -> (w, h)), else
     from the image headers under ``image_root``, else stay -1.
     """
-    d = _load_json(path)
+    return _from_qpic(_load_json(path), path, labelspace, box_format, sizes, image_root)
+
+
+def _from_qpic(d, path, labelspace: LabelSpace, box_format: str, sizes, image_root) -> Annotations:
     if not isinstance(d, list):
         raise AnnotationError(f"{path}: expected a list of images (QPIC format)")
     names, wh, per_image = [], [], []
@@ -215,11 +213,11 @@ def _size_of(name, sizes, image_root) -> tuple[int, int]:
 
 
 def read_annotations(path, labelspace: LabelSpace, box_format: str = "pixel1", **kw) -> Annotations:
-    """Read either format, told apart by the top-level JSON type."""
+    """Read either format, told apart by the top-level JSON type (the file is parsed once)."""
     d = _load_json(path)
     if isinstance(d, list):
-        return read_qpic_json(path, labelspace, box_format, **kw)
-    return read_hicodet_json(path, labelspace, box_format)
+        return _from_qpic(d, path, labelspace, box_format, kw.get("sizes"), kw.get("image_root"))
+    return _from_hicodet(d, path, labelspace, box_format)
 
 
 def hico_test_annotations() -> Annotations:

@@ -31,12 +31,9 @@ classes without a dataset object, and sort each image's detections by descending
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 import logging
-import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
@@ -47,6 +44,7 @@ import numpy as np
 from . import __version__
 from . import boxes as B
 from .annotations import Annotations
+from .files import atomic_write, load_json
 from .labelspace import LabelSpace
 
 log = logging.getLogger(__name__)
@@ -199,16 +197,8 @@ def save_detections(dets: Detections, path: str | Path) -> None:
     bad_keys = [k for k in dets.attrs if k in _RESERVED_ATTRS or k in _DATASETS]
     if bad_keys:
         raise DetectionsError(f"{path}: attrs may not use the reserved name(s) {', '.join(bad_keys)}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with h5py.File(tmp, "x") as f:
-            _write_h5(f, dets)
-        with open(tmp, "rb+") as fh:  # the rename must not land before the data does
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, h5py.File(tmp, "x") as f:
+        _write_h5(f, dets)
 
 
 def _write_h5(f, dets: Detections) -> None:
@@ -293,14 +283,7 @@ def load_detections(path: str | Path, labelspace: LabelSpace | None = None) -> D
 # -- image lists ----------------------------------------------------------------------------
 
 def _load_json(path: Path, what: str):
-    if not path.is_file():
-        raise DetectionsError(f"{path}: no such {what} file")
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            return json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
-        raise DetectionsError(f"{path}: not a readable JSON file ({e})") from e
+    return load_json(path, DetectionsError, what)
 
 
 def images_from_coco_info(path: str | Path) -> list[ImageRecord]:

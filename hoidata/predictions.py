@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as B
+from .files import atomic_write, load_json
 
 ROW_LENGTH = 10
 
@@ -71,10 +71,6 @@ class Predictions:
             raise PredictionsError(f"{source}: image {name}, row {row}: {why}")
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
-
-
 def _rows_error(source, name, rows) -> PredictionsError:
     """Find the row that made the fast conversion fail and say what is wrong with it."""
     if not isinstance(rows, list):
@@ -97,11 +93,7 @@ def read_predictions(path, box_format: str | None = None) -> Predictions:
             fmt = box_format or str(z["box_format"])
             return Predictions.from_arrays([str(s) for s in z["file_names"]], z["image"], z["boxes_h"],
                                            z["boxes_o"], z["hoi"], z["score"], fmt)
-    try:
-        with _open_text(path) as f:
-            d = json.load(f)
-    except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PredictionsError(f"{path}: not a readable JSON file ({e})") from e
+    d = load_json(path, PredictionsError, "predictions")
     if not isinstance(d, dict) or not isinstance(d.get("predictions"), dict):
         raise PredictionsError(f"{path}: expected an object with a 'predictions' mapping of file name -> rows")
     fmt = box_format or d.get("box_format")
@@ -144,8 +136,7 @@ def read_predictions(path, box_format: str | None = None) -> Predictions:
 def write_predictions(pred: Predictions, path) -> None:
     """Write JSON (``.json`` / ``.json.gz``) or NPZ (``.npz``) atomically (temp file, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         if path.suffix == ".npz":
             with open(tmp, "wb") as f:
                 np.savez(f, file_names=np.array(pred.file_names, dtype=str), image=pred.image,
@@ -161,7 +152,3 @@ def write_predictions(pred: Predictions, path) -> None:
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(tmp, "wt") as f:
                 json.dump({"box_format": pred.box_format, "predictions": out}, f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
