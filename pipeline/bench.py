@@ -68,12 +68,12 @@ def make_images(folder: Path, n: int, humans: int, objects: int, seed: int = 0, 
 
 
 def _bare(teacher, num_images: int, num_crops: int, batch_size: int, crop_batch: int, device) -> float:
-    """Seconds for the pipeline's own encoder passes (same batch shapes, precision and CUDA
-    graphs) over num_images global inputs and num_crops crops already on the device."""
+    """Seconds for the pipeline's own encoder passes (same batch shapes and precision) over
+    num_images global inputs and num_crops crops already on the device."""
     from pipeline.encoder import Encoder
 
     text = torch.nn.functional.normalize(torch.randn(600, teacher.model.visual.proj.shape[1], device=device), dim=1)
-    enc = Encoder(teacher, text, device, global_batch=batch_size, crop_batch=crop_batch)
+    enc = Encoder(teacher, text, device)
     g = torch.randn(batch_size, 3, teacher.global_size, teacher.global_size, device=device)
     c = torch.randn(crop_batch, 3, teacher.image_size, teacher.image_size, device=device)
     with enc.session():
@@ -154,7 +154,7 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
                "ratio_to_naive": ours / naive, "encoder_share": run["encoder_share"],
                "data_wait_share": run["data_wait_share"], "images_per_s": run["images"] / run["shards_wall_s"]}
         echo(f"  bare encoder      {bare:10.0f} crops/s (global inputs included, tensors already on {dev}, "
-             "same batches, precision and graphs)")
+             "same batches and precision)")
         echo(f"  teacher-cache     {ours:10.0f} crops/s, {res['images_per_s']:.1f} images/s "
              f"(encoder busy {100 * run['encoder_share']:.0f}%, waiting for data {100 * run['data_wait_share']:.0f}%)")
         echo(f"                    shard time: queuing crops {100 * run['launch_share']:.0f}%, copying results back "

@@ -35,7 +35,6 @@ class RunOptions:
     threads: int = 1                # shards at once on the local scheduler
     scheduler: str | None = None    # a dask.distributed address
     on_error: str = "fail"          # fail | skip (unreadable images)
-    cuda_graphs: bool = True        # replay the encoder as CUDA graphs on a GPU
     decode: str = "auto"            # threads | processes | auto (processes on a GPU)
     overwrite: bool = False         # start afresh instead of resuming
     progress: bool = True

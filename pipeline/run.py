@@ -150,12 +150,13 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
     t_shards = time.perf_counter()
     stats = _run_shards(job, todo, run, cache, lay)
     t_shards = time.perf_counter() - t_shards
-    cache.set_attr("last_run", _summary(stats, time.perf_counter() - t0, t_shards))
+    summary = _summary(stats, time.perf_counter() - t0, t_shards)
+    cache.set_attr("last_run", summary)
     status = cache.read("images/status")
     skipped = [dets.file_names[i] for i in np.flatnonzero(status == S.STATUS_SKIPPED)]
     cache.set_attr("skipped_images", skipped)
     final = cstore.finalize(cache)
-    _report(stats, time.perf_counter() - t0, skipped, final)
+    _report(summary, skipped, final)
     return final
 
 
@@ -274,10 +275,9 @@ def _summary(stats: list[ShardStats], wall: float, shards_wall: float = 0.0) -> 
             "write_wait_share": round(sum(s.write_wait_s for s in stats) / busy, 3) if busy else 0.0}
 
 
-def _report(stats, wall, skipped, final) -> None:
-    s = _summary(stats, wall)
+def _report(s: dict, skipped, final) -> None:
     log.info("wrote %s: %d images, %d crops in %.1f s (%.1f images/s, %.0f crops/s); encoder busy %.0f%% of "
-             "shard time, waiting for data %.0f%%", final, s["images"], s["crops"], wall, s["images_per_s"],
+             "shard time, waiting for data %.0f%%", final, s["images"], s["crops"], s["wall_s"], s["images_per_s"],
              s["crops_per_s"], 100 * s["encoder_share"], 100 * s["data_wait_share"])
     if s["data_wait_share"] > 0.2:
         log.warning("the encoder waited for decoded images %.0f%% of the time: raise --workers",

@@ -126,9 +126,7 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
         sizes=cache.read("images/size", slice(lo_i, hi_i)),
         begin=cache.read("pairs/begin", slice(lo_i, hi_i)) - lo_p, end=cache.read("pairs/end", slice(lo_i, hi_i)) - lo_p,
         union_box=cache.read("pairs/box", slice(lo_p, hi_p)),
-        enc=Encoder(teacher, torch.from_numpy(cache.read("text/embedding")).to(device), device,
-                    global_batch=job.run.batch_size, crop_batch=job.run.crop_batch,
-                    cuda_graphs=job.run.cuda_graphs),
+        enc=Encoder(teacher, torch.from_numpy(cache.read("text/embedding")).to(device), device),
         stats=ShardStats(),
         mean=torch.tensor(teacher.mean, dtype=torch.float32, device=device).view(3, 1, 1),
         std=torch.tensor(teacher.std, dtype=torch.float32, device=device).view(3, 1, 1))
