@@ -1,3 +1,4 @@
 from hoi.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes are spawned and import this module again
+    main()

@@ -66,7 +66,11 @@ def bench_evaluator(num: int, baseline_classes: int) -> None:
 @click.option("--teacher-images", default=64, help="Images in the teacher-cache bench.")
 @click.option("--model", default=None, help="open_clip model of the teacher bench (default: ViT-B-16 on a GPU, "
                                             "a small ViT on the CPU); random weights.")
-def main(num: int, baseline_classes: int, only: str, teacher_images: int, model: str | None) -> None:
+@click.option("--teacher-run", multiple=True, metavar="NAME=VALUE",
+              help="A run option of the teacher-cache pipeline, repeatable: workers=16, decode=threads, "
+                   "writer=process, images_per_shard=1024, batch_size=64, crop_batch=512, threads=2, ...")
+def main(num: int, baseline_classes: int, only: str, teacher_images: int, model: str | None,
+         teacher_run: tuple[str, ...]) -> None:
     """Print speed ratios of hoi-distill's stages against their baselines."""
     from hoi.logs import setup_logging
 
@@ -74,8 +78,12 @@ def main(num: int, baseline_classes: int, only: str, teacher_images: int, model:
     if only in ("all", "eval"):
         bench_evaluator(num, baseline_classes)
     if only in ("all", "teacher"):
-        from pipeline.bench import bench_teacher
-        bench_teacher(model=model, num_images=teacher_images, echo=click.echo)
+        from pipeline.bench import bench_teacher, parse_run_overrides
+        try:
+            run = parse_run_overrides(list(teacher_run))
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from e
+        bench_teacher(model=model, num_images=teacher_images, run=run, echo=click.echo)
     if only in ("all", "trainer"):
         from trainer.bench import bench_trainer
         bench_trainer(echo=click.echo)

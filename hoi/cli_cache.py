@@ -44,7 +44,12 @@ def register_model_configs(paths) -> None:
 @click.option("--images-per-shard", type=int, default=256, help="Images per shard (one dask task).")
 @click.option("--batch-size", type=int, default=32, help="Images per encoder batch (global pass).")
 @click.option("--crop-batch", type=int, default=256, help="Union crops per encoder batch.")
-@click.option("--workers", type=int, default=4, help="Threads decoding images ahead of the encoder.")
+@click.option("--workers", type=int, default=4, help="Threads or processes decoding images ahead of the encoder.")
+@click.option("--decode", type=click.Choice(["auto", "threads", "processes"]), default="auto",
+              help="Decode in worker threads or processes (auto: processes on a GPU, threads on the CPU).")
+@click.option("--writer", type=click.Choice(["auto", "thread", "process"]), default="auto",
+              help="Write chunks from a thread or a writer process (auto: a process on a GPU, a thread on the "
+                   "CPU), keeping Zarr's work away from the thread that feeds the GPU.")
 @click.option("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 @click.option("--threads", type=int, default=1, help="Shards run at once by the local scheduler.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -57,8 +62,8 @@ def register_model_configs(paths) -> None:
               help="The Zarr store to write (PATH.wip while in progress).")
 def teacher_cache(images, detections, annotations, labelspace, model, pretrained, model_config, templates,
                   crop_mode, union_margin, global_size, human_score, object_score, max_humans, max_objects,
-                  images_per_shard, batch_size, crop_batch, workers, device, threads, scheduler, on_error,
-                  overwrite, progress, output):
+                  images_per_shard, batch_size, crop_batch, workers, decode, writer, device, threads, scheduler,
+                  on_error, overwrite, progress, output):
     """Run a frozen CLIP once over every image and union box of a split into a Zarr cache."""
     from hoidata.labelspace import LabelSpace
     from hoidata.pairs import PairRule
@@ -74,7 +79,8 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
                                    crop_mode=crop_mode, union_margin=union_margin, global_size=global_size),
             pair_rule=PairRule(human_score, object_score, max_humans, max_objects),
             run=RunOptions(images_per_shard=images_per_shard, batch_size=batch_size, crop_batch=crop_batch,
-                           workers=workers, device=device, threads=threads, scheduler=scheduler,
+                           workers=workers, decode=decode, writer=writer, device=device, threads=threads,
+                           scheduler=scheduler,
                            on_error=on_error, overwrite=overwrite, progress=progress))
     except (ValueError, OSError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e

@@ -9,6 +9,7 @@ synthetic images (``make bench``; on a GPU machine too).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -114,9 +115,26 @@ def _naive(teacher, images: Path, dets_path: Path, num_images: int, device) -> t
     return crops, time.perf_counter() - t
 
 
+def parse_run_overrides(items: list[str]) -> dict:
+    """``["workers=8", "decode=threads"]`` -> RunOptions fields with their types."""
+    types = {f.name: type(f.default) for f in dataclasses.fields(RunOptions)}
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        key = key.replace("-", "_")
+        if key not in types or not _:
+            raise ValueError(f"--teacher-run {item!r}: expected NAME=VALUE with NAME one of {', '.join(types)}")
+        out[key] = value.lower() in ("1", "true", "yes") if types[key] is bool else \
+            types[key](value) if types[key] in (int, float) else value
+    return out
+
+
 def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 2, objects: int = 3,
-                  naive_images: int = 8, workers: int = 8, batch_size: int = 32, crop_batch: int = 256,
-                  device: str = "auto", echo=print) -> dict:
+                  naive_images: int = 8, run: dict | None = None, echo=print) -> dict:
+    """Run the three contenders and print them. ``run``: RunOptions fields for the pipeline
+    (default: 8 workers, 32 images and 256 crops a batch, 256 images a shard)."""
+    opts = RunOptions(**{"workers": 8, "images_per_shard": 256, **(run or {}), "progress": False})
+    batch_size, crop_batch, workers, device = opts.batch_size, opts.crop_batch, opts.workers, opts.device
     dev = resolve_device(device)
     if model is None:
         model = "ViT-B-16" if dev.type == "cuda" else "hoi-bench-tiny"
@@ -139,8 +157,7 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
         torch.save(load_teacher(model, None, device="cpu").model.state_dict(), ck)
         build_teacher_cache(tmp / "cache.zarr", images=tmp / "images", detections=dets, labelspace=hico_det(),
                             teacher=TeacherOptions(model=model, pretrained=str(ck)),
-                            run=RunOptions(workers=workers, batch_size=batch_size, crop_batch=crop_batch,
-                                           device=device, progress=False, images_per_shard=256))
+                            run=opts)
         from cache.store import open_cache
         run = open_cache(tmp / "cache.zarr").attrs["last_run"]
         teacher = load_teacher(model, str(ck), device=dev)
@@ -156,7 +173,8 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
         echo(f"  bare encoder      {bare:10.0f} crops/s (global inputs included, tensors already on {dev}, "
              "same batches and precision)")
         echo(f"  teacher-cache     {ours:10.0f} crops/s, {res['images_per_s']:.1f} images/s "
-             f"(encoder busy {100 * run['encoder_share']:.0f}%, waiting for data {100 * run['data_wait_share']:.0f}%)")
+             f"(encoder busy {100 * run['encoder_share']:.0f}%, waiting for data {100 * run['data_wait_share']:.0f}%; "
+             f"decoding in {workers} {run['decode']}, writing from a {run['writer']})")
         echo(f"                    shard time: queuing crops {100 * run['launch_share']:.0f}%, copying results back "
              f"{100 * run['collect_share']:.0f}%, final writes {100 * run['write_wait_share']:.0f}%")
         echo(f"  naive loop        {naive:10.0f} crops/s (PIL crop + open_clip preprocess, one box at a time)")

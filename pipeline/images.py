@@ -1,15 +1,36 @@
-"""Decoding images in worker threads, so decoding overlaps with the encoder.
+"""Decoding images into padded batches, ahead of the encoder.
+
+A batch of images of different sizes becomes one uint8 canvas ``[n, C, H, W]`` (images
+top-left, ``H``/``W`` the largest), so the shard uploads it in one copy and cuts every
+crop of the batch with one ``roi_align`` call per pass (``pipeline.crops``), instead of
+a dozen small operations per image on the thread that feeds the GPU.
+
+Padding keeps crops what they would be if each image were cut alone, and independent of
+which images share the batch. ``roi_align`` clamps samples within one pixel past an
+image's edge to the edge pixels; so every image sits ``BORDER`` pixels in from the
+canvas's top left, its edge rows and columns repeated once on every side, zeros beyond.
+Crops that stay on their image (squash and center without margin) are then exactly
+those of the image alone. When crops may reach outside their image (``pad`` crop mode,
+union margins) a fourth channel is 255 on the image (and its repeated edge) and 0 on the
+padding: the crop of that channel is the share of each output pixel that lies on the
+image, which the normalisation needs (outside reads as the mean colour). There the edge
+fades to the mean colour over one source pixel on every side instead of stopping dead.
 
 Any PIL mode becomes RGB (grayscale, palette, CMYK; alpha is dropped). A missing or
-corrupt file does not raise in the worker: the item carries the error, and the shard
-decides (fail naming the file, or record it as skipped).
+corrupt file does not raise in the worker: the batch lists it as failed with a message
+naming the file, and the shard decides (stop, or record it as skipped).
+
+Three ways to decode, one interface (:class:`Decoder`): inline (``workers=0``), worker
+threads, or worker processes. The processes are a persistent ``DataLoader`` kept for the
+whole run, so shards after the first start without spawning workers again.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +38,31 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 
+@dataclass(frozen=True)
+class BatchSpec:
+    """What to load for one batch (small and picklable: it travels to worker processes)."""
+
+    root: str
+    file_names: tuple[str, ...]
+    positions: tuple[int, ...]              # returned as ImageBatch.index (positions within the shard)
+    sizes: tuple[tuple[int, int], ...] | None = None  # expected (w, h) each; (0, 0) = not known
+    inside_channel: bool = False            # add the on-image channel (crops may reach outside)
+
+
 @dataclass
-class Decoded:
-    index: int                      # image index in the split
-    image: torch.Tensor | None      # uint8 [3, H, W], None when unreadable
-    error: str | None = None
+class ImageBatch:
+    """Decoded images of one batch, padded into one canvas."""
+
+    index: np.ndarray               # int64 [n] positions of the images that decoded
+    pixels: torch.Tensor            # uint8 [n, C, H, W]; C = 3, or 4 with the on-image channel
+    sizes: np.ndarray               # int64 [n, 2] (w, h) of each decoded image
+    failed: list[tuple[int, str]]   # (position, message naming the file) of images that did not
+    first: int                      # first and last positions of the batch, failures included
+    last: int
+
+    def pin_memory(self) -> "ImageBatch":
+        """Page-locked copy, so the upload runs asynchronously (the DataLoader calls this)."""
+        return replace(self, pixels=self.pixels.pin_memory())
 
 
 def decode(path: Path) -> np.ndarray:
@@ -30,73 +71,156 @@ def decode(path: Path) -> np.ndarray:
         im.load()
         if im.mode != "RGB":
             im = im.convert("RGB")
-        return np.array(im, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
+        return np.asarray(im, dtype=np.uint8)
 
 
-class ImageFolder(torch.utils.data.Dataset):
-    """Images ``root / file_names[i]`` for the given indices; item k -> :class:`Decoded`."""
+def read_image(path: Path, expected: tuple[int, int] | None) -> np.ndarray | str:
+    """uint8 [H, W, 3], or a message naming the file when it is missing, unreadable or not
+    the size the annotations give."""
+    try:
+        arr = decode(path)
+    except FileNotFoundError:
+        return f"{path}: file not found"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        return f"{path}: cannot decode ({e})"
+    if expected is not None:
+        w, h = expected
+        if w > 0 and (arr.shape[1], arr.shape[0]) != (w, h):
+            return f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the annotations say {w}x{h}"
+    return arr
 
-    def __init__(self, root, file_names, indices, sizes=None, pin: bool = False):
-        self.root, self.file_names, self.indices = Path(root), file_names, list(indices)
-        self.sizes, self.pin = sizes, pin
+
+BORDER = 2  # canvas pixels left and above each image: a zero, then the repeated edge
+
+
+def pad_into_canvas(images: list[np.ndarray], inside_channel: bool, pin: bool = False) -> torch.Tensor:
+    """uint8 [n, C, H + 2 BORDER, W + 2 BORDER] from uint8 [h_k, w_k, 3] images, H and W the
+    largest; image k's pixel (y, x) is canvas pixel (y + BORDER, x + BORDER)."""
+    n, o = len(images), BORDER
+    hmax = max((a.shape[0] for a in images), default=0)
+    wmax = max((a.shape[1] for a in images), default=0)
+    canvas = torch.zeros((n, 4 if inside_channel else 3, hmax + 2 * o, wmax + 2 * o), dtype=torch.uint8,
+                         pin_memory=pin)
+    for k, arr in enumerate(images):
+        h, w = arr.shape[:2]
+        px = canvas[k, :3].numpy()  # a view: numpy copies from PIL's read-only buffer
+        px[:, o:o + h, o:o + w] = arr.transpose(2, 0, 1)
+        px[:, o:o + h, o - 1] = px[:, o:o + h, o]              # repeat the edge columns
+        px[:, o:o + h, o + w] = px[:, o:o + h, o + w - 1]
+        px[:, o - 1, o - 1:o + w + 1] = px[:, o, o - 1:o + w + 1]  # then the edge rows, corners included
+        px[:, o + h, o - 1:o + w + 1] = px[:, o + h - 1, o - 1:o + w + 1]
+        if inside_channel:
+            canvas[k, 3, o - 1:o + h + 1, o - 1:o + w + 1] = 255
+    return canvas
+
+
+def load_batch(spec: BatchSpec, pin: bool = False) -> ImageBatch:
+    """Decode and pad one batch. ``pin``: allocate the canvas page-locked (worker threads on
+    a CUDA machine; worker processes leave pinning to the DataLoader)."""
+    ok, arrays, failed = [], [], []
+    for k, (name, pos) in enumerate(zip(spec.file_names, spec.positions)):
+        got = read_image(Path(spec.root) / name, spec.sizes[k] if spec.sizes is not None else None)
+        if isinstance(got, str):
+            failed.append((pos, got))
+        else:
+            ok.append(pos)
+            arrays.append(got)
+    sizes = np.array([(a.shape[1], a.shape[0]) for a in arrays], dtype=np.int64).reshape(-1, 2)
+    return ImageBatch(index=np.array(ok, dtype=np.int64), pixels=pad_into_canvas(arrays, spec.inside_channel, pin),
+                      sizes=sizes, failed=failed, first=spec.positions[0], last=spec.positions[-1])
+
+
+class _SpecDataset(torch.utils.data.Dataset):
+    """Map-style dataset whose "index" is a whole :class:`BatchSpec` (the sampler hands them
+    out), so one persistent DataLoader serves every shard."""
+
+    def __getitem__(self, spec: BatchSpec) -> ImageBatch:
+        return load_batch(spec)
+
+
+class _SpecSampler(torch.utils.data.Sampler):
+    def __init__(self):
+        self.specs: list[BatchSpec] = []
+
+    def __iter__(self):
+        return iter(self.specs)
 
     def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> Decoded:
-        i = self.indices[k]
-        path = self.root / self.file_names[i]
-        try:
-            arr = decode(path)
-        except FileNotFoundError:
-            return Decoded(i, None, f"{path}: file not found")
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            return Decoded(i, None, f"{path}: cannot decode ({e})")
-        if self.sizes is not None:
-            w, h = (int(v) for v in self.sizes[i])
-            if w > 0 and (arr.shape[1], arr.shape[0]) != (w, h):
-                return Decoded(i, None, f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the annotations say {w}x{h}")
-        t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-        # pinned pages let the upload run asynchronously, off the GPU's queue (worker
-        # processes leave the pinning to the DataLoader)
-        in_worker = torch.utils.data.get_worker_info() is not None
-        return Decoded(i, t.pin_memory() if self.pin and not in_worker else t)
+        return len(self.specs)
 
 
-def _as_tuples(items: list[Decoded]) -> list[tuple]:
-    return [(d.index, d.image, d.error) for d in items]
+def _as_is(x):
+    return x
 
 
-def prefetch(dataset: ImageFolder, batch_size: int, workers: int, ahead: int = 4, processes: bool = False):
-    """Yield lists of :class:`Decoded` in dataset order, decoding up to ``ahead`` batches ahead.
+class Decoder:
+    """Decodes lists of :class:`BatchSpec` into :class:`ImageBatch` es, in order, up to
+    ``ahead`` batches ahead of the consumer.
 
-    ``processes=False``: a thread pool, free to start for every shard; PIL releases the
-    GIL while it decodes, but the rest of the Python work competes with the thread that
-    feeds the GPU. ``processes=True``: DataLoader worker processes (decoded pixels come
-    back through shared memory, pinned by the loader's own thread), which keeps the
-    feeding thread free on a GPU machine with cores to spare.
+    ``mode="threads"``: a thread pool, one batch per task (PIL releases the GIL while it
+    decodes, but padding and the rest compete with the thread feeding the GPU).
+    ``mode="processes"``: a persistent DataLoader of spawned worker processes; pixels come
+    back through shared memory and are pinned by the loader's own thread. Workers are
+    spawned, not forked: the parent holds CUDA and other threads' locks.
     """
-    if processes and workers > 0:
-        dl = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=_as_tuples, pin_memory=dataset.pin, prefetch_factor=ahead)
-        for batch in dl:
-            yield [Decoded(i, img, err) for i, img, err in batch]
-        return
-    if workers <= 0:
-        for a in range(0, len(dataset), batch_size):
-            yield [dataset[k] for k in range(a, min(a + batch_size, len(dataset)))]
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending = deque()
-        starts = iter(range(0, len(dataset), batch_size))
-        def submit():
-            a = next(starts, None)
-            if a is not None:
-                pending.append([pool.submit(dataset.__getitem__, k)
-                                for k in range(a, min(a + batch_size, len(dataset)))])
-        for _ in range(ahead):
-            submit()
-        while pending:
-            batch = pending.popleft()
-            submit()
-            yield [f.result() for f in batch]
+
+    def __init__(self, mode: str, workers: int, pin: bool, ahead: int = 4):
+        self.mode, self.workers, self.pin = mode, workers, pin
+        self.ahead = max(ahead, workers + 1)
+        self._loader = self._sampler = None
+        if mode == "processes" and workers > 0:
+            self._sampler = _SpecSampler()
+            self._loader = torch.utils.data.DataLoader(
+                _SpecDataset(), batch_size=None, sampler=self._sampler, num_workers=workers, collate_fn=_as_is,
+                pin_memory=pin, prefetch_factor=max(2, -(-self.ahead // workers)), persistent_workers=True,
+                multiprocessing_context="spawn")
+
+    def __call__(self, specs: list[BatchSpec]):
+        if self._loader is not None:
+            self._sampler.specs = list(specs)
+            yield from self._loader
+        elif self.workers <= 0:
+            for spec in specs:
+                yield load_batch(spec, self.pin)
+        else:
+            yield from self._threads(specs)
+
+    def _threads(self, specs: list[BatchSpec]):
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode") as pool:
+            todo, pending = iter(specs), deque()
+            for spec in todo:
+                pending.append(pool.submit(load_batch, spec, self.pin))
+                if len(pending) >= self.ahead:
+                    break
+            while pending:
+                batch = pending.popleft().result()
+                spec = next(todo, None)
+                if spec is not None:
+                    pending.append(pool.submit(load_batch, spec, self.pin))
+                yield batch
+
+
+_IDLE: dict[tuple, list[Decoder]] = {}
+_IDLE_LOCK = threading.Lock()
+
+
+class borrowed_decoder:
+    """``with borrowed_decoder(mode, workers, pin) as dec``: a decoder of this process kept
+    between shards (worker processes are spawned once per run, not once per shard); shards
+    running at the same time each get their own."""
+
+    def __init__(self, mode: str, workers: int, pin: bool):
+        self.key = (mode, workers, pin)
+
+    def __enter__(self) -> Decoder:
+        with _IDLE_LOCK:
+            idle = _IDLE.setdefault(self.key, [])
+            self.decoder = idle.pop() if idle else None
+        if self.decoder is None:
+            self.decoder = Decoder(*self.key)
+        return self.decoder
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:  # a decoder left mid-iteration is not reused
+            with _IDLE_LOCK:
+                _IDLE[self.key].append(self.decoder)

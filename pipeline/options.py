@@ -36,5 +36,12 @@ class RunOptions:
     scheduler: str | None = None    # a dask.distributed address
     on_error: str = "fail"          # fail | skip (unreadable images)
     decode: str = "auto"            # threads | processes | auto (processes on a GPU)
+    writer: str = "auto"            # thread | process | auto (a writer process on a GPU)
     overwrite: bool = False         # start afresh instead of resuming
     progress: bool = True
+
+    def __post_init__(self):
+        for name, allowed in (("on_error", ("fail", "skip")), ("decode", ("auto", "threads", "processes")),
+                              ("writer", ("auto", "thread", "process"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")

@@ -29,7 +29,7 @@ from hoidata.labelspace import LabelSpace
 from hoidata.pairs import PairRule, make_pairs
 from pipeline.clip import prompts_sha256, text_embeddings
 from pipeline.options import RunOptions, TeacherOptions
-from pipeline.shard import ShardJob, ShardStats, resolve_device, run_shard, teacher_for
+from pipeline.shard import ShardJob, ShardStats, helper_modes, resolve_device, run_shard, teacher_for
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,8 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
     stats = _run_shards(job, todo, run, cache, lay)
     t_shards = time.perf_counter() - t_shards
     summary = _summary(stats, time.perf_counter() - t0, t_shards)
+    if not run.scheduler:  # (a cluster's workers decide for themselves)
+        summary.update(zip(("decode", "writer"), helper_modes(run, device)))
     cache.set_attr("last_run", summary)
     status = cache.read("images/status")
     skipped = [dets.file_names[i] for i in np.flatnonzero(status == S.STATUS_SKIPPED)]

@@ -2,17 +2,19 @@
 
 A shard is an independent task (clip-retrieval's reader -> mapper -> writer, per
 partition): it reads the prepare-time arrays it needs from the store, decodes its
-images in worker threads (or processes on a GPU machine), cuts the global input and every union box on the device,
-encodes them, and hands finished whole chunks to a writer thread so that writing
-overlaps with encoding. Only after every write has landed does it set its done flag.
+images into padded batches in worker threads (or processes on a GPU machine), cuts the
+global input and every union box of a batch on the device, encodes them, and hands
+finished whole chunks to a writer thread (or process) so that writing overlaps with
+encoding. Only after every write has landed does it set its done flag.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import multiprocessing
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,8 +26,9 @@ from hoidata import boxes as B
 from pipeline import crops
 from pipeline.clip import Teacher, load_teacher
 from pipeline.encoder import Encoder
-from pipeline.images import ImageFolder, prefetch
+from pipeline.images import BatchSpec, ImageBatch, borrowed_decoder
 from pipeline.options import RunOptions, TeacherOptions
+from pipeline.writer import ChunkFlusher, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,26 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def helper_modes(run: RunOptions, device: torch.device) -> tuple[str, str]:
+    """(decode, writer) modes: worker processes on a GPU unless asked otherwise, threads on
+    the CPU (whose cores the encoder needs) and in daemonic processes, which may not start
+    children (dask workers under a nanny, unless DASK_DISTRIBUTED__WORKER__DAEMON=False)."""
+    want_processes = device.type == "cuda"
+    daemon = multiprocessing.current_process().daemon
+    decode = run.decode if run.decode != "auto" else ("processes" if want_processes else "threads")
+    writer = run.writer if run.writer != "auto" else ("process" if want_processes else "thread")
+    if daemon and (decode, writer) != ("threads", "thread"):
+        _warn_daemonic()
+        decode, writer = "threads", "thread"
+    return decode, writer
+
+
+@functools.cache
+def _warn_daemonic() -> None:
+    log.warning("this process is daemonic (a dask worker under a nanny?) and cannot start decoder or writer "
+                "processes: using threads (DASK_DISTRIBUTED__WORKER__DAEMON=False allows them)")
+
+
 def teacher_for(job: ShardJob) -> Teacher:
     """One loaded teacher per process and configuration (dask workers reuse it across shards)."""
     t = job.teacher
@@ -76,39 +99,6 @@ def teacher_for(job: ShardJob) -> Teacher:
             _TEACHERS[key] = load_teacher(t.model, t.pretrained, global_size=t.global_size, mean=t.mean,
                                           std=t.std, device=resolve_device(job.run.device))
         return _TEACHERS[key]
-
-
-class _ChunkFlusher:
-    """Shard-sized numpy buffers for some arrays, written to the store chunk by chunk.
-
-    Rows become final in order; whenever whole chunks are final they go to the writer
-    thread. ``finish`` writes the rest (up to the shard's end) and waits for all writes.
-    """
-
-    def __init__(self, cache: TeacherCache, k: int, names: list[str], lo: int, hi: int, chunk: int,
-                 pool: ThreadPoolExecutor, futures: list[Future]):
-        self.cache, self.k, self.names, self.lo, self.hi, self.chunk = cache, k, names, lo, hi, chunk
-        self.bufs = {n: np.zeros((hi - lo,) + cache.array(n).shape[1:], dtype=cache.array(n).dtype) for n in names}
-        self.flushed = lo
-        self.pool, self.futures = pool, futures
-
-    def _submit(self, a: int, b: int) -> None:
-        if b <= a:
-            return
-        parts = {n: self.bufs[n][a - self.lo:b - self.lo] for n in self.names}
-        self.futures.append(self.pool.submit(self._write, a, b, parts))
-        self.flushed = b
-
-    def _write(self, a: int, b: int, parts: dict) -> None:
-        for n, v in parts.items():
-            self.cache.write_rows(self.k, n, a, b, v)
-
-    def ready(self, upto: int) -> None:
-        """Rows below ``upto`` are final: write the whole chunks among them."""
-        self._submit(self.flushed, self.lo + (upto - self.lo) // self.chunk * self.chunk)
-
-    def finish(self) -> None:
-        self._submit(self.flushed, self.hi)
 
 
 def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
@@ -128,20 +118,20 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
         union_box=cache.read("pairs/box", slice(lo_p, hi_p)),
         enc=Encoder(teacher, torch.from_numpy(cache.read("text/embedding")).to(device), device),
         stats=ShardStats(),
-        mean=torch.tensor(teacher.mean, dtype=torch.float32, device=device).view(3, 1, 1),
-        std=torch.tensor(teacher.std, dtype=torch.float32, device=device).view(3, 1, 1))
+        mean=torch.tensor(teacher.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+        std=torch.tensor(teacher.std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+    run = job.run
 
-    futures: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shard{k}-writer") as pool, ctx.enc.session():
-        ctx.img_out = _ChunkFlusher(cache, k, ["global/embedding", "global/score", "global/dense", "images/status"],
-                                    lo_i, hi_i, cache.layout["image_chunk"], pool, futures)
-        ctx.pair_out = _ChunkFlusher(cache, k, ["union/embedding", "union/score"], lo_p, hi_p,
-                                     cache.layout["pair_chunk"], pool, futures)
-        dataset = ImageFolder(job.images_root, ctx.names, range(hi_i - lo_i), ctx.sizes, pin=device.type == "cuda")
+    decode, writer_mode = helper_modes(run, device)
+    with ShardWriter(cache, k, writer_mode) as writer, ctx.enc.session(), \
+            borrowed_decoder(decode, run.workers, pin=device.type == "cuda") as decoder:
+        ctx.img_out = ChunkFlusher(cache, ["global/embedding", "global/score", "global/dense", "images/status"],
+                                   lo_i, hi_i, cache.layout["image_chunk"], writer)
+        ctx.pair_out = ChunkFlusher(cache, ["union/embedding", "union/score"], lo_p, hi_p,
+                                    cache.layout["pair_chunk"], writer)
         previous = None
         t_wait = time.perf_counter()
-        decode = job.run.decode if job.run.decode != "auto" else ("processes" if device.type == "cuda" else "threads")
-        for batch in prefetch(dataset, job.run.batch_size, job.run.workers, processes=decode == "processes"):
+        for batch in decoder(_batch_specs(ctx, job.images_root, run.batch_size)):
             t_launch = time.perf_counter()
             ctx.stats.data_wait_s += t_launch - t_wait
             launched = _launch(ctx, batch)        # queued on the device
@@ -157,8 +147,7 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
         ctx.img_out.finish()
         ctx.pair_out.finish()
         t_write = time.perf_counter()
-        for f in futures:
-            f.result()  # re-raise a failed write before anything is marked done
+        writer.wait()  # re-raise a failed write before anything is marked done
         ctx.stats.write_wait_s = time.perf_counter() - t_write
     cache.mark_shard_done(k)
     ctx.stats.encoder_s = ctx.enc.total_seconds()
@@ -178,55 +167,66 @@ class _ShardContext:
     union_box: np.ndarray    # float32 [rows, 4]
     enc: Encoder
     stats: ShardStats
-    mean: torch.Tensor = None  # float32 [3, 1, 1] on the device
+    mean: torch.Tensor = None  # float32 [1, 3, 1, 1] on the device
     std: torch.Tensor = None
-    img_out: "_ChunkFlusher | None" = None
-    pair_out: "_ChunkFlusher | None" = None
+    img_out: ChunkFlusher | None = None
+    pair_out: ChunkFlusher | None = None
 
 
-def _launch(ctx: _ShardContext, batch) -> dict:
+def _batch_specs(ctx: _ShardContext, root: str, batch_size: int) -> list[BatchSpec]:
+    """The shard's images in batches; crops may leave their image with ``pad`` or a margin,
+    and then the canvas carries the on-image channel."""
+    opts = ctx.job.teacher
+    outside = opts.crop_mode == "pad" or opts.union_margin > 0
+    return [BatchSpec(root, tuple(ctx.names[a:a + batch_size]), tuple(range(a, min(a + batch_size, len(ctx.names)))),
+                      tuple(map(tuple, ctx.sizes[a:a + batch_size].tolist())), outside)
+            for a in range(0, len(ctx.names), batch_size)]
+
+
+def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without waiting for the kernels already queued (pinned, asynchronous)."""
+    if device.type != "cuda":
+        return t
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
+def _launch(ctx: _ShardContext, batch: ImageBatch) -> dict:
     """Queue the global and union passes of one batch; returns device tensors and their rows.
 
-    Nothing here waits for the device: boxes go up in one pinned, asynchronous copy and
-    images were pinned by the decoder threads. (A plain host-to-device copy would wait
-    for every kernel queued before it, and the GPU would idle while the CPU prepares.)
+    Nothing here waits for the device: the canvas (pinned by the decoder) and the boxes go
+    up in one asynchronous copy each, and every crop of the batch is cut by one roi_align
+    per encoder pass. (A plain host-to-device copy would wait for every kernel queued
+    before it, and the GPU would idle while the CPU prepares.)
     """
     run, opts, teacher, device = ctx.job.run, ctx.job.teacher, ctx.teacher, ctx.device
-    ok = []
-    for item in batch:
-        if item.image is not None:
-            ok.append(item)
-        elif run.on_error != "skip":
-            raise ShardError(f"{item.error} (pass --on-error skip to record it as skipped and go on)")
-        else:
-            log.warning("skipping %s", item.error)
-            ctx.img_out.bufs["images/status"][item.index] = S.STATUS_SKIPPED
-            ctx.stats.skipped.append(ctx.names[item.index])
-    idx = np.array([it.index for it in ok], dtype=np.int64)  # positions within the shard
-    out = {"image_rows": idx, "pair_rows": np.zeros(0, np.int64), "union": []}
-    if not ok:
+    for pos, error in batch.failed:
+        if run.on_error != "skip":
+            raise ShardError(f"{error} (pass --on-error skip to record it as skipped and go on)")
+        log.warning("skipping %s", error)
+        ctx.img_out.bufs["images/status"][pos] = S.STATUS_SKIPPED
+        ctx.stats.skipped.append(ctx.names[pos])
+    idx = batch.index  # positions within the shard of the images that decoded
+    out = {"image_rows": idx, "pair_rows": np.zeros(0, np.int64)}
+    if not len(idx):
         return out
+    n = len(idx)
     counts = ctx.end[idx] - ctx.begin[idx]
     rows = np.concatenate([np.arange(ctx.begin[j], ctx.end[j]) for j in idx])
-    wh = ctx.sizes[idx].astype(np.float64)
+    wh = batch.sizes.astype(np.float64)
     regions = np.concatenate([B.square(np.concatenate([np.zeros_like(wh), wh], 1), opts.crop_mode),  # whole images
                               B.crop_region(ctx.union_box[rows], opts.union_margin, opts.crop_mode)])
-    regions = torch.from_numpy(regions.astype(np.float32))
-    if device.type == "cuda":
-        regions = regions.pin_memory()
-    regions = regions.to(device, non_blocking=True)
-    globals_, union_crops, at = [], [], len(ok)
-    for k, (item, n) in enumerate(zip(ok, counts)):
-        img = crops.normalise(item.image.to(device, non_blocking=True), ctx.mean, ctx.std)
-        globals_.append(crops.crop_boxes(img, regions[k:k + 1], teacher.global_size))
-        if n:
-            union_crops.append(crops.crop_boxes(img, regions[at:at + n], teacher.image_size))
-        at += n
-    results = list(ctx.enc.global_pass(torch.cat(globals_)))
-    if union_crops:
-        x = torch.cat(union_crops)
+    canvas_of = np.concatenate([np.arange(n), np.repeat(np.arange(n), counts)])
+    rois = _upload(torch.from_numpy(np.concatenate([canvas_of[:, None], regions], 1).astype(np.float32)), device)
+    pixels = _upload(batch.pixels, device).float()
+
+    def cut(a: int, b: int, size: int) -> torch.Tensor:  # regions a..b-1 as normalised encoder inputs
+        return crops.crop_normalised(pixels, rois[a:b], size, ctx.mean, ctx.std)
+
+    results = list(ctx.enc.global_pass(cut(0, n, teacher.global_size)))
+    if len(rows):
         out["pair_rows"] = rows
-        union = [ctx.enc.union_pass(x[a:a + run.crop_batch]) for a in range(0, len(x), run.crop_batch)]
+        union = [ctx.enc.union_pass(cut(n + a, n + min(a + run.crop_batch, len(rows)), teacher.image_size))
+                 for a in range(0, len(rows), run.crop_batch)]
         results += [torch.cat([e for e, _ in union]), torch.cat([s for _, s in union])]
     # Queue the copies back now, right behind this batch's kernels: a copy issued later
     # would wait for the next batch's kernels too. The event marks when they have landed.
@@ -237,7 +237,7 @@ def _launch(ctx: _ShardContext, batch) -> dict:
     return out
 
 
-def _collect(ctx: _ShardContext, batch, out: dict, progress) -> None:
+def _collect(ctx: _ShardContext, batch: ImageBatch, out: dict, progress) -> None:
     """Put one launched batch's results into the shard buffers and flush finished chunks."""
     if "ready" in out:
         out["ready"].synchronize()  # this batch's copies only, not the batch queued after it
@@ -254,8 +254,7 @@ def _collect(ctx: _ShardContext, batch, out: dict, progress) -> None:
         ctx.pair_out.bufs["union/embedding"][prow] = host[3]
         ctx.pair_out.bufs["union/score"][prow] = host[4]
         ctx.stats.crops += len(prow)
-    first, last = batch[0].index, batch[-1].index
-    ctx.img_out.ready(ctx.img_out.lo + last + 1)
-    ctx.pair_out.ready(ctx.pair_out.lo + int(ctx.end[last]))
+    ctx.img_out.ready(ctx.img_out.lo + batch.last + 1)
+    ctx.pair_out.ready(ctx.pair_out.lo + int(ctx.end[batch.last]))
     if progress is not None:
-        progress(len(batch), int(ctx.end[last] - ctx.begin[first]))
+        progress(batch.last - batch.first + 1, int(ctx.end[batch.last] - ctx.begin[batch.first]))

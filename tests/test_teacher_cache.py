@@ -170,6 +170,16 @@ def test_two_shards_at_once_lose_nothing(world, reference, tmp_path):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+def test_decoder_and_writer_processes_write_the_same_store(world, reference, tmp_path):
+    """The GPU machine's defaults (decoding in worker processes kept across shards, a writer
+    process), run on the CPU: the same bytes as decoding inline and writing from a thread."""
+    out = build(world, tmp_path / "cache.zarr", workers=2, decode="processes", writer="process", batch_size=3)
+    ref = build(world, tmp_path / "ref3.zarr", batch_size=3)
+    assert chunk_bytes(out) == chunk_bytes(ref)
+    a, b = arrays(out), arrays(reference)  # other batches: the same up to float rounding
+    np.testing.assert_allclose(a["union/score"].astype(np.float32), b["union/score"].astype(np.float32), atol=2e-3)
+
+
 def test_cache_inspect_and_verify_cli(reference):
     from hoi.cli import main
 
@@ -258,3 +268,16 @@ def test_verify_reports_an_unfinished_store(world, reference, tmp_path):
     assert out.exit_code == 1 and "1 of 3 shards not done: [1]" in out.output
     with pytest.raises(CacheError, match="rerun the command to resume"):
         open_cache(tmp_path / "cache.zarr")
+
+
+def test_helper_processes_on_gpu_only_and_never_from_a_daemon(monkeypatch):
+    from types import SimpleNamespace
+
+    from pipeline import shard
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert shard.helper_modes(RunOptions(), cuda) == ("processes", "process")
+    assert shard.helper_modes(RunOptions(), cpu) == ("threads", "thread")
+    assert shard.helper_modes(RunOptions(decode="processes", writer="process"), cpu) == ("processes", "process")
+    monkeypatch.setattr(shard.multiprocessing, "current_process", lambda: SimpleNamespace(daemon=True))
+    assert shard.helper_modes(RunOptions(), cuda) == ("threads", "thread")

@@ -1,0 +1,136 @@
+"""Writing a shard's finished chunks off the thread that feeds the encoder.
+
+Rows become final batch by batch; :class:`ChunkFlusher` keeps shard-sized buffers and
+hands every run of whole chunks to a :class:`ShardWriter` as soon as it is final. The
+writer is a thread of this process (``mode="thread"``) or a writer process kept for the
+whole run (``mode="process"``): Zarr's Python-level work per chunk (its event loop, the
+codec pipeline) then takes no GIL from the thread that queues work on the GPU. Either way
+a write goes through ``TeacherCache.write_rows``, the one place that checks the rows are
+whole chunks of the shard, and the shard waits for every write before it marks itself
+done.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from cache.store import TeacherCache
+
+WRITER_MODES = ("thread", "process")
+
+
+def _write_parts(cache: TeacherCache, k: int, parts: dict) -> None:
+    for name, (a, b, value) in parts.items():
+        cache.write_rows(k, name, a, b, value)
+
+
+# -- in the writer process -------------------------------------------------------------
+_OPEN: OrderedDict = OrderedDict()  # token -> TeacherCache, the few shards being written
+
+
+def _watch_parent(parent: int) -> None:
+    """Leave when the coordinator dies (killed, say): a writer must not outlive its run."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _start_writer_process(parent: int) -> None:
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+def _write_in_process(path: str, token: str, k: int, parts: dict) -> None:
+    cache = _OPEN.get(token)
+    if cache is None:
+        cache = _OPEN[token] = TeacherCache(path, mode="r+")
+        while len(_OPEN) > 8:
+            _OPEN.popitem(last=False)
+    _write_parts(cache, k, parts)
+
+
+# -- in the shard's process -----------------------------------------------------------
+_PROCESS_POOL: ProcessPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _process_pool(fresh: bool = False) -> ProcessPoolExecutor:
+    """This process's writer process, started on first use (spawned: the parent holds CUDA)."""
+    global _PROCESS_POOL
+    with _POOL_LOCK:
+        if _PROCESS_POOL is None or fresh:
+            _PROCESS_POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_start_writer_process, initargs=(os.getpid(),))
+        return _PROCESS_POOL
+
+
+class ShardWriter:
+    """The chunk writes of shard ``k``; ``wait`` re-raises the first failed one."""
+
+    def __init__(self, cache: TeacherCache, k: int, mode: str = "thread"):
+        if mode not in WRITER_MODES:
+            raise ValueError(f"writer must be one of {', '.join(WRITER_MODES)}, not {mode!r}")
+        self.cache, self.k, self.mode = cache, k, mode
+        self.futures: list[Future] = []
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"shard{k}-writer") if mode == "thread" else None
+        self._token = uuid.uuid4().hex  # the writer process opens the store once per shard
+
+    def submit(self, parts: dict[str, tuple[int, int, np.ndarray]]) -> None:
+        """Write rows [a, b) of each named array (whole chunks of the shard)."""
+        if self._thread is not None:
+            self.futures.append(self._thread.submit(_write_parts, self.cache, self.k, parts))
+            return
+        args = (_write_in_process, str(self.cache.path), self._token, self.k, parts)
+        try:
+            self.futures.append(_process_pool().submit(*args))
+        except BrokenProcessPool:  # an earlier writer process died; this shard starts a new one
+            self.futures.append(_process_pool(fresh=True).submit(*args))
+
+    def wait(self) -> None:
+        """Block until every write has landed; re-raise the first that failed."""
+        for f in self.futures:
+            f.result()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # also on an error: no write of this shard may still be running once it returns
+        for f in self.futures:
+            f.exception()
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+
+
+class ChunkFlusher:
+    """Shard-sized numpy buffers for some arrays, written to the store chunk by chunk.
+
+    Rows become final in order; whenever whole chunks are final they go to the writer.
+    ``finish`` writes the rest (up to the shard's end).
+    """
+
+    def __init__(self, cache: TeacherCache, names: list[str], lo: int, hi: int, chunk: int, writer: ShardWriter):
+        self.names, self.lo, self.hi, self.chunk, self.writer = names, lo, hi, chunk, writer
+        self.bufs = {n: np.zeros((hi - lo,) + cache.array(n).shape[1:], dtype=cache.array(n).dtype) for n in names}
+        self.flushed = lo
+
+    def _submit(self, a: int, b: int) -> None:
+        if b > a:
+            self.writer.submit({n: (a, b, self.bufs[n][a - self.lo:b - self.lo]) for n in self.names})
+            self.flushed = b
+
+    def ready(self, upto: int) -> None:
+        """Rows below ``upto`` are final: write the whole chunks among them."""
+        self._submit(self.flushed, self.lo + (upto - self.lo) // self.chunk * self.chunk)
+
+    def finish(self) -> None:
+        self._submit(self.flushed, self.hi)
