@@ -182,6 +182,32 @@ def test_fusion_switch(caches):
     assert torch.equal(pair_scores(out, batch.class_mask), masked_softmax(out["ho"], batch.class_mask))
 
 
+def test_per_level_adapters_keep_each_level_s_losses_to_its_features(caches):
+    """(Late fusion: early fusion's one head reads both levels, so both losses reach both.)"""
+    batch, cache = first_batch(caches["test"])
+    for adapters in ("shared", "per-level"):
+        cfg = BASE.replace(adapters=adapters)
+        model, crit = build_model(cfg, cache, torch.device("cpu")), DistillationLoss(cfg)
+        assert set(model.adapters) == ({"shared"} if adapters == "shared" else {"global", "union"})
+        losses = crit(model(batch), batch)
+        grads = torch.autograd.grad(losses["union"], list(model.adapters.parameters()), allow_unused=True,
+                                    retain_graph=True)
+        by_key = {k: [g for (n, _), g in zip(model.adapters.named_parameters(), grads) if n.startswith(k + ".")]
+                  for k in model.adapters}
+        reached = {k: any(g is not None and g.abs().sum() > 0 for g in gs) for k, gs in by_key.items()}
+        key = "shared" if adapters == "shared" else "union"
+        assert reached[key]  # the union loss trains the union level's features...
+        if adapters == "per-level":  # ...and, kept apart, not the global level's
+            assert not reached["global"]
+        grads = torch.autograd.grad(losses["global"], list(model.adapters.parameters()), allow_unused=True)
+        touched = {n.split(".")[0] for (n, _), g in zip(model.adapters.named_parameters(), grads) if g is not None}
+        assert touched == ({"shared"} if adapters == "shared" else {"global"})
+    # a union-level student builds only the union level's adapter
+    model = build_model(BASE.replace(adapters="per-level", global_branch=False, ho_branch=False), cache,
+                        torch.device("cpu"))
+    assert set(model.adapters) == set(model.rois) == {"union"}
+
+
 def test_loss_switches_change_their_loss(caches):
     batch, cache = first_batch(caches["test"])
     model = build_model(BASE, cache, torch.device("cpu"))

@@ -33,6 +33,10 @@ class TrainConfig:
     global_branch: bool = _opt(True, "Global branch: image-level HOI scores from the pooled map.")
     ho_branch: bool = _opt(True, "Human-object branch: pair scores from human and object features and layout.")
     union_branch: bool = _opt(True, "Union branch: pair scores from union-box features.")
+    adapters: str = _opt("per-level", "Features over the cached map: one adapter per supervision level "
+                                      "('per-level': the global branch and human/object boxes; union boxes), so "
+                                      "one level's losses cannot bend the other's features, or one for all "
+                                      "branches ('shared').", ("per-level", "shared"))
     fusion: str = _opt("late", "Pair scores: 'late' combines the human-object and union branches' scores; "
                                "'early' concatenates their features and scores once.", ("late", "early"))
     crop_mode: str = _opt("auto", "How the teacher made the whole image (dense map) and union boxes square: "

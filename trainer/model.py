@@ -8,6 +8,12 @@
         union:         RoI(union)                    -> head -> embedding [P, D]
         early fusion:  RoI(human), RoI(object), layout, RoI(union) -> one head -> [P, D]
 
+With ``adapters="per-level"`` each supervision level has its own adapter and RoI
+projection over the shared cached map: the global level (global branch, and the human and
+object boxes the MIL loss trains) and the union level (union boxes). Losses of one level
+then cannot bend the features of the other (with one shared adapter, the global losses cost
+the union branch several mAP on the bundled benchmark).
+
 Every embedding is scored by cosine against the cached HOI text embeddings [C, D] times a
 learned logit scale per branch, so a class never seen in training is scored like any other.
 Branches that are switched off are not built: they contribute nothing, not even weights.
@@ -28,8 +34,10 @@ from .data import Batch
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial value
 SPATIAL_FEATURES = 17
-# Box columns of Batch.grid_boxes (0 human, 1 object, 2 union) that each pair branch pools.
+# Box columns of Batch.grid_boxes (0 human, 1 object, 2 union) that each pair branch pools,
+# and the supervision level whose features each column is pooled from.
 BOXES = {"ho": (0, 1), "union": (2,), "fused": (0, 1, 2)}
+BOX_LEVEL = {0: "global", 1: "global", 2: "union"}
 
 
 class DenseAdapter(nn.Module):
@@ -91,17 +99,24 @@ class Student(nn.Module):
         self.config = config
         embed_dim, hidden = text.shape[1], config.hidden_dim
         self.register_buffer("text", F.normalize(text.float(), dim=-1), persistent=False)
-        self.adapter = DenseAdapter(embed_dim, hidden)
+        self.cols = sorted({c for k in config.pair_branches for c in BOXES[k]})  # box columns pooled
+        levels = sorted({BOX_LEVEL[c] for c in self.cols} | ({"global"} if config.global_branch else set()))
+        self.adapters = nn.ModuleDict({k: DenseAdapter(embed_dim, hidden) for k in map(self.feature_key, levels)})
+        self.rois = nn.ModuleDict({k: RoIFeatures(hidden, config.roi_size)
+                                   for k in sorted({self.feature_key(BOX_LEVEL[c]) for c in self.cols})})
         self.heads = nn.ModuleDict()
         if config.global_branch:
             self.heads["global"] = mlp(hidden, hidden, embed_dim)
-        self.roi = RoIFeatures(hidden, config.roi_size)
         if config.ho_branch:
             self.spatial = mlp(SPATIAL_FEATURES, hidden, hidden)
         for name in config.pair_branches:
             width = {"ho": 3, "union": 1, "fused": 4}[name] * hidden
             self.heads[name] = mlp(width, hidden, embed_dim)
         self.logit_scale = nn.ParameterDict({k: nn.Parameter(torch.tensor(INIT_LOGIT_SCALE)) for k in self.heads})
+
+    def feature_key(self, level: str) -> str:
+        """The adapter (and RoI projection) serving a supervision level."""
+        return level if self.config.adapters == "per-level" else "shared"
 
     def score(self, name: str, embedding: torch.Tensor) -> torch.Tensor:
         """[N, C] logits: scale x cosine(embedding, text)."""
@@ -111,18 +126,21 @@ class Student(nn.Module):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Logits float32 per branch, over all classes (restricting them is the caller's
         choice): 'global' [B, C]; per pair [P, C]: 'ho' and 'union' (late fusion) or 'fused'."""
-        x = self.adapter(batch.dense)
+        maps = {k: adapter(batch.dense) for k, adapter in self.adapters.items()}
         out = {}
         if "global" in self.heads:
+            x = maps[self.feature_key("global")]
             out["global"] = self.score("global", self.heads["global"](x.mean((2, 3))))
         pair = self.config.pair_branches
         if batch.num_pairs == 0:
-            return {**out, **{k: x.new_zeros(0, self.text.shape[0]) for k in pair}}
-        cols = sorted({c for k in pair for c in BOXES[k]})
-        boxes = batch.grid_boxes[:, cols]  # [P, k, 4]
-        idx = batch.pair_image[:, None, None].expand(-1, len(cols), 1).to(boxes.dtype)
-        feats = self.roi(x, torch.cat([idx, boxes], 2).reshape(-1, 5)).view(batch.num_pairs, len(cols), -1)
-        roi = {c: feats[:, j] for j, c in enumerate(cols)}
+            return {**out, **{k: self.text.new_zeros(0, self.text.shape[0]) for k in pair}}
+        roi = {}
+        for key, pool in self.rois.items():  # one RoI-align per feature map, all its box columns at once
+            cols = [c for c in self.cols if self.feature_key(BOX_LEVEL[c]) == key]
+            boxes = batch.grid_boxes[:, cols]  # [P, k, 4]
+            idx = batch.pair_image[:, None, None].expand(-1, len(cols), 1).to(boxes.dtype)
+            feats = pool(maps[key], torch.cat([idx, boxes], 2).reshape(-1, 5)).view(batch.num_pairs, len(cols), -1)
+            roi.update({c: feats[:, j] for j, c in enumerate(cols)})
         for name in pair:
             parts = [roi[c] for c in BOXES[name]]
             if name in ("ho", "fused"):
