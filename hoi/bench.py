@@ -69,8 +69,11 @@ def bench_evaluator(num: int, baseline_classes: int) -> None:
 @click.option("--teacher-run", multiple=True, metavar="NAME=VALUE",
               help="A run option of the teacher-cache pipeline, repeatable: workers=16, decode=threads, "
                    "writer=process, images_per_shard=1024, batch_size=64, crop_batch=512, threads=2, ...")
+@click.option("--teacher-variant", multiple=True, metavar="'NAME=VALUE ...'",
+              help="One more teacher-cache run on the same images with these run options changed, repeatable: "
+                   "--teacher-variant 'threads=2' --teacher-variant 'threads=2 images_per_shard=1024'.")
 def main(num: int, baseline_classes: int, only: str, teacher_images: int, model: str | None,
-         teacher_run: tuple[str, ...]) -> None:
+         teacher_run: tuple[str, ...], teacher_variant: tuple[str, ...]) -> None:
     """Print speed ratios of hoi-distill's stages against their baselines."""
     from hoi.logs import setup_logging
 
@@ -81,9 +84,10 @@ def main(num: int, baseline_classes: int, only: str, teacher_images: int, model:
         from pipeline.bench import bench_teacher, parse_run_overrides
         try:
             run = parse_run_overrides(list(teacher_run))
+            variants = [parse_run_overrides(v.replace(",", " ").split()) for v in teacher_variant]
         except ValueError as e:
             raise click.BadParameter(str(e)) from e
-        bench_teacher(model=model, num_images=teacher_images, run=run, echo=click.echo)
+        bench_teacher(model=model, num_images=teacher_images, run=run, variants=variants, echo=click.echo)
     if only in ("all", "trainer"):
         from trainer.bench import bench_trainer
         bench_trainer(echo=click.echo)

@@ -51,7 +51,9 @@ def register_model_configs(paths) -> None:
               help="Write chunks from a thread or a writer process (auto: a process on a GPU, a thread on the "
                    "CPU), keeping Zarr's work away from the thread that feeds the GPU.")
 @click.option("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-@click.option("--threads", type=int, default=1, help="Shards run at once by the local scheduler.")
+@click.option("--threads", type=int, default=2,
+              help="Shards run at once by the local scheduler: with two, one shard's start and end (decoding its "
+                   "first batch, waiting for its last writes) overlap with the other's work.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="A dask.distributed scheduler address (tcp://host:8786): run the shards on that cluster.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",

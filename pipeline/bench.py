@@ -130,10 +130,12 @@ def parse_run_overrides(items: list[str]) -> dict:
 
 
 def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 2, objects: int = 3,
-                  naive_images: int = 8, run: dict | None = None, echo=print) -> dict:
+                  naive_images: int = 8, run: dict | None = None, variants: list[dict] = (), echo=print) -> dict:
     """Run the three contenders and print them. ``run``: RunOptions fields for the pipeline
-    (default: 8 workers, 32 images and 256 crops a batch, 256 images a shard)."""
-    opts = RunOptions(**{"workers": 8, "images_per_shard": 256, **(run or {}), "progress": False})
+    (default: 8 workers, 32 images and 256 crops a batch, 256 images a shard); each of
+    ``variants`` (fields changed from ``run``) is one more pipeline run on the same images."""
+    base = {"workers": 8, "images_per_shard": 256, **(run or {}), "progress": False}
+    opts = RunOptions(**base)
     batch_size, crop_batch, workers, device = opts.batch_size, opts.crop_batch, opts.workers, opts.device
     dev = resolve_device(device)
     if model is None:
@@ -155,11 +157,14 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
         # the checkpoint makes every process load the same weights
         ck = tmp / "weights.pt"
         torch.save(load_teacher(model, None, device="cpu").model.state_dict(), ck)
-        build_teacher_cache(tmp / "cache.zarr", images=tmp / "images", detections=dets, labelspace=hico_det(),
-                            teacher=TeacherOptions(model=model, pretrained=str(ck)),
-                            run=opts)
-        from cache.store import open_cache
-        run = open_cache(tmp / "cache.zarr").attrs["last_run"]
+        def pipeline(name: str, options: RunOptions) -> dict:
+            from cache.store import open_cache
+            build_teacher_cache(tmp / name, images=tmp / "images", detections=dets, labelspace=hico_det(),
+                                teacher=TeacherOptions(model=model, pretrained=str(ck)), run=options)
+            return open_cache(tmp / name).attrs["last_run"]
+
+        run = pipeline("cache.zarr", opts)
+        others = [(v, pipeline(f"variant{i}.zarr", RunOptions(**{**base, **v}))) for i, v in enumerate(variants)]
         teacher = load_teacher(model, str(ck), device=dev)
         t_bare = _bare(teacher, run["images"], run["crops"], batch_size, crop_batch, dev)
         naive_crops, t_naive = _naive(teacher, tmp / "images", dets, naive_images, dev)
@@ -177,6 +182,13 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
              f"decoding in {workers} {run['decode']}, writing from a {run['writer']})")
         echo(f"                    shard time: queuing crops {100 * run['launch_share']:.0f}%, copying results back "
              f"{100 * run['collect_share']:.0f}%, final writes {100 * run['write_wait_share']:.0f}%")
+        for v, r in others:
+            rate = r["crops"] / r["shards_wall_s"]
+            res.setdefault("variants", []).append({**v, "pipeline_crops_per_s": rate, "ratio_to_bare": rate / bare})
+            echo(f"    with {' '.join(f'{k}={x}' for k, x in v.items())}: {rate:.0f} crops/s, {rate / bare:.2f} of "
+                 f"the bare encoder (encoder busy {100 * r['encoder_share']:.0f}%, waiting for data "
+                 f"{100 * r['data_wait_share']:.0f}%, queuing {100 * r['launch_share']:.0f}%, final writes "
+                 f"{100 * r['write_wait_share']:.0f}%; decoding in {r['decode']}, writing from a {r['writer']})")
         echo(f"  naive loop        {naive:10.0f} crops/s (PIL crop + open_clip preprocess, one box at a time)")
         echo(f"  teacher-cache / bare encoder  {ours / bare:6.2f}   (goal >= 0.85)")
         echo(f"  teacher-cache / naive loop    {ours / naive:6.1f} x (goal >= 5)")

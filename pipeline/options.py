@@ -32,7 +32,7 @@ class RunOptions:
     crop_batch: int = 256           # union crops per encoder pass
     workers: int = 4                # decoding threads or processes
     device: str = "auto"            # auto: CUDA when present
-    threads: int = 1                # shards at once on the local scheduler
+    threads: int = 2                # shards at once on the local scheduler (one fills while one drains)
     scheduler: str | None = None    # a dask.distributed address
     on_error: str = "fail"          # fail | skip (unreadable images)
     decode: str = "auto"            # threads | processes | auto (processes on a GPU)

@@ -36,7 +36,7 @@ def world(tmp_path_factory):
 
 
 def build(world, out, **run):
-    run = {"images_per_shard": 4, "workers": 0, "progress": False, **run}
+    run = {"images_per_shard": 4, "workers": 0, "threads": 1, "progress": False, **run}
     teacher = run.pop("teacher", TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])))
     return build_teacher_cache(out, images=world["images"], detections=world["detections"],
                                annotations=world["annotations"], labelspace=LabelSpace.load(world["labelspace"]),
