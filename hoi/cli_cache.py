@@ -14,6 +14,23 @@ def register_model_configs(paths) -> None:
         open_clip.add_model_config(p)
 
 
+def run_options(f):
+    """One option per field of :class:`pipeline.options.RunOptions` (declared once, there)."""
+    from dataclasses import fields
+
+    from pipeline.options import RunOptions
+
+    for fld in reversed(fields(RunOptions)):
+        flag, choices = fld.name.replace("_", "-"), fld.metadata["choices"]
+        if isinstance(fld.default, bool):
+            f = click.option(f"--{flag}/--no-{flag}", fld.name, default=fld.default, help=fld.metadata["help"])(f)
+        else:
+            kind = click.Choice(choices) if choices else type(fld.default) if fld.default is not None else str
+            f = click.option(f"--{flag}", fld.name, type=kind, default=fld.default, help=fld.metadata["help"],
+                             metavar="ADDRESS" if fld.name == "scheduler" else None)(f)
+    return f
+
+
 @click.command("teacher-cache")
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder with the split's images (file names as in the detections file).")
@@ -41,31 +58,12 @@ def register_model_configs(paths) -> None:
 @click.option("--object-score", type=float, default=0.2, help="Pair rule: minimum object detection score.")
 @click.option("--max-humans", type=int, default=15, help="Pair rule: humans per image.")
 @click.option("--max-objects", type=int, default=15, help="Pair rule: objects per image.")
-@click.option("--images-per-shard", type=int, default=256, help="Images per shard (one dask task).")
-@click.option("--batch-size", type=int, default=32, help="Images per encoder batch (global pass).")
-@click.option("--crop-batch", type=int, default=256, help="Union crops per encoder batch.")
-@click.option("--workers", type=int, default=4, help="Threads or processes decoding images ahead of the encoder.")
-@click.option("--decode", type=click.Choice(["auto", "threads", "processes"]), default="auto",
-              help="Decode in worker threads or processes (auto: processes on a GPU, threads on the CPU).")
-@click.option("--writer", type=click.Choice(["auto", "thread", "process"]), default="auto",
-              help="Write chunks from a thread or a writer process (auto: a process on a GPU, a thread on the "
-                   "CPU), keeping Zarr's work away from the thread that feeds the GPU.")
-@click.option("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-@click.option("--threads", type=int, default=2,
-              help="Shards run at once by the local scheduler: with two, one shard's start and end (decoding its "
-                   "first batch, waiting for its last writes) overlap with the other's work.")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="A dask.distributed scheduler address (tcp://host:8786): run the shards on that cluster.")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
-              help="An unreadable image stops the run (fail) or is recorded as skipped (skip).")
-@click.option("--overwrite", is_flag=True, help="Start afresh instead of resuming an existing store.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@run_options
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="The Zarr store to write (PATH.wip while in progress).")
 def teacher_cache(images, detections, annotations, labelspace, model, pretrained, model_config, templates,
-                  crop_mode, union_margin, global_size, human_score, object_score, max_humans, max_objects,
-                  images_per_shard, batch_size, crop_batch, workers, decode, writer, device, threads, scheduler,
-                  on_error, overwrite, progress, output):
+                  crop_mode, union_margin, global_size, human_score, object_score, max_humans, max_objects, output,
+                  **run):
     """Run a frozen CLIP once over every image and union box of a split into a Zarr cache."""
     from hoidata.labelspace import LabelSpace
     from hoidata.pairs import PairRule
@@ -80,10 +78,7 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
             teacher=TeacherOptions(model=model, pretrained=pretrained, templates=tuple(templates),
                                    crop_mode=crop_mode, union_margin=union_margin, global_size=global_size),
             pair_rule=PairRule(human_score, object_score, max_humans, max_objects),
-            run=RunOptions(images_per_shard=images_per_shard, batch_size=batch_size, crop_batch=crop_batch,
-                           workers=workers, decode=decode, writer=writer, device=device, threads=threads,
-                           scheduler=scheduler,
-                           on_error=on_error, overwrite=overwrite, progress=progress))
+            run=RunOptions(**run))
     except (ValueError, OSError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"teacher cache: {final}")

@@ -20,6 +20,9 @@ Any PIL mode becomes RGB (grayscale, palette, CMYK; alpha is dropped). A missing
 corrupt file does not raise in the worker: the batch lists it as failed with a message
 naming the file, and the shard decides (stop, or record it as skipped).
 
+Memory: a batch's canvas is its number of images times the largest of them (fine for
+HICO-DET, whose images are at most 640 x 640; lower ``--batch-size`` for huge images).
+
 Three ways to decode, one interface (:class:`Decoder`): inline (``workers=0``), worker
 threads, or worker processes. The processes are a persistent ``DataLoader`` kept for the
 whole run, so shards after the first start without spawning workers again.

@@ -4,7 +4,7 @@ shard tasks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -21,27 +21,38 @@ class TeacherOptions:
     std: tuple | None = None
 
 
+def _opt(default, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run (not part of the store's identity)."""
+    """How to run (not part of the store's identity). Each field's help and choices are the
+    command line's (``hoi teacher-cache`` builds its run options from this table)."""
 
-    images_per_shard: int = 256     # one dask task
-    image_chunk: int = 16           # Zarr chunk along images (a divisor of images_per_shard)
-    pair_chunk: int = 256           # Zarr chunk along pair rows
-    batch_size: int = 32            # images per global pass
-    crop_batch: int = 256           # union crops per encoder pass
-    workers: int = 4                # decoding threads or processes
-    device: str = "auto"            # auto: CUDA when present
-    threads: int = 2                # shards at once on the local scheduler (one fills while one drains)
-    scheduler: str | None = None    # a dask.distributed address
-    on_error: str = "fail"          # fail | skip (unreadable images)
-    decode: str = "auto"            # threads | processes | auto (processes on a GPU)
-    writer: str = "auto"            # thread | process | auto (a writer process on a GPU)
-    overwrite: bool = False         # start afresh instead of resuming
-    progress: bool = True
+    images_per_shard: int = _opt(256, "Images per shard (one dask task; also the unit of resuming).")
+    image_chunk: int = _opt(16, "Zarr chunk along images (a divisor of --images-per-shard).")
+    pair_chunk: int = _opt(256, "Zarr chunk along pair rows.")
+    batch_size: int = _opt(32, "Images per encoder batch (global pass), decoded into one padded canvas.")
+    crop_batch: int = _opt(256, "Union crops per encoder batch.")
+    workers: int = _opt(4, "Threads or processes decoding images ahead of the encoder.")
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    threads: int = _opt(2, "Shards run at once by the local scheduler: with two, one shard's start and end "
+                           "(decoding its first batch, waiting for its last writes) overlap with the other's work.")
+    scheduler: str | None = _opt(None, "A dask.distributed scheduler address (tcp://host:8786): run the shards "
+                                       "on that cluster.")
+    on_error: str = _opt("fail", "An unreadable image stops the run (fail) or is recorded as skipped (skip).",
+                         ("fail", "skip"))
+    decode: str = _opt("auto", "Decode in worker threads or processes (auto: processes on a GPU, threads on "
+                               "the CPU).", ("auto", "threads", "processes"))
+    writer: str = _opt("auto", "Write chunks from a thread or a writer process (auto: a process on a GPU, a "
+                               "thread on the CPU), keeping Zarr's work away from the thread that feeds the GPU.",
+                       ("auto", "thread", "process"))
+    overwrite: bool = _opt(False, "Start afresh instead of resuming an existing store.")
+    progress: bool = _opt(True, "Show a progress bar.")
 
     def __post_init__(self):
-        for name, allowed in (("on_error", ("fail", "skip")), ("decode", ("auto", "threads", "processes")),
-                              ("writer", ("auto", "thread", "process"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        for f in fields(self):
+            allowed = f.metadata["choices"]
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ValueError(f"{f.name} must be one of {', '.join(allowed)}, not {getattr(self, f.name)!r}")

@@ -174,13 +174,17 @@ class _ShardContext:
 
 
 def _batch_specs(ctx: _ShardContext, root: str, batch_size: int) -> list[BatchSpec]:
-    """The shard's images in batches; crops may leave their image with ``pad`` or a margin,
-    and then the canvas carries the on-image channel."""
+    """The shard's images in batches. Crops may leave their image with ``pad``, a margin, or
+    boxes never clipped (image size unknown at preparation); the canvas then carries the
+    on-image channel."""
     opts = ctx.job.teacher
-    outside = opts.crop_mode == "pad" or opts.union_margin > 0
-    return [BatchSpec(root, tuple(ctx.names[a:a + batch_size]), tuple(range(a, min(a + batch_size, len(ctx.names)))),
-                      tuple(map(tuple, ctx.sizes[a:a + batch_size].tolist())), outside)
-            for a in range(0, len(ctx.names), batch_size)]
+    may_leave = opts.crop_mode == "pad" or opts.union_margin > 0
+    specs = []
+    for a in range(0, len(ctx.names), batch_size):
+        sizes = ctx.sizes[a:a + batch_size]
+        specs.append(BatchSpec(root, tuple(ctx.names[a:a + batch_size]), tuple(range(a, a + len(sizes))),
+                               tuple(map(tuple, sizes.tolist())), may_leave or bool((sizes <= 0).any())))
+    return specs
 
 
 def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
