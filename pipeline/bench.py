@@ -26,7 +26,7 @@ from hoidata.pairs import PairRule
 from pipeline.clip import load_teacher
 from pipeline.options import RunOptions, TeacherOptions
 from pipeline.run import build_teacher_cache
-from pipeline.shard import resolve_device
+from pipeline.shard import helper_modes, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,11 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
                                 teacher=TeacherOptions(model=model, pretrained=str(ck)), run=options)
             return open_cache(tmp / name).attrs["last_run"]
 
+        cold = None
+        if helper_modes(opts, dev) != ("threads", "thread"):
+            # worker and writer processes start once per process and serve every later run:
+            # time that start apart, so the runs compared below are steady-state ones
+            cold = pipeline("cold.zarr", opts)
         run = pipeline("cache.zarr", opts)
         others = [(v, pipeline(f"variant{i}.zarr", RunOptions(**{**base, **v}))) for i, v in enumerate(variants)]
         teacher = load_teacher(model, str(ck), device=dev)
@@ -182,6 +187,8 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
              f"decoding in {workers} {run['decode']}, writing from a {run['writer']})")
         echo(f"                    shard time: queuing crops {100 * run['launch_share']:.0f}%, copying results back "
              f"{100 * run['collect_share']:.0f}%, final writes {100 * run['write_wait_share']:.0f}%")
+        if cold is not None:
+            echo(f"    first run, starting the worker processes: {cold['crops'] / cold['shards_wall_s']:.0f} crops/s")
         for v, r in others:
             rate = r["crops"] / r["shards_wall_s"]
             res.setdefault("variants", []).append({**v, "pipeline_crops_per_s": rate, "ratio_to_bare": rate / bare})
