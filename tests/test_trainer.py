@@ -376,3 +376,16 @@ def test_bench_trainer_runs_and_reports_both_ratios(tmp_path):
                       echo=lines.append)
     assert "cache speed-up" in "\n".join(lines) and "inference per test image" in lines[-1]
     assert r["speedup"] > 0 and r["student_ms_per_image"] > 0 and r["teacher_ms_per_image"] > 0
+
+
+def test_checkpoint_of_the_earlier_one_adapter_student_is_refused_with_the_fix(reference, tmp_path):
+    import shutil
+
+    out, _ = reference
+    old = tmp_path / "checkpoint"
+    shutil.copytree(out / "checkpoint", old)
+    meta = json.loads((old / "checkpoint.json").read_text())
+    del meta["config"]["adapters"]
+    (old / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="retrain it"):
+        load_student(old, None, torch.device("cpu"))  # refused on reading, before the cache is looked at

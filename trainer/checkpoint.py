@@ -84,6 +84,9 @@ def read_meta(directory) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format {meta.get('format')!r}, this version reads {FORMAT!r}")
+    if "adapters" not in meta.get("config", {}):
+        raise CheckpointError(f"{path}: made by hoi-distill {meta.get('package_version')}, whose student had one "
+                              "adapter named otherwise; retrain it (--adapters shared is that student)")
     return meta
 
 
