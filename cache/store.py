@@ -235,7 +235,16 @@ class TeacherCache:
             for k, v in self.attrs[group].items():
                 if k == "prompts" or k == "shard_rows":
                     v = f"[{len(v)} entries]"
+                elif k == "labelspace":  # the whole label space travels in the attrs; name its size
+                    v = (f"{v.get('name')}: {len(v.get('hoi', []))} HOI classes, {len(v.get('objects', []))} "
+                         f"objects, {len(v.get('verbs', []))} verbs")
                 lines.append(f"    {k}: {v}")
+        run = self.attrs.get("last_run")
+        if run:
+            lines.append("  last run: " + ", ".join(f"{k} {v}" for k, v in run.items()))
+        if self.attrs.get("skipped_images"):
+            lines.append(f"  skipped images: {len(self.attrs['skipped_images'])}, e.g. "
+                         f"{self.attrs['skipped_images'][0]}")
         lines.append("  arrays:")
         for name in S.ARRAYS:
             a = self.root[name]
