@@ -185,6 +185,8 @@ def test_cache_inspect_and_verify_cli(reference):
 
     out = CliRunner().invoke(main, ["cache", "inspect", str(reference)])
     assert out.exit_code == 0 and "union/score" in out.output and "complete: True" in out.output
+    assert "HOI classes" in out.output and "last run: images 10, crops" in out.output
+    assert max(len(line) for line in out.output.splitlines()) < 400  # no attribute dumped whole
     out = CliRunner().invoke(main, ["cache", "verify", str(reference)])
     assert out.exit_code == 0 and "complete and consistent" in out.output
 
