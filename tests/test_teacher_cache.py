@@ -115,12 +115,14 @@ def test_scores_equal_direct_open_clip(world, reference):
     assert min(cosines) >= 0.999, cosines
 
 
-def test_resume_after_sigkill_is_byte_identical(world, reference, tmp_path):
+@pytest.mark.parametrize("helpers", [["--workers", "0"], ["--workers", "2", "--decode", "processes", "--writer",
+                                                           "process"]], ids=["inline", "worker-processes"])
+def test_resume_after_sigkill_is_byte_identical(world, reference, tmp_path, helpers):
     out = tmp_path / "cache.zarr"
     cmd = [sys.executable, "-m", "hoi", "-q", "teacher-cache", "--images", str(world["images"]),
            "--detections", str(world["detections"]), "--annotations", str(world["annotations"]),
            "--labelspace", str(world["labelspace"]), "--model", MODEL, "--model-config", str(world["config"]),
-           "--pretrained", str(world["checkpoint"]), "--images-per-shard", "4", "--workers", "0", "--no-progress",
+           "--pretrained", str(world["checkpoint"]), "--images-per-shard", "4", *helpers, "--no-progress",
            "-o", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_done = wip_path(out) / "images" / "shard_done" / "c" / "0"
