@@ -181,7 +181,14 @@ class Decoder:
     def __call__(self, specs: list[BatchSpec]):
         if self._loader is not None:
             self._sampler.specs = list(specs)
-            yield from self._loader
+            try:
+                yield from self._loader
+            except RuntimeError as e:
+                if "worker" not in str(e).lower():
+                    raise
+                raise RuntimeError(f"a decoder worker process failed ({e}); rerun to resume. Worker processes "
+                                   "pass images through shared memory: where /dev/shm is small, use "
+                                   "--decode threads") from e
         elif self.workers <= 0:
             for spec in specs:
                 yield load_batch(spec, self.pin)

@@ -97,8 +97,12 @@ class ShardWriter:
 
     def wait(self) -> None:
         """Block until every write has landed; re-raise the first that failed."""
-        for f in self.futures:
-            f.result()
+        try:
+            for f in self.futures:
+                f.result()
+        except BrokenProcessPool as e:
+            raise RuntimeError(f"the writer process died while writing shard {self.k} ({e}); nothing of the "
+                               "shard is marked done: rerun to resume, or pass --writer thread") from e
 
     def __enter__(self) -> "ShardWriter":
         return self

@@ -285,3 +285,24 @@ def test_helper_processes_on_gpu_only_and_never_from_a_daemon(monkeypatch):
     assert shard.helper_modes(RunOptions(decode="processes", writer="process"), cpu) == ("processes", "process")
     monkeypatch.setattr(shard.multiprocessing, "current_process", lambda: SimpleNamespace(daemon=True))
     assert shard.helper_modes(RunOptions(), cuda) == ("threads", "thread")
+
+
+def test_a_dead_writer_process_is_reported_and_nothing_marked_done(tmp_path):
+    from pipeline import writer as W
+    from cache.synthetic import make_synthetic_cache
+    from cache.store import TeacherCache
+
+    path = make_synthetic_cache(tmp_path / "c", num_images=16, pairs_per_image=2, num_classes=4, embed_dim=8,
+                                grid=(2, 2), images_per_shard=16, image_chunk=8, pair_chunk=16)
+    cache = TeacherCache(path, mode="r+")
+    pool = W._process_pool()
+    pool.submit(time.sleep, 0.5)
+    pool.submit(os._exit, 1)  # the writer process dies while the shard's write waits in its queue
+    writer = W.ShardWriter(cache, 0, "process")
+    writer.submit({"images/status": (0, 8, np.zeros(8, np.int8))})
+    with pytest.raises(RuntimeError, match="writer process died while writing shard 0.*--writer thread"):
+        writer.wait()
+    writer = W.ShardWriter(cache, 0, "process")  # the next shard starts a new writer process
+    writer.submit({"images/status": (0, 8, np.full(8, S.STATUS_SKIPPED, np.int8))})
+    writer.wait()
+    assert (cache.read("images/status")[:8] == S.STATUS_SKIPPED).all()
