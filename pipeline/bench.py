@@ -123,14 +123,14 @@ def parse_run_overrides(items: list[str]) -> dict:
         key, _, value = item.partition("=")
         key = key.replace("-", "_")
         if key not in types or not _:
-            raise ValueError(f"--teacher-run {item!r}: expected NAME=VALUE with NAME one of {', '.join(types)}")
+            raise ValueError(f"{item!r}: expected NAME=VALUE with NAME one of {', '.join(types)}")
         out[key] = value.lower() in ("1", "true", "yes") if types[key] is bool else \
             types[key](value) if types[key] in (int, float) else value
     return out
 
 
 def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 2, objects: int = 3,
-                  naive_images: int = 8, run: dict | None = None, variants: list[dict] = (), echo=print) -> dict:
+                  naive_images: int = 8, run: dict | None = None, variants: tuple[dict, ...] = (), echo=print) -> dict:
     """Run the three contenders and print them. ``run``: RunOptions fields for the pipeline
     (default: 8 workers, 32 images and 256 crops a batch, 256 images a shard); each of
     ``variants`` (fields changed from ``run``) is one more pipeline run on the same images."""
@@ -157,6 +157,7 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
         # the checkpoint makes every process load the same weights
         ck = tmp / "weights.pt"
         torch.save(load_teacher(model, None, device="cpu").model.state_dict(), ck)
+
         def pipeline(name: str, options: RunOptions) -> dict:
             from cache.store import open_cache
             build_teacher_cache(tmp / name, images=tmp / "images", detections=dets, labelspace=hico_det(),
