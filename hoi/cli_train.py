@@ -56,6 +56,9 @@ def prediction_options(f):
         click.option("--batch-size", type=int, default=64, help="Images per forward pass of the student."),
         click.option("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'."),
         click.option("--seed", type=int, default=0, help="Seed of the random baseline."),
+        click.option("--union-weight", type=click.FloatRange(0, 1), default=0.5,
+                     help="Late fusion: the union branch's share of the pair scores, the human-object branch "
+                          "has the rest (0.5: their average). Choose it on a validation split, not the test."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -63,7 +66,8 @@ def prediction_options(f):
 
 
 def _predict_kwargs(o: dict) -> dict:
-    keys = ("model", "checkpoint", "det_exponent", "top_k", "temperature", "batch_size", "device", "seed")
+    keys = ("model", "checkpoint", "det_exponent", "top_k", "temperature", "batch_size", "device", "seed",
+            "union_weight")
     return {k: o[k] for k in keys}
 
 

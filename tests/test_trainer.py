@@ -180,6 +180,12 @@ def test_fusion_switch(caches):
     model = build_model(BASE.replace(union_branch=False), cache, torch.device("cpu"))
     out = model(batch)
     assert torch.equal(pair_scores(out, batch.class_mask), masked_softmax(out["ho"], batch.class_mask))
+    # with both: the union weight moves the scores from one branch's softmax to the other's
+    out = build_model(BASE, cache, torch.device("cpu"))(batch)
+    u, h = masked_softmax(out["union"], batch.class_mask), masked_softmax(out["ho"], batch.class_mask)
+    assert torch.allclose(pair_scores(out, batch.class_mask, union_weight=1.0), u)
+    assert torch.allclose(pair_scores(out, batch.class_mask, union_weight=0.0), h)
+    assert torch.allclose(pair_scores(out, batch.class_mask), (u + h) / 2)
 
 
 def test_per_level_adapters_keep_each_level_s_losses_to_its_features(caches):

@@ -155,8 +155,12 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, p, torch.zeros_like(p))
 
 
-def pair_scores(outputs: dict[str, torch.Tensor], class_mask: torch.Tensor) -> torch.Tensor:
+def pair_scores(outputs: dict[str, torch.Tensor], class_mask: torch.Tensor, union_weight: float = 0.5) -> torch.Tensor:
     """[P, C] test-time pair scores: each pair branch's softmax over the classes of the pair's
-    object (class_mask [P, C]), averaged over the branches (late fusion: after scoring)."""
-    names = [k for k in ("fused", "ho", "union") if k in outputs]
-    return torch.stack([masked_softmax(outputs[k], class_mask) for k in names]).mean(0)
+    object (class_mask [P, C]); in late fusion the union branch's weighted by
+    ``union_weight`` and the human-object branch's by the rest (0.5: their plain average)."""
+    if "ho" in outputs and "union" in outputs:
+        return (union_weight * masked_softmax(outputs["union"], class_mask)
+                + (1 - union_weight) * masked_softmax(outputs["ho"], class_mask))
+    name = next(k for k in ("fused", "ho", "union") if k in outputs)
+    return masked_softmax(outputs[name], class_mask)

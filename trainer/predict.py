@@ -107,26 +107,29 @@ def _rows(block: Block, scores: np.ndarray, class_mask: np.ndarray, top_k: int) 
 
 
 def _student_scores(model: Student, block: Block, class_mask: torch.Tensor, device: torch.device,
-                    batch_size: int, amp: bool) -> np.ndarray:
+                    batch_size: int, amp: bool, union_weight: float) -> np.ndarray:
     """float32 [P, C]: the student's fused pair scores for a block, batch by batch."""
     out = [np.zeros((0, class_mask.shape[1]), np.float32)]
     for s in range(0, len(block), batch_size):
         batch = block.select(np.arange(s, min(s + batch_size, len(block)))).to_batch(class_mask, device)
         with torch.no_grad(), autocast_for(device, amp):
             outputs = model(batch)
-        out.append(pair_scores(outputs, batch.class_mask).float().cpu().numpy())
+        out.append(pair_scores(outputs, batch.class_mask, union_weight).float().cpu().numpy())
     return np.concatenate(out)
 
 
 def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent: float = 1.0, top_k: int = 0,
             temperature: float | None = None, batch_size: int = 64, block_images: int = 256, device: str = "auto",
-            seed: int = 0) -> tuple[Predictions, dict]:
+            seed: int = 0, union_weight: float = 0.5) -> tuple[Predictions, dict]:
     """Predictions of ``model`` (student / teacher / random, see the module docstring) for
     every pair of the cache, and a dict saying what made them.
 
     checkpoint: the student's checkpoint folder (student only). temperature: the teacher's
     softmax temperature (default: the training default, 0.01). seed: the random baseline's.
+    union_weight: the union branch's share of a late-fusion student's pair scores.
     """
+    if not 0 <= union_weight <= 1:
+        raise ConfigError(f"union_weight must be in [0, 1], not {union_weight}")
     if model not in MODELS:
         raise ConfigError(f"model {model!r}: choose one of {', '.join(MODELS)}")
     if (model == "student") != (checkpoint is not None):
@@ -142,10 +145,10 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
         reader = CacheReader(cache, resolve_crop_mode(config.crop_mode, cache), ("dense",))
         mask_t = torch.from_numpy(mask).to(dev)
         info.update(checkpoint=str(checkpoint), epoch=meta["epoch"], config=config.to_dict(),
-                    train_cache=meta["cache"]["path"])
+                    train_cache=meta["cache"]["path"], union_weight=union_weight)
 
         def score_block(b: Block) -> np.ndarray:
-            return _student_scores(student, b, mask_t, dev, batch_size, config.amp)
+            return _student_scores(student, b, mask_t, dev, batch_size, config.amp, union_weight)
     elif model == "teacher":
         temperature = TrainConfig().temperature if temperature is None else temperature
         info["temperature"] = temperature
