@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import click
+
+from hoidata.boxes import CROP_MODES
+from hoidata.pairs import PairRule
+from pipeline.options import RunOptions, TeacherOptions
+
+# The defaults of the teacher and the pair rule are their dataclasses' (declared once, there).
+_TEACHER, _PAIRS = TeacherOptions(model=""), PairRule()
 
 
 def register_model_configs(paths) -> None:
@@ -16,10 +25,6 @@ def register_model_configs(paths) -> None:
 
 def run_options(f):
     """One option per field of :class:`pipeline.options.RunOptions` (declared once, there)."""
-    from dataclasses import fields
-
-    from pipeline.options import RunOptions
-
     for fld in reversed(fields(RunOptions)):
         flag, choices = fld.name.replace("_", "-"), fld.metadata["choices"]
         if isinstance(fld.default, bool):
@@ -48,16 +53,19 @@ def run_options(f):
 @click.option("--template", "templates", multiple=True, default=("{}",),
               help="Prompt template, repeatable: '{}' is the label space's prompt as written; others get its "
                    "description, e.g. 'a photo of {}.'. Embeddings are averaged over templates.")
-@click.option("--crop-mode", type=click.Choice(["squash", "pad", "center"]), default="squash",
+@click.option("--crop-mode", type=click.Choice(CROP_MODES), default=_TEACHER.crop_mode,
               help="How a non-square box becomes the square encoder input.")
-@click.option("--union-margin", type=float, default=0.0, help="Grow union boxes by this fraction per side (context).")
+@click.option("--union-margin", type=float, default=_TEACHER.union_margin,
+              help="Grow union boxes by this fraction per side (context).")
 @click.option("--global-size", type=int, default=None,
               help="Input size of the global pass (dense map of global-size/patch tokens a side); default: "
                    "the model's.")
-@click.option("--human-score", type=float, default=0.2, help="Pair rule: minimum person detection score.")
-@click.option("--object-score", type=float, default=0.2, help="Pair rule: minimum object detection score.")
-@click.option("--max-humans", type=int, default=15, help="Pair rule: humans per image.")
-@click.option("--max-objects", type=int, default=15, help="Pair rule: objects per image.")
+@click.option("--human-score", type=float, default=_PAIRS.human_score,
+              help="Pair rule: minimum person detection score.")
+@click.option("--object-score", type=float, default=_PAIRS.object_score,
+              help="Pair rule: minimum object detection score.")
+@click.option("--max-humans", type=int, default=_PAIRS.max_humans, help="Pair rule: humans per image.")
+@click.option("--max-objects", type=int, default=_PAIRS.max_objects, help="Pair rule: objects per image.")
 @run_options
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="The Zarr store to write (PATH.wip while in progress).")
@@ -66,8 +74,6 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
                   **run):
     """Run a frozen CLIP once over every image and union box of a split into a Zarr cache."""
     from hoidata.labelspace import LabelSpace
-    from hoidata.pairs import PairRule
-    from pipeline.options import RunOptions, TeacherOptions
     from pipeline.run import build_teacher_cache
 
     register_model_configs(model_config)

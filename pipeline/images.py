@@ -168,7 +168,7 @@ class Decoder:
     """
 
     def __init__(self, mode: str, workers: int, pin: bool, ahead: int = 4):
-        self.mode, self.workers, self.pin = mode, workers, pin
+        self.workers, self.pin = workers, pin
         self.ahead = max(ahead, workers + 1)
         self._loader = self._sampler = None
         if mode == "processes" and workers > 0:

@@ -79,7 +79,7 @@ class ShardWriter:
     def __init__(self, cache: TeacherCache, k: int, mode: str = "thread"):
         if mode not in WRITER_MODES:
             raise ValueError(f"writer must be one of {', '.join(WRITER_MODES)}, not {mode!r}")
-        self.cache, self.k, self.mode = cache, k, mode
+        self.cache, self.k = cache, k
         self.futures: list[Future] = []
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"shard{k}-writer") if mode == "thread" else None
         self._token = uuid.uuid4().hex  # the writer process opens the store once per shard

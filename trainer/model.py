@@ -99,11 +99,13 @@ class Student(nn.Module):
         self.config = config
         embed_dim, hidden = text.shape[1], config.hidden_dim
         self.register_buffer("text", F.normalize(text.float(), dim=-1), persistent=False)
-        self.cols = sorted({c for k in config.pair_branches for c in BOXES[k]})  # box columns pooled
-        levels = sorted({BOX_LEVEL[c] for c in self.cols} | ({"global"} if config.global_branch else set()))
+        cols = sorted({c for k in config.pair_branches for c in BOXES[k]})  # box columns pooled
+        levels = sorted({BOX_LEVEL[c] for c in cols} | ({"global"} if config.global_branch else set()))
         self.adapters = nn.ModuleDict({k: DenseAdapter(embed_dim, hidden) for k in map(self.feature_key, levels)})
-        self.rois = nn.ModuleDict({k: RoIFeatures(hidden, config.roi_size)
-                                   for k in sorted({self.feature_key(BOX_LEVEL[c]) for c in self.cols})})
+        # the box columns each feature map pools: one RoI-align per map, all its columns at once
+        self.cols_of = {k: [c for c in cols if self.feature_key(BOX_LEVEL[c]) == k]
+                        for k in sorted({self.feature_key(BOX_LEVEL[c]) for c in cols})}
+        self.rois = nn.ModuleDict({k: RoIFeatures(hidden, config.roi_size) for k in self.cols_of})
         self.heads = nn.ModuleDict()
         if config.global_branch:
             self.heads["global"] = mlp(hidden, hidden, embed_dim)
@@ -135,8 +137,8 @@ class Student(nn.Module):
         if batch.num_pairs == 0:
             return {**out, **{k: self.text.new_zeros(0, self.text.shape[0]) for k in pair}}
         roi = {}
-        for key, pool in self.rois.items():  # one RoI-align per feature map, all its box columns at once
-            cols = [c for c in self.cols if self.feature_key(BOX_LEVEL[c]) == key]
+        for key, pool in self.rois.items():
+            cols = self.cols_of[key]
             boxes = batch.grid_boxes[:, cols]  # [P, k, 4]
             idx = batch.pair_image[:, None, None].expand(-1, len(cols), 1).to(boxes.dtype)
             feats = pool(maps[key], torch.cat([idx, boxes], 2).reshape(-1, 5)).view(batch.num_pairs, len(cols), -1)
