@@ -33,8 +33,9 @@ def main(verbose: int, quiet: bool) -> None:
               help="Ground truth: an instances_*.json / QPIC test_hico.json file, or 'hico_det' for "
                    "the bundled HICO-DET test set.")
 @click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the annotations.")
-@click.option("--predictions", "predictions", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Predictions in the interchange format (.json, .json.gz or .npz).")
+@click.option("--predictions", "predictions", required=True, type=click.Path(exists=True),
+              help="Predictions in the interchange format (.json, .json.gz or .npz), or the official "
+                   "evaluation's detection files (a folder of detections_XX.mat, or a detections.mat).")
 @click.option("--box-format", type=click.Choice(["pixel0", "pixel1", "coord"]), default=None,
               help="Box convention of the predictions; overrides the file's own 'box_format'.")
 @click.option("--ignore-unknown-images", is_flag=True,
@@ -49,7 +50,7 @@ def eval_predictions(annotations, labelspace, predictions, box_format, ignore_un
     try:
         res = evaluate_file(annotations, predictions, labelspace=labelspace, box_format=box_format,
                             ignore_unknown_images=ignore_unknown_images)
-    except ValueError as e:
+    except (ValueError, ImportError) as e:
         raise UserError(str(e)) from e
     if per_class:
         res.save_per_class(per_class)
@@ -57,6 +58,36 @@ def eval_predictions(annotations, labelspace, predictions, box_format, ignore_un
         click.echo(res.summary_json())
     else:
         click.echo(format_table(res))
+
+
+@main.command("export-mat")
+@click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Predictions in the interchange format (.json, .json.gz or .npz).")
+@click.option("--annotations", default="hico_det", metavar="FILE|hico_det",
+              help="Ground truth whose image order the files follow; 'hico_det' is the bundled HICO-DET "
+                   "test set in the official list_test order.")
+@click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the annotations.")
+@click.option("--layout", type=click.Choice(["obj", "all"]), default="obj",
+              help="'obj': one detections_XX.mat per COCO object; 'all': one detections.mat (eval_one.m reads "
+                   "either, by its 'format' setting).")
+@click.option("--box-format", type=click.Choice(["pixel0", "pixel1", "coord"]), default=None,
+              help="Box convention of the predictions; overrides the file's own 'box_format'.")
+@click.option("--ignore-unknown-images", is_flag=True,
+              help="Leave out predictions for images not in the annotations (with a warning) instead of failing.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+def export_mat(predictions, annotations, labelspace, layout, box_format, ignore_unknown_images, output, overwrite):
+    """Write predictions as the official MATLAB evaluation's detection files (ho-rcnn eval_one.m),
+    so anyone can confirm our mAP with the official code."""
+    from hoidata.matlab import export_file
+
+    try:
+        info = export_file(predictions, output, annotations=annotations, labelspace=labelspace, layout=layout,
+                           box_format=box_format, overwrite=overwrite, ignore_unknown_images=ignore_unknown_images)
+    except (ValueError, FileExistsError, ImportError) as e:
+        raise UserError(str(e)) from e
+    click.echo(f"{output}: {info['detections']:,} detections on {info['images']:,} images in "
+               f"{len(info['files'])} file(s) ({layout} layout, 0-based boxes)")
 
 
 @main.command("visualize")

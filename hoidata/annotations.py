@@ -228,6 +228,14 @@ def hico_test_annotations() -> Annotations:
         return read_hicodet_json(p, hico_det())
 
 
+def load_split(annotations, labelspace: str | LabelSpace = "hico_det") -> tuple[Annotations, LabelSpace]:
+    """Ground truth and label space of an evaluation: ``annotations`` is a file in either
+    format or ``'hico_det'`` (the bundled test set); ``labelspace`` a name, file or object."""
+    ls = labelspace if isinstance(labelspace, LabelSpace) else LabelSpace.load(labelspace)
+    gt = hico_test_annotations() if str(annotations) == "hico_det" else read_annotations(annotations, ls)
+    return gt, ls
+
+
 def write_hicodet_json(ann: Annotations, labelspace: LabelSpace, path) -> None:
     """Write ``ann`` in fredzzhang/hicodet's format (boxes back in ``pixel1``)."""
     out = {"filenames": ann.file_names, "size": ann.sizes.tolist(), "annotation": [],

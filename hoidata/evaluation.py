@@ -257,13 +257,19 @@ def evaluate(gt: Annotations, pred: Predictions, labelspace: LabelSpace, *,
 
 def evaluate_file(annotations, predictions, *, labelspace: str | LabelSpace = "hico_det",
                   box_format: str | None = None, ignore_unknown_images: bool = False) -> EvalResult:
-    """Evaluate a predictions file against an annotation file (or ``'hico_det'``, the bundled test set)."""
-    from .annotations import hico_test_annotations, read_annotations
+    """Evaluate a predictions file against an annotation file (or ``'hico_det'``, the bundled test set).
+
+    ``predictions`` may also be the official evaluation's detection files (a folder of
+    ``detections_XX.mat`` or a ``detections.mat``; see :mod:`hoidata.matlab`)."""
+    from . import matlab
+    from .annotations import load_split
     from .predictions import read_predictions
 
-    ls = labelspace if isinstance(labelspace, LabelSpace) else LabelSpace.load(labelspace)
-    gt = hico_test_annotations() if str(annotations) == "hico_det" else read_annotations(annotations, ls)
-    pred = read_predictions(predictions, box_format)
+    gt, ls = load_split(annotations, labelspace)
+    if matlab.is_matlab_path(predictions):  # the official detection files (pixel0 by definition)
+        pred = matlab.read(predictions, gt.file_names, ls)
+    else:
+        pred = read_predictions(predictions, box_format)
     return evaluate(gt, pred, ls, ignore_unknown_images=ignore_unknown_images, source=str(predictions))
 
 
