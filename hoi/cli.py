@@ -11,6 +11,8 @@ import click
 
 from hoi.logs import setup_logging
 from hoidata import __version__
+from hoidata.boxes import BOX_FORMATS
+from hoidata.matlab import LAYOUTS
 
 
 class UserError(click.ClickException):
@@ -28,18 +30,27 @@ def main(verbose: int, quiet: bool) -> None:
 
 # -- evaluation -----------------------------------------------------------------------
 
+def ground_truth_options(f):
+    """What every command that matches predictions to ground truth takes, declared once."""
+    for option in reversed([
+        click.option("--annotations", default="hico_det", metavar="FILE|hico_det",
+                     help="Ground truth (its image order is the official one): an instances_*.json / QPIC "
+                          "test_hico.json file, or 'hico_det' for the bundled HICO-DET test set."),
+        click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the annotations."),
+        click.option("--box-format", type=click.Choice(BOX_FORMATS), default=None,
+                     help="Box convention of the predictions; overrides the file's own 'box_format'."),
+        click.option("--ignore-unknown-images", is_flag=True,
+                     help="Skip predictions for images not in the annotations (with a warning) instead of failing."),
+    ]):
+        f = option(f)
+    return f
+
+
 @main.command("eval-predictions")
-@click.option("--annotations", "annotations", default="hico_det", metavar="FILE|hico_det",
-              help="Ground truth: an instances_*.json / QPIC test_hico.json file, or 'hico_det' for "
-                   "the bundled HICO-DET test set.")
-@click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the annotations.")
 @click.option("--predictions", "predictions", required=True, type=click.Path(exists=True),
               help="Predictions in the interchange format (.json, .json.gz or .npz), or the official "
                    "evaluation's detection files (a folder of detections_XX.mat, or a detections.mat).")
-@click.option("--box-format", type=click.Choice(["pixel0", "pixel1", "coord"]), default=None,
-              help="Box convention of the predictions; overrides the file's own 'box_format'.")
-@click.option("--ignore-unknown-images", is_flag=True,
-              help="Skip predictions for images not in the annotations (with a warning) instead of failing.")
+@ground_truth_options
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (mAP as fractions).")
 @click.option("--per-class", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write per-class AP and recall to this JSON file.")
@@ -63,17 +74,10 @@ def eval_predictions(annotations, labelspace, predictions, box_format, ignore_un
 @main.command("export-mat")
 @click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Predictions in the interchange format (.json, .json.gz or .npz).")
-@click.option("--annotations", default="hico_det", metavar="FILE|hico_det",
-              help="Ground truth whose image order the files follow; 'hico_det' is the bundled HICO-DET "
-                   "test set in the official list_test order.")
-@click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the annotations.")
-@click.option("--layout", type=click.Choice(["obj", "all"]), default="obj",
+@ground_truth_options
+@click.option("--layout", type=click.Choice(LAYOUTS), default="obj",
               help="'obj': one detections_XX.mat per COCO object; 'all': one detections.mat (eval_one.m reads "
                    "either, by its 'format' setting).")
-@click.option("--box-format", type=click.Choice(["pixel0", "pixel1", "coord"]), default=None,
-              help="Box convention of the predictions; overrides the file's own 'box_format'.")
-@click.option("--ignore-unknown-images", is_flag=True,
-              help="Leave out predictions for images not in the annotations (with a warning) instead of failing.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 def export_mat(predictions, annotations, labelspace, layout, box_format, ignore_unknown_images, output, overwrite):

@@ -208,18 +208,8 @@ def evaluate(gt: Annotations, pred: Predictions, labelspace: LabelSpace, *,
     """HICO-DET mAP of ``pred`` against ``gt`` (Default and Known-Object)."""
     C = labelspace.num_classes
     pred.validate(C, source)
-    index = gt.index_of()
-    img_map = np.array([index.get(n, -1) for n in pred.file_names], dtype=np.int64)
-    p_img = img_map[pred.image] if len(pred) else np.zeros(0, np.int64)
+    p_img = pred.images_in(gt.file_names, ignore_unknown_images=ignore_unknown_images, source=source)
     unknown = p_img < 0
-    if unknown.any():
-        names = sorted({pred.file_names[i] for i in np.unique(pred.image[unknown])})
-        if not ignore_unknown_images:
-            raise PredictionsError(
-                f"{source}: image {names[0]} is not in the annotations ({len(names)} unknown image(s)); "
-                "check the file names, or pass --ignore-unknown-images to skip them")
-        log.warning("skipping %d predictions on %d image(s) not in the annotations, e.g. %s",
-                    int(unknown.sum()), len(names), names[0])
     keep = ~unknown
     p_img, p_cls, score = p_img[keep], pred.hoi[keep], pred.score[keep]
     p_h = B.convert(pred.boxes_h[keep], pred.box_format, "pixel1")

@@ -25,7 +25,6 @@ back uses ``scipy.io.loadmat`` (an optional dependency). An export folder also c
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import struct
 import time
@@ -41,7 +40,6 @@ from .annotations import load_split
 from .labelspace import LabelSpace
 from .predictions import Predictions, PredictionsError, read_predictions
 
-log = logging.getLogger(__name__)
 
 LAYOUTS = ("obj", "all")
 ALL_FILE = "detections.mat"
@@ -145,17 +143,8 @@ def all_boxes(image_names: list[str], pred: Predictions, num_classes: int, *,
     """object [C, N] cell array: cell (c, j) is float64 [n, 9] (pixel0 boxes, score) of class c
     on image ``image_names[j]``, rows in the predictions' order."""
     pred.validate(num_classes, source)
-    index = {n: i for i, n in enumerate(image_names)}
-    img_map = np.array([index.get(n, -1) for n in pred.file_names], dtype=np.int64)
-    img = img_map[pred.image] if len(pred) else np.zeros(0, np.int64)
+    img = pred.images_in(image_names, ignore_unknown_images=ignore_unknown_images, source=source)
     unknown = img < 0
-    if unknown.any():
-        names = sorted({pred.file_names[i] for i in np.unique(pred.image[unknown])})
-        if not ignore_unknown_images:
-            raise PredictionsError(f"{source}: image {names[0]} is not in the annotations ({len(names)} "
-                                   "unknown image(s)); check the file names, or pass --ignore-unknown-images")
-        log.warning("leaving out %d predictions on %d image(s) not in the annotations, e.g. %s",
-                    int(unknown.sum()), len(names), names[0])
     keep = np.flatnonzero(~unknown)
     rows = np.concatenate([B.convert(pred.boxes_h[keep], pred.box_format, "pixel0"),
                            B.convert(pred.boxes_o[keep], pred.box_format, "pixel0"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -27,6 +28,8 @@ from . import boxes as B
 from .files import atomic_write, load_json
 
 ROW_LENGTH = 10
+
+log = logging.getLogger(__name__)
 
 
 class PredictionsError(ValueError):
@@ -69,6 +72,27 @@ class Predictions:
             else:
                 why = "a box coordinate is not finite"
             raise PredictionsError(f"{source}: image {name}, row {row}: {why}")
+
+
+    def images_in(self, image_names: list[str], *, ignore_unknown_images: bool = False,
+                  source: str = "predictions") -> np.ndarray:
+        """int64 [P]: each row's index in ``image_names``, -1 for a row on an image not there.
+
+        Unknown images raise :class:`PredictionsError` naming one, unless
+        ``ignore_unknown_images`` (then a warning; callers drop the -1 rows)."""
+        index = {n: i for i, n in enumerate(image_names)}
+        img_map = np.array([index.get(n, -1) for n in self.file_names], dtype=np.int64)
+        img = img_map[self.image] if len(self) else np.zeros(0, np.int64)
+        unknown = img < 0
+        if unknown.any():
+            names = sorted({self.file_names[i] for i in np.unique(self.image[unknown])})
+            if not ignore_unknown_images:
+                raise PredictionsError(
+                    f"{source}: image {names[0]} is not in the annotations ({len(names)} unknown image(s)); "
+                    "check the file names, or pass --ignore-unknown-images to skip them")
+            log.warning("skipping %d predictions on %d image(s) not in the annotations, e.g. %s",
+                        int(unknown.sum()), len(names), names[0])
+        return img
 
 
 def _rows_error(source, name, rows) -> PredictionsError:
