@@ -113,6 +113,37 @@ def _load_json(path):
     return load_json(path, AnnotationError, "annotation")
 
 
+def _ints(values) -> np.ndarray:
+    """int64 [n] from a list of whole numbers; ValueError on fractions, booleans, strings or a
+    scalar (a plain cast would truncate 0.7 to class 0)."""
+    a = np.asarray(values)
+    if a.ndim != 1 or a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and np.any(a != np.round(a))):
+        raise ValueError(f"expected a list of integers, got {values!r:.60}")
+    return a.astype(np.int64)
+
+
+def _check_split(path, ann: "Annotations") -> "Annotations":
+    """Refuse what would make the evaluation silently wrong: a file name twice (predictions
+    would go to one copy), a box that is not finite or has no area."""
+    bad_name = next((n for n in ann.file_names if not isinstance(n, str) or not n), None)
+    if bad_name is not None:
+        raise AnnotationError(f"{path}: file name {bad_name!r} is not a non-empty string")
+    if len(set(ann.file_names)) != len(ann.file_names):
+        seen = set()
+        dup = next(n for n in ann.file_names if n in seen or seen.add(n))
+        raise AnnotationError(f"{path}: image {dup} is listed more than once; each image must appear once")
+    for field in ("boxes_h", "boxes_o"):
+        b = getattr(ann, field)
+        bad = ~np.isfinite(b).all(1) | (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+        if bad.any():
+            g = int(np.flatnonzero(bad)[0])
+            i = int(ann.image_of_pair[g])
+            raise AnnotationError(f"{path}: image {ann.file_names[i]}, pair {g - int(ann.offsets[i])}: "
+                                  f"{field} {B.convert(b[g], 'coord', 'pixel1').tolist()} (pixel1) is not "
+                                  "finite or has x2 < x1 or y2 < y1")
+    return ann
+
+
 def _check_pair_classes(path, name, labelspace: LabelSpace, hoi, verb, obj):
     for k, (c, v, o) in enumerate(zip(hoi, verb, obj)):
         if not 0 <= c < labelspace.num_classes:
@@ -133,15 +164,23 @@ def _from_hicodet(d, path, labelspace: LabelSpace, box_format: str) -> Annotatio
     for key in ("filenames", "size", "annotation"):
         if key not in d:
             raise AnnotationError(f"{path}: missing key {key!r} (not an instances_*.json file?)")
+    if not all(isinstance(d[k], list) for k in ("filenames", "size", "annotation")):
+        raise AnnotationError(f"{path}: 'filenames', 'size' and 'annotation' must be lists")
     if not len(d["filenames"]) == len(d["size"]) == len(d["annotation"]):
         raise AnnotationError(f"{path}: 'filenames', 'size' and 'annotation' differ in length")
+    try:  # ragged or non-numeric entries raise here
+        sizes = np.array(d["size"], dtype=np.float64).reshape(-1, 2)
+        if len(sizes) != len(d["size"]) or np.any(sizes != np.round(sizes)):
+            raise ValueError
+    except (ValueError, TypeError) as e:
+        raise AnnotationError(f"{path}: malformed 'size': each entry must be [width, height] in whole pixels") from e
     per_image = []
     for name, a in zip(d["filenames"], d["annotation"]):
         try:
             bh = np.asarray(a["boxes_h"], np.float64).reshape(-1, 4)
             bo = np.asarray(a["boxes_o"], np.float64).reshape(-1, 4)
-            hoi, verb, obj = (np.asarray(a[k], np.int64) for k in ("hoi", "verb", "object"))
-        except (KeyError, ValueError, TypeError) as e:
+            hoi, verb, obj = (_ints(a[k]) for k in ("hoi", "verb", "object"))
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise AnnotationError(f"{path}: image {name}: malformed annotation ({e!r})") from e
         if not len(bh) == len(bo) == len(hoi) == len(verb) == len(obj):
             raise AnnotationError(f"{path}: image {name}: boxes_h, boxes_o, hoi, verb, object differ in length")
@@ -149,7 +188,7 @@ def _from_hicodet(d, path, labelspace: LabelSpace, box_format: str) -> Annotatio
         per_image.append({"boxes_h": B.convert(bh, box_format, "coord"),
                           "boxes_o": B.convert(bo, box_format, "coord"),
                           "hoi": hoi, "verb": verb, "object": obj})
-    return Annotations.from_lists(d["filenames"], d["size"], per_image, labelspace.name)
+    return _check_split(path, Annotations.from_lists(d["filenames"], sizes.astype(np.int64), per_image, labelspace.name))
 
 
 def read_qpic_json(path, labelspace: LabelSpace, box_format: str = "pixel1",
@@ -168,16 +207,18 @@ def _from_qpic(d, path, labelspace: LabelSpace, box_format: str, sizes, image_ro
         raise AnnotationError(f"{path}: expected a list of images (QPIC format)")
     names, wh, per_image = [], [], []
     for i, img in enumerate(d):
-        name = img.get("file_name", f"#{i}")
+        if not isinstance(img, dict) or "file_name" not in img:
+            raise AnnotationError(f"{path}: entry {i} is not an object with a 'file_name'")
+        name = img["file_name"]
         try:
             objs = img["annotations"]
-            cats = np.array([o["category_id"] for o in objs], np.int64)
+            cats = _ints([o["category_id"] for o in objs])
             bx = np.asarray([o["bbox"] for o in objs], np.float64).reshape(-1, 4)
             rels = img.get("hoi_annotation", [])
-            sub = np.array([r["subject_id"] for r in rels], np.int64)
-            ob = np.array([r["object_id"] for r in rels], np.int64)
-            verb = np.array([r["category_id"] for r in rels], np.int64) - 1
-        except (KeyError, TypeError, ValueError) as e:
+            sub = _ints([r["subject_id"] for r in rels])
+            ob = _ints([r["object_id"] for r in rels])
+            verb = _ints([r["category_id"] for r in rels]) - 1
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise AnnotationError(f"{path}: image {name}: malformed entry ({e!r})") from e
         if len(rels) and (sub.min() < 0 or ob.min() < 0 or max(sub.max(), ob.max()) >= len(objs)):
             raise AnnotationError(f"{path}: image {name}: a subject_id or object_id is outside its "
@@ -199,7 +240,7 @@ def _from_qpic(d, path, labelspace: LabelSpace, box_format: str, sizes, image_ro
         per_image.append({"boxes_h": B.convert(bx[sub], box_format, "coord"),
                           "boxes_o": B.convert(bx[ob], box_format, "coord"),
                           "hoi": hoi, "verb": verb, "object": o})
-    return Annotations.from_lists(names, wh, per_image, labelspace.name)
+    return _check_split(path, Annotations.from_lists(names, wh, per_image, labelspace.name))
 
 
 def _size_of(name, sizes, image_root) -> tuple[int, int]:
@@ -231,9 +272,15 @@ def hico_test_annotations() -> Annotations:
 def load_split(annotations, labelspace: str | LabelSpace = "hico_det") -> tuple[Annotations, LabelSpace]:
     """Ground truth and label space of an evaluation: ``annotations`` is a file in either
     format or ``'hico_det'`` (the bundled test set); ``labelspace`` a name, file or object."""
+    from .labelspace import LabelSpaceError, hico_det
+
     ls = labelspace if isinstance(labelspace, LabelSpace) else LabelSpace.load(labelspace)
-    gt = hico_test_annotations() if str(annotations) == "hico_det" else read_annotations(annotations, ls)
-    return gt, ls
+    if str(annotations) != "hico_det":
+        return read_annotations(annotations, ls), ls
+    if ls.fingerprint != hico_det().fingerprint:
+        raise LabelSpaceError(f"the bundled HICO-DET test set ('hico_det') is labelled in the hico_det label "
+                              f"space, not in {ls.name!r}; pass --labelspace hico_det or your own --annotations")
+    return hico_test_annotations(), ls
 
 
 def write_hicodet_json(ann: Annotations, labelspace: LabelSpace, path) -> None:

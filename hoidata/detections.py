@@ -378,11 +378,19 @@ def import_coco_results(results_path: str | Path, images: Sequence[ImageRecord],
     n = len(res)
     try:  # fast path; on failure, find the entry to blame with a slow scan
         image_ids = [r["image_id"] for r in res]
-        cats = np.fromiter((r["category_id"] for r in res), dtype=np.int64, count=n)
+        cats_f = np.fromiter((r["category_id"] for r in res), dtype=np.float64, count=n)
         scores = np.fromiter((r["score"] for r in res), dtype=np.float64, count=n)
         bbox = np.array([r["bbox"] for r in res], dtype=np.float64).reshape(n, 4)
+        if np.any(cats_f != np.round(cats_f)):  # an int64 read would truncate 1.5 to 1
+            raise ValueError
+        cats = cats_f.astype(np.int64)
     except (KeyError, TypeError, ValueError):
         raise DetectionsError(f"{results_path}: {_first_malformed_entry(res)}") from None
+    negative = (bbox[:, 2:] < 0).any(1)
+    if negative.any():
+        k = int(np.flatnonzero(negative)[0])
+        raise DetectionsError(f"{results_path}: entry {k} (image id {image_ids[k]!r}): bbox {bbox[k].tolist()} has a "
+                              "negative width or height; COCO results boxes are [x, y, w, h]")
 
     # Image ids -> positions, through the (few) distinct ids rather than per entry.
     uniq, inverse = np.unique(np.asarray(image_ids) if n else np.zeros(0, np.int64), return_inverse=True)

@@ -256,7 +256,10 @@ def evaluate_file(annotations, predictions, *, labelspace: str | LabelSpace = "h
     from .predictions import read_predictions
 
     gt, ls = load_split(annotations, labelspace)
-    if matlab.is_matlab_path(predictions):  # the official detection files (pixel0 by definition)
+    if Path(predictions).is_dir() or Path(predictions).suffix == ".mat":  # the official detection files
+        if box_format not in (None, "pixel0"):
+            raise PredictionsError(f"{predictions}: the official detection files hold 0-based boxes by "
+                                   f"definition; drop --box-format {box_format}")
         pred = matlab.read(predictions, gt.file_names, ls)
     else:
         pred = read_predictions(predictions, box_format)

@@ -39,6 +39,14 @@ class LabelSpaceError(ValueError):
     """A label-space file that does not follow the schema."""
 
 
+def _whole(x) -> int:
+    """An index or count from JSON: an int, or a string of one (JSON object keys); never a
+    float or bool, which int() would truncate or accept silently."""
+    if isinstance(x, bool) or not isinstance(x, (int, str)):
+        raise ValueError(f"expected an integer, got {x!r}")
+    return int(x)
+
+
 @dataclass(frozen=True)
 class LabelSpace:
     """Objects, verbs and HOI classes of one dataset (see the module docstring for fields)."""
@@ -63,22 +71,32 @@ class LabelSpace:
         missing = [k for k in _REQUIRED if k not in d]
         if missing:
             raise LabelSpaceError(f"{source}: missing field(s) {', '.join(missing)}")
-        ls = cls(
+        for key in ("objects", "verbs", "prompts"):
+            if not isinstance(d[key], list) or not all(isinstance(x, str) for x in d[key]):
+                raise LabelSpaceError(f"{source}: '{key}' must be a list of strings")
+        try:
+            ls = cls._from_fields(d)
+        except (TypeError, ValueError, AttributeError, KeyError) as e:
+            raise LabelSpaceError(f"{source}: malformed field ({e!r}); see the schema in hoidata/labelspace.py") from e
+        ls._validate(source)
+        return ls
+
+    @classmethod
+    def _from_fields(cls, d: dict) -> "LabelSpace":
+        return cls(
             name=str(d["name"]),
             objects=tuple(d["objects"]),
             verbs=tuple(d["verbs"]),
-            hoi=tuple((int(v), int(o)) for v, o in d["hoi"]),
-            human=int(d["human"]),
-            train_counts=tuple(int(x) for x in d["train_counts"]),
-            rare_threshold=int(d["rare_threshold"]),
+            hoi=tuple((_whole(v), _whole(o)) for v, o in d["hoi"]),
+            human=_whole(d["human"]),
+            train_counts=tuple(_whole(x) for x in d["train_counts"]),
+            rare_threshold=_whole(d["rare_threshold"]),
             prompts=tuple(d["prompts"]),
-            zero_shot_splits={k: {"setting": v.get("setting", k), "unseen": [int(c) for c in v["unseen"]]}
+            zero_shot_splits={k: {"setting": v.get("setting", k), "unseen": [_whole(c) for c in v["unseen"]]}
                               for k, v in d.get("zero_shot_splits", {}).items()},
-            coco80_to_object=tuple(int(x) for x in d.get("coco80_to_object", ())),
-            coco91_to_object={int(k): int(v) for k, v in d.get("coco91_to_object", {}).items()},
+            coco80_to_object=tuple(_whole(x) for x in d.get("coco80_to_object", ())),
+            coco91_to_object={_whole(k): _whole(v) for k, v in d.get("coco91_to_object", {}).items()},
         )
-        ls._validate(source)
-        return ls
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "LabelSpace":
@@ -116,6 +134,10 @@ class LabelSpace:
         for c, (v, o) in enumerate(self.hoi):
             if not (0 <= v < nv and 0 <= o < no):
                 bad(f"HOI class {c} = (verb {v}, object {o}) is out of range ({nv} verbs, {no} objects)")
+        for key in ("objects", "verbs"):
+            names = getattr(self, key)
+            if len(set(names)) != len(names):
+                bad(f"'{key}' names {next(n for n in names if names.count(n) > 1)!r} more than once")
         if len(set(self.hoi)) != nc:
             bad("HOI classes must be distinct (verb, object) pairs")
         if not 0 <= self.human < no:
@@ -131,6 +153,8 @@ class LabelSpace:
         if any(not -1 <= o < no for o in self.coco80_to_object) or any(
                 not 0 <= o < no for o in self.coco91_to_object.values()):
             bad("a COCO map names an object out of range")
+        if any(not 1 <= k <= 90 for k in self.coco91_to_object):
+            bad("'coco91_to_object' keys must be COCO category ids 1..90")
 
     # -- derived tables ----------------------------------------------------------------
     @property

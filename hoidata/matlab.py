@@ -124,6 +124,12 @@ def object_files(labelspace: LabelSpace) -> dict[str, np.ndarray]:
     if not labelspace.coco80_to_object:
         raise ValueError(f"label space {labelspace.name!r} has no COCO-80 object map, which the 'obj' "
                          "layout numbers its files by; use the 'all' layout")
+    unmapped = [labelspace.objects[o] for o in range(labelspace.num_objects)
+                if o not in labelspace.coco80_to_object and len(labelspace.classes_of_object(o))]
+    if unmapped:
+        raise ValueError(f"object {unmapped[0]!r} of label space {labelspace.name!r} has no COCO-80 index, so the "
+                         f"'obj' layout has no file for its classes ({len(unmapped)} such object(s)); "
+                         "use the 'all' layout")
     files = {}
     for k, obj in enumerate(labelspace.coco80_to_object):
         if obj < 0:
@@ -174,6 +180,9 @@ def export(out, image_names: list[str], pred: Predictions, labelspace: LabelSpac
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if out.exists() and not (out / "export.json").is_file():  # never delete what we did not write
+        raise FileExistsError(f"{out} exists and is not an export of this command (no export.json); "
+                              "choose another --output")
     plan = object_files(labelspace) if layout == "obj" else {ALL_FILE: np.arange(labelspace.num_classes)}
     cells = all_boxes(image_names, pred, labelspace.num_classes,
                       ignore_unknown_images=ignore_unknown_images, source=source)
@@ -199,12 +208,6 @@ def export(out, image_names: list[str], pred: Predictions, labelspace: LabelSpac
     return out
 
 
-def is_matlab_path(path) -> bool:
-    """True for a ``.mat`` file or a folder holding detection files."""
-    path = Path(path)
-    return path.suffix == ".mat" or (path.is_dir() and any(path.glob("detections*.mat")))
-
-
 def read(path, image_names: list[str], labelspace: LabelSpace) -> Predictions:
     """Predictions (``pixel0``) from detection files, read the way ``eval_one.m`` reads them.
 
@@ -219,7 +222,10 @@ def read(path, image_names: list[str], labelspace: LabelSpace) -> Predictions:
     elif (path / ALL_FILE).is_file():
         plan = {path / ALL_FILE: np.arange(labelspace.num_classes)}
     elif path.is_dir():
-        plan = {path / name: classes for name, classes in object_files(labelspace).items()}
+        try:
+            plan = {path / name: classes for name, classes in object_files(labelspace).items()}
+        except ValueError as e:
+            raise PredictionsError(f"{path}: no {ALL_FILE}, and {e}") from e
         missing = [p.name for p in plan if not p.is_file()]
         if missing:
             raise PredictionsError(f"{path}: no {ALL_FILE} and {len(missing)} of the {len(plan)} per-object "
@@ -230,13 +236,19 @@ def read(path, image_names: list[str], labelspace: LabelSpace) -> Predictions:
     for file, classes in plan.items():
         try:
             cells = sio.loadmat(file, variable_names=["all_boxes"])["all_boxes"]
-        except (KeyError, ValueError, OSError, TypeError) as e:
-            raise PredictionsError(f"{file}: not a MATLAB file with an 'all_boxes' cell array ({e})") from e
+        except NotImplementedError as e:  # scipy reads up to v7; v7.3 files are HDF5
+            raise PredictionsError(f"{file}: a MATLAB v7.3 file, which cannot be read here; in MATLAB, "
+                                   "load it and save it again with save(..., '-v7')") from e
+        except (sio.matlab.MatReadError, KeyError, ValueError, OSError, TypeError, IndexError) as e:
+            raise PredictionsError(f"{file}: not a MATLAB file with an 'all_boxes' cell array ({e!r})") from e
         if cells.dtype != object or cells.shape != (len(classes), len(image_names)):
             raise PredictionsError(f"{file}: 'all_boxes' is {cells.dtype} {cells.shape}; expected a cell array "
                                    f"({len(classes)} classes x {len(image_names)} images)")
         for a, j in zip(*np.nonzero(np.vectorize(np.size, otypes=[np.int64])(cells))):
-            det = np.asarray(cells[a, j], dtype=np.float64)
+            try:
+                det = np.asarray(cells[a, j], dtype=np.float64)
+            except (ValueError, TypeError):
+                det = np.zeros(0)  # not numbers: refused just below
             if det.ndim != 2 or det.shape[1] < COLUMNS:
                 raise PredictionsError(f"{file}: cell ({a + 1}, {j + 1}) of class {classes[a]} on image "
                                        f"{image_names[j]} is {det.shape}; expected [n, {COLUMNS}]")

@@ -28,6 +28,7 @@ from . import boxes as B
 from .files import atomic_write, load_json
 
 ROW_LENGTH = 10
+NPZ_ARRAYS = ("file_names", "image", "boxes_h", "boxes_o", "hoi", "score")
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,15 @@ class Predictions:
                    np.asarray(score, np.float64), B.check_format(box_format))
 
     def validate(self, num_classes: int, source: str = "predictions") -> None:
-        """Raise :class:`PredictionsError` naming the first bad row (class range, finiteness)."""
+        """Raise :class:`PredictionsError` naming the first bad row (class range, finiteness)
+        or, for arrays that do not fit together, the array."""
+        lengths = {k: len(getattr(self, k)) for k in ("image", "boxes_h", "boxes_o", "hoi", "score")}
+        if len(set(lengths.values())) > 1:
+            raise PredictionsError(f"{source}: arrays of different lengths {lengths}")
+        outside = (self.image < 0) | (self.image >= len(self.file_names))
+        if outside.any():
+            raise PredictionsError(f"{source}: row {int(np.flatnonzero(outside)[0])} has image index "
+                                   f"{int(self.image[outside][0])}, outside the {len(self.file_names)} file names")
         bad = ((self.hoi < 0) | (self.hoi >= num_classes) | ~np.isfinite(self.score)
                | ~np.isfinite(self.boxes_h).all(1) | ~np.isfinite(self.boxes_o).all(1))
         if bad.any():
@@ -113,10 +122,23 @@ def read_predictions(path, box_format: str | None = None) -> Predictions:
     """Read JSON / JSON.gz / NPZ predictions; ``box_format`` overrides the file's own."""
     path = Path(path)
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            fmt = box_format or str(z["box_format"])
-            return Predictions.from_arrays([str(s) for s in z["file_names"]], z["image"], z["boxes_h"],
-                                           z["boxes_o"], z["hoi"], z["score"], fmt)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [k for k in NPZ_ARRAYS if k not in z.files]
+                if missing or (box_format is None and "box_format" not in z.files):
+                    raise PredictionsError(f"{path}: missing array(s) {', '.join(missing or ['box_format'])}; "
+                                           f"expected {', '.join(NPZ_ARRAYS)} and box_format")
+                a = {k: z[k] for k in NPZ_ARRAYS}
+                fmt = box_format or str(z["box_format"])
+        except PredictionsError:
+            raise
+        except (OSError, ValueError, EOFError) as e:
+            raise PredictionsError(f"{path}: not a readable .npz file ({e})") from e
+        for k in ("image", "hoi"):
+            if a[k].dtype.kind not in "iu" and len(a[k]):
+                raise PredictionsError(f"{path}: '{k}' must hold integers, found {a[k].dtype}")
+        return Predictions.from_arrays([str(s) for s in a["file_names"]], a["image"], a["boxes_h"],
+                                       a["boxes_o"], a["hoi"], a["score"], fmt)
     d = load_json(path, PredictionsError, "predictions")
     if not isinstance(d, dict) or not isinstance(d.get("predictions"), dict):
         raise PredictionsError(f"{path}: expected an object with a 'predictions' mapping of file name -> rows")

@@ -102,6 +102,23 @@ def test_label_space_round_trip_and_validation(tmp_path, tiny_ls):
         LabelSpace.load("no_such_dataset")
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("human", 0.9, "expected an integer, got 0.9"),        # int() would truncate to object 0
+    ("objects", "abc", "'objects' must be a list of strings"),
+    ("hoi", [[0, 1, 2]], "malformed field"),
+    ("zero_shot_splits", {"x": 5}, "malformed field"),
+])
+def test_label_space_fields_of_the_wrong_type_are_named(tiny_ls, field, value, message):
+    d = tiny_ls.to_dict()
+    d[field] = value
+    with pytest.raises(LabelSpaceError, match=f"ls.json: .*{message}"):
+        LabelSpace.from_dict(d, source="ls.json")
+    d = tiny_ls.to_dict()
+    d["verbs"][1] = d["verbs"][0]
+    with pytest.raises(LabelSpaceError, match="more than once"):
+        LabelSpace.from_dict(d)
+
+
 def test_box_conventions_round_trip():
     b = np.array([[1.0, 2.0, 10.0, 20.0]])
     for src in B.BOX_FORMATS:
@@ -109,3 +126,36 @@ def test_box_conventions_round_trip():
             np.testing.assert_array_equal(B.convert(B.convert(b, src, dst), dst, src), b)
     np.testing.assert_array_equal(B.convert(b, "coord", "pixel1"), [[2, 3, 10, 20]])
     np.testing.assert_array_equal(B.convert(b, "pixel0", "pixel1"), [[2, 3, 11, 21]])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["filenames"].__setitem__(1, d["filenames"][0]), "HICO_test2015_00000001.jpg is listed more than once"),
+    (lambda d: d["annotation"][1].__setitem__("hoi", [25.5]), "HICO_test2015_00000002.jpg: malformed annotation"),
+    (lambda d: d["annotation"][1].__setitem__("boxes_h", [[150, 60, 50, 360]]),
+     r"HICO_test2015_00000002.jpg, pair 0: boxes_h \[150.0, 60.0, 50.0, 360.0\] .* x2 < x1"),
+    (lambda d: d["annotation"][0]["boxes_o"][1].__setitem__(0, float("nan")),
+     "HICO_test2015_00000001.jpg, pair 1: boxes_o .* not finite"),
+    (lambda d: d["size"].__setitem__(2, [320]), r"malformed 'size'"),
+])
+def test_values_that_would_silently_skew_the_evaluation_are_refused(files, tmp_path, edit, message):
+    """A duplicated image would take another copy's predictions; 25.5 would be truncated to
+    class 25; an inverted or NaN box can never be matched."""
+    d = json.loads(files[0].read_text())
+    edit(d)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(d))
+    with pytest.raises(AnnotationError, match=message):
+        read_hicodet_json(bad, hico_det())
+
+
+def test_qpic_entry_errors_name_the_entry(files, tmp_path):
+    q = json.loads(files[1].read_text())
+    bad = tmp_path / "bad.json"
+    for edit, message in [(lambda q: q.__setitem__(1, "x"), "entry 1 is not an object with a 'file_name'"),
+                          (lambda q: q[0]["hoi_annotation"][0].__setitem__("object_id", 1.5),
+                           "HICO_test2015_00000001.jpg: malformed entry")]:
+        q2 = json.loads(json.dumps(q))
+        edit(q2)
+        bad.write_text(json.dumps(q2))
+        with pytest.raises(AnnotationError, match=message):
+            read_qpic_json(bad, hico_det())

@@ -229,9 +229,14 @@ def test_unknown_image_id_names_the_id(tmp_path):
         D.import_coco_results(path, IMAGES, LS)
 
 
-def test_malformed_results_entry_is_named(tmp_path):
-    path = write_json(tmp_path / "r.json", RESULTS[:2] + [{"image_id": 2, "category_id": 1, "bbox": [0, 0, 1]}])
-    with pytest.raises(D.DetectionsError, match=r"entry 2 \(image id 2\)"):
+@pytest.mark.parametrize("entry, message", [
+    ({"image_id": 2, "category_id": 1, "bbox": [0, 0, 1]}, r"entry 2 \(image id 2\) is not"),
+    ({"image_id": 2, "category_id": 1.5, "bbox": [0, 0, 1, 1], "score": 0.5}, r"entry 2 \(image id 2\) is not"),
+    ({"image_id": 2, "category_id": 1, "bbox": [10, 10, -5, -5], "score": 0.5}, r"entry 2 .* negative width"),
+])
+def test_malformed_results_entry_is_named(tmp_path, entry, message):
+    path = write_json(tmp_path / "r.json", RESULTS[:2] + [entry])
+    with pytest.raises(D.DetectionsError, match=message):
         D.import_coco_results(path, IMAGES, LS)
 
 

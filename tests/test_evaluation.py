@@ -330,3 +330,28 @@ def test_visualize_draws_the_top_pairs(tmp_path, tiny_ls):
     assert (im[38:41, 22:38] == 255).all()   # the other pair's object box (bottom edge at y = 40) is not
     with pytest.raises(ValueError, match="no predictions for image b.png"):
         top_detections(p, "b.png")
+
+
+def test_bundled_ground_truth_needs_its_own_label_space(tmp_path, tiny_ls):
+    """Classes of another label space would be scored against HICO-DET's class ids."""
+    f = tmp_path / "ls.json"
+    tiny_ls.save(f)
+    p = _write(tmp_path, {"box_format": "pixel1", "predictions": {}})
+    with pytest.raises(ValueError, match="labelled in the hico_det label space"):
+        evaluate_file("hico_det", p, labelspace=str(f))
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"image": np.array([-1])}, "row 0 has image index -1"),
+    ({"hoi": np.array([3, 4])}, "arrays of different lengths"),
+    ({"hoi": np.array([3.7])}, "'hoi' must hold integers"),
+    ({"score": None}, "missing array.*score"),
+])
+def test_npz_predictions_are_checked(tmp_path, edit, message):
+    arrays = dict(file_names=np.array(["a", "b"]), image=np.array([0]), boxes_h=np.zeros((1, 4)),
+                  boxes_o=np.zeros((1, 4)), hoi=np.array([3]), score=np.array([0.5]), box_format="coord")
+    arrays.update(edit)
+    f = tmp_path / "p.npz"
+    np.savez(f, **{k: v for k, v in arrays.items() if v is not None})
+    with pytest.raises(PredictionsError, match=message):
+        read_predictions(f).validate(600, str(f))

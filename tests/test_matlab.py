@@ -143,3 +143,35 @@ def test_cli_export_then_eval_gives_the_same_numbers(tmp_path, hico_preds):
     assert json.loads(via_mat.stdout) == json.loads(direct.stdout)
     again = runner.invoke(main, ["export-mat", "--predictions", str(f), "-o", str(tmp_path / "det")])
     assert again.exit_code != 0 and "--overwrite" in again.output
+
+
+def test_overwrite_never_deletes_a_folder_it_did_not_write(tmp_path, hico, hico_preds):
+    gt, ls = hico
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="not an export of this command"):
+        matlab.export(mine, gt.file_names, hico_preds, ls, layout="all", overwrite=True)
+    assert (mine / "notes.txt").read_text() == "precious"
+
+
+def test_obj_layout_refuses_objects_without_a_coco_index(tmp_path, tiny_ls):
+    """Classes of an unmapped object would silently vanish from the per-object files."""
+    d = tiny_ls.to_dict()
+    d["coco80_to_object"] = [-1] * 80
+    d["coco80_to_object"][0] = d["human"]
+    ls = type(tiny_ls).from_dict(d)
+    with pytest.raises(ValueError, match="has no COCO-80 index.*use the 'all' layout"):
+        matlab.object_files(ls)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"box_format": 1}', "not a MATLAB file"),
+    (b"MATLAB 7.3 MAT-file" + bytes(200), "not a MATLAB file|v7.3"),
+])
+def test_read_names_unreadable_files(tmp_path, hico, content, message):
+    gt, ls = hico
+    f = tmp_path / "detections.mat"
+    f.write_bytes(content)
+    with pytest.raises(PredictionsError, match=message):
+        matlab.read(f, gt.file_names, ls)
