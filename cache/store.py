@@ -38,6 +38,21 @@ def wip_path(path) -> Path:
     return path.with_name(path.name + ".wip")
 
 
+def remove(path) -> None:
+    """Delete the store at ``path`` (and its ``.wip``), refusing anything that is not one: an
+    --overwrite pointed at the wrong folder must not delete it."""
+    for p in (Path(path), wip_path(path)):
+        if not p.exists():
+            continue
+        try:
+            fmt = json.loads((p / "zarr.json").read_text()).get("attributes", {}).get("format")
+        except (OSError, ValueError):
+            fmt = None
+        if fmt != S.FORMAT:
+            raise CacheError(f"{p} exists and is not a teacher cache; refusing to delete it, choose another output")
+        shutil.rmtree(p)
+
+
 def create(path, *, teacher: dict, pair_rule: dict, dataset: dict, layout: dict,
            overwrite: bool = False) -> "TeacherCache":
     """Create an empty work-in-progress store at ``PATH.wip`` (see the module docstring)."""
@@ -275,20 +290,64 @@ class TeacherCache:
             expect[begin[i]:end[i]] = i
         if not np.array_equal(expect, image):
             problems.append("pairs/image disagrees with pairs/begin and pairs/end")
+        if not np.isin(status, (S.STATUS_PENDING, S.STATUS_OK, S.STATUS_SKIPPED)).all():
+            problems.append("images/status holds unknown codes")
+        problems += self._verify_indices(offs, begin, end, image)
+        text = self.read("text/embedding").astype(np.float32)
+        if not np.allclose(np.linalg.norm(text, axis=1), 1, atol=1e-3):
+            problems.append("text/embedding rows are not unit length")
         ok = status == S.STATUS_OK
-        for name in ("global/score", "global/embedding"):
-            vals = self.read(name, slice(None))[ok]
-            if not np.isfinite(vals).all():
-                problems.append(f"{name} has non-finite values")
         valid_rows = image >= 0
         ok_rows = valid_rows & (ok[np.clip(image, 0, None)] if len(image) else valid_rows)
-        for name in ("union/score", "union/embedding"):
-            vals = self.read(name)[ok_rows]
-            if not np.isfinite(vals).all():
-                problems.append(f"{name} has non-finite values")
-        emb = self.read("text/embedding")
-        if not np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-3):
-            problems.append("text/embedding rows are not unit length")
+        for level, rows in (("global", ok), ("union", ok_rows)):
+            problems += self._verify_level(level, rows, text)
+        step = self.array("global/dense").chunks[0]
+        for a in range(0, self.num_images, step):  # chunk by chunk: a split's map does not fit in RAM
+            if not np.isfinite(self.read("global/dense", slice(a, a + step))[ok[a:a + step]]).all():
+                problems.append(f"global/dense has non-finite values (images {a}..{a + step - 1})")
+                break
+        return problems
+
+    def _verify_level(self, level: str, rows: np.ndarray, text: np.ndarray, block: int = 1 << 16) -> list[str]:
+        """Written rows are unit embeddings whose scores are their cosines with the text: a lost
+        chunk reads back as zeros, a damaged one as other numbers."""
+        emb_a, score_a = self.array(f"{level}/embedding"), self.array(f"{level}/score")
+        not_unit, worst = [], 0.0
+        for a in range(0, len(rows), block):
+            sel = np.flatnonzero(rows[a:a + block])
+            if not len(sel):
+                continue
+            emb = np.asarray(emb_a[a:a + block])[sel].astype(np.float32)
+            score = np.asarray(score_a[a:a + block])[sel].astype(np.float32)
+            if not (np.isfinite(emb).all() and np.isfinite(score).all()):
+                return [f"{level} embeddings or scores have non-finite values (rows {a}..{a + block - 1})"]
+            bad = np.abs(np.linalg.norm(emb, axis=1) - 1) > 1e-2
+            not_unit += (a + sel[bad]).tolist()
+            worst = max(worst, float(np.abs(emb @ text.T - score).max()))
+        problems = []
+        if not_unit:
+            problems.append(f"{level}/embedding: {len(not_unit)} written row(s) are not unit length "
+                            f"(first: row {not_unit[0]}); lost or damaged chunks?")
+        if worst > 2e-2:
+            problems.append(f"{level}/score differs from embedding x text by up to {worst:.3f}")
+        return problems
+
+    def _verify_indices(self, det_offs, begin, end, image) -> list[str]:
+        """Pairs inside their image's detections and ranges; ground truth indices in range."""
+        problems = []
+        if len(begin) > 1 and np.any(begin[1:] < end[:-1]):
+            problems.append("pairs/begin and pairs/end ranges of images overlap")
+        rows = image >= 0
+        for role in ("human", "object"):
+            det = self.read(f"pairs/{role}")[rows]
+            img = image[rows]
+            if np.any((det < det_offs[img]) | (det >= det_offs[img + 1])):
+                problems.append(f"pairs/{role} names a detection outside its image")
+        g, hoi = self.read("gt/offsets"), self.read("gt/hoi")
+        if g[0] != 0 or g[-1] != len(hoi) or np.any(np.diff(g) < 0):
+            problems.append("gt/offsets is not a valid CSR index")
+        if len(hoi) and (hoi.min() < 0 or hoi.max() >= self.layout["num_classes"]):
+            problems.append("gt/hoi holds a class out of range")
         return problems
 
 

@@ -14,15 +14,6 @@ from pipeline.options import RunOptions, TeacherOptions
 _TEACHER, _PAIRS = TeacherOptions(model=""), PairRule()
 
 
-def register_model_configs(paths) -> None:
-    """Register open_clip model configs (JSON files or folders); the model name is the file stem."""
-    if not paths:
-        return
-    import open_clip
-    for p in paths:
-        open_clip.add_model_config(p)
-
-
 def run_options(f):
     """One option per field of :class:`pipeline.options.RunOptions` (declared once, there)."""
     for fld in reversed(fields(RunOptions)):
@@ -31,6 +22,8 @@ def run_options(f):
             f = click.option(f"--{flag}/--no-{flag}", fld.name, default=fld.default, help=fld.metadata["help"])(f)
         else:
             kind = click.Choice(choices) if choices else type(fld.default) if fld.default is not None else str
+            if fld.metadata["min"] is not None:
+                kind = click.IntRange(min=fld.metadata["min"])
             f = click.option(f"--{flag}", fld.name, type=kind, default=fld.default, help=fld.metadata["help"],
                              metavar="ADDRESS" if fld.name == "scheduler" else None)(f)
     return f
@@ -55,17 +48,19 @@ def run_options(f):
                    "description, e.g. 'a photo of {}.'. Embeddings are averaged over templates.")
 @click.option("--crop-mode", type=click.Choice(CROP_MODES), default=_TEACHER.crop_mode,
               help="How a non-square box becomes the square encoder input.")
-@click.option("--union-margin", type=float, default=_TEACHER.union_margin,
+@click.option("--union-margin", type=click.FloatRange(min=0), default=_TEACHER.union_margin,
               help="Grow union boxes by this fraction per side (context).")
-@click.option("--global-size", type=int, default=None,
+@click.option("--global-size", type=click.IntRange(min=1), default=None,
               help="Input size of the global pass (dense map of global-size/patch tokens a side); default: "
                    "the model's.")
-@click.option("--human-score", type=float, default=_PAIRS.human_score,
+@click.option("--human-score", type=click.FloatRange(0, 1), default=_PAIRS.human_score,
               help="Pair rule: minimum person detection score.")
-@click.option("--object-score", type=float, default=_PAIRS.object_score,
+@click.option("--object-score", type=click.FloatRange(0, 1), default=_PAIRS.object_score,
               help="Pair rule: minimum object detection score.")
-@click.option("--max-humans", type=int, default=_PAIRS.max_humans, help="Pair rule: humans per image.")
-@click.option("--max-objects", type=int, default=_PAIRS.max_objects, help="Pair rule: objects per image.")
+@click.option("--max-humans", type=click.IntRange(min=1), default=_PAIRS.max_humans,
+              help="Pair rule: humans per image.")
+@click.option("--max-objects", type=click.IntRange(min=1), default=_PAIRS.max_objects,
+              help="Pair rule: objects per image.")
 @run_options
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="The Zarr store to write (PATH.wip while in progress).")
@@ -76,7 +71,6 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
     from hoidata.labelspace import LabelSpace
     from pipeline.run import build_teacher_cache
 
-    register_model_configs(model_config)
     try:
         final = build_teacher_cache(
             output, images=images, detections=detections, annotations=annotations,
@@ -84,7 +78,7 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
             teacher=TeacherOptions(model=model, pretrained=pretrained, templates=tuple(templates),
                                    crop_mode=crop_mode, union_margin=union_margin, global_size=global_size),
             pair_rule=PairRule(human_score, object_score, max_humans, max_objects),
-            run=RunOptions(**run))
+            run=RunOptions(**run), model_configs=model_config)
     except (ValueError, OSError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"teacher cache: {final}")
@@ -104,6 +98,7 @@ def rescore(cache, prompts, templates, model_config, device, output):
     """Score a new prompt set against a finished cache without running the image encoder."""
     import json
 
+    from pipeline.clip import register_model_configs
     from pipeline.rescore import rescore as run
 
     register_model_configs(model_config)

@@ -188,7 +188,8 @@ def _from_hicodet(d, path, labelspace: LabelSpace, box_format: str) -> Annotatio
         per_image.append({"boxes_h": B.convert(bh, box_format, "coord"),
                           "boxes_o": B.convert(bo, box_format, "coord"),
                           "hoi": hoi, "verb": verb, "object": obj})
-    return _check_split(path, Annotations.from_lists(d["filenames"], sizes.astype(np.int64), per_image, labelspace.name))
+    ann = Annotations.from_lists(d["filenames"], sizes.astype(np.int64), per_image, labelspace.name)
+    return _check_split(path, ann)
 
 
 def read_qpic_json(path, labelspace: LabelSpace, box_format: str = "pixel1",

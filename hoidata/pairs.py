@@ -20,6 +20,13 @@ class PairRule:
     max_humans: int = 15          # per image, highest scores first
     max_objects: int = 15         # per image, highest scores first (a person may be both)
 
+    def __post_init__(self):
+        if self.max_humans < 1 or self.max_objects < 1:
+            raise ValueError(f"max_humans and max_objects must be at least 1, got {self.max_humans}, "
+                             f"{self.max_objects}")
+        if not (0 <= self.human_score <= 1 and 0 <= self.object_score <= 1):
+            raise ValueError(f"score thresholds must lie in [0, 1], got {self.human_score}, {self.object_score}")
+
     def as_dict(self) -> dict:
         return asdict(self)
 

@@ -43,6 +43,16 @@ class Teacher:
         return g, g
 
 
+def register_model_configs(paths) -> None:
+    """Register open_clip model configs (JSON files or folders); the model name is the file
+    stem. Registering one twice is harmless."""
+    if not paths:
+        return
+    import open_clip
+    for p in paths:
+        open_clip.add_model_config(p)
+
+
 def _create(model: str, pretrained: str | None, image_size: int | None, device) -> torch.nn.Module:
     import open_clip
 

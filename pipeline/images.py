@@ -69,9 +69,16 @@ class ImageBatch:
 
 
 def decode(path: Path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB pixels of an image file."""
+    """uint8 [H, W, 3] RGB pixels of an image file, in stored orientation (EXIF rotation is
+    not applied: boxes of HICO-DET and of detectors reading raw pixels are in that frame)."""
     with Image.open(path) as im:
         im.load()
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            # 16-bit or float grey: convert("RGB") would clip to 255, so scale to 8 bits first
+            a = np.asarray(im, dtype=np.float64)
+            top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+            grey = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+            return np.repeat(grey[:, :, None], 3, axis=2)
         if im.mode != "RGB":
             im = im.convert("RGB")
         return np.asarray(im, dtype=np.uint8)
@@ -84,7 +91,7 @@ def read_image(path: Path, expected: tuple[int, int] | None) -> np.ndarray | str
         arr = decode(path)
     except FileNotFoundError:
         return f"{path}: file not found"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return f"{path}: cannot decode ({e})"
     if expected is not None:
         w, h = expected

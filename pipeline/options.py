@@ -21,8 +21,8 @@ class TeacherOptions:
     std: tuple | None = None
 
 
-def _opt(default, help: str, choices: tuple | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _opt(default, help: str, choices: tuple | None = None, minimum: int | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices, "min": minimum})
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,18 @@ class RunOptions:
     """How to run (not part of the store's identity). Each field's help and choices are the
     command line's (``hoi teacher-cache`` builds its run options from this table)."""
 
-    images_per_shard: int = _opt(256, "Images per shard (one dask task; also the unit of resuming).")
-    image_chunk: int = _opt(16, "Zarr chunk along images (a divisor of --images-per-shard).")
-    pair_chunk: int = _opt(256, "Zarr chunk along pair rows.")
-    batch_size: int = _opt(32, "Images per encoder batch (global pass), decoded into one padded canvas.")
-    crop_batch: int = _opt(256, "Union crops per encoder batch.")
-    workers: int = _opt(4, "Threads or processes decoding images ahead of the encoder.")
+    images_per_shard: int = _opt(256, "Images per shard (one dask task; also the unit of resuming).", minimum=1)
+    image_chunk: int = _opt(16, "Zarr chunk along images (lowered to a divisor of --images-per-shard).",
+                            minimum=1)
+    pair_chunk: int = _opt(256, "Zarr chunk along pair rows.", minimum=1)
+    batch_size: int = _opt(32, "Images per encoder batch (global pass), decoded into one padded canvas.",
+                           minimum=1)
+    crop_batch: int = _opt(256, "Union crops per encoder batch.", minimum=1)
+    workers: int = _opt(4, "Threads or processes decoding images ahead of the encoder.", minimum=0)
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
     threads: int = _opt(2, "Shards run at once by the local scheduler: with two, one shard's start and end "
-                           "(decoding its first batch, waiting for its last writes) overlap with the other's work.")
+                           "(decoding its first batch, waiting for its last writes) overlap with the other's work.",
+                       minimum=1)
     scheduler: str | None = _opt(None, "A dask.distributed scheduler address (tcp://host:8786): run the shards "
                                        "on that cluster.")
     on_error: str = _opt("fail", "An unreadable image stops the run (fail) or is recorded as skipped (skip).",
@@ -53,6 +56,8 @@ class RunOptions:
 
     def __post_init__(self):
         for f in fields(self):
-            allowed = f.metadata["choices"]
-            if allowed and getattr(self, f.name) not in allowed:
-                raise ValueError(f"{f.name} must be one of {', '.join(allowed)}, not {getattr(self, f.name)!r}")
+            allowed, minimum, value = f.metadata["choices"], f.metadata["min"], getattr(self, f.name)
+            if allowed and value not in allowed:
+                raise ValueError(f"{f.name} must be one of {', '.join(allowed)}, not {value!r}")
+            if minimum is not None and value < minimum:
+                raise ValueError(f"{f.name} must be at least {minimum}, not {value!r}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -69,14 +68,43 @@ def _clean_detections(dets: Detections) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def _align_annotations(ann: Annotations, dets: Detections) -> Annotations:
+    """The annotations, checked to list the detections' images in the same order and sizes."""
     if ann.file_names != dets.file_names:
-        missing = sorted(set(ann.file_names) - set(dets.file_names))
-        if missing:
-            raise ValueError(f"the detections file has no entry for {len(missing)} annotated image(s), "
-                             f"e.g. {missing[0]}; import detections for the same image list")
+        for a, b, what in ((ann, dets, "the detections file has no entry for"),
+                           (dets, ann, "the annotations have no entry for")):
+            missing = sorted(set(a.file_names) - set(b.file_names))
+            if missing:
+                raise ValueError(f"{what} {len(missing)} image(s), e.g. {missing[0]}; "
+                                 "import detections for the annotation file's image list")
         raise ValueError("the annotations and the detections list the images in a different order; "
                          "import the detections with the annotation file as --images")
+    known = (ann.sizes > 0).all(1) & (dets.sizes > 0).all(1)
+    differ = np.flatnonzero(known & (ann.sizes != dets.sizes).any(1))
+    if len(differ):
+        i = int(differ[0])
+        raise ValueError(f"image {ann.file_names[i]} is {tuple(ann.sizes[i])} (width, height) in the annotations "
+                         f"but {tuple(dets.sizes[i])} in the detections ({len(differ)} image(s) differ)")
     return ann
+
+
+def _fill_unknown_sizes(dets: Detections, ann: Annotations | None, root: Path) -> None:
+    """Sizes the detections file leaves unknown (-1), from the annotations or else the image
+    headers, so boxes get clipped and the student can place them on its map."""
+    unknown = np.flatnonzero((dets.sizes <= 0).any(1))
+    if not len(unknown):
+        return
+    from PIL import Image  # header only: PIL reads pixels lazily
+
+    for i in unknown.tolist():
+        if ann is not None and (ann.sizes[i] > 0).all():
+            dets.sizes[i] = ann.sizes[i]
+            continue
+        try:
+            with Image.open(root / dets.file_names[i]) as im:
+                dets.sizes[i] = im.size
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            pass  # unreadable: the shard reports or skips it
+    log.info("read the size of %d image(s) the detections file leaves unknown", len(unknown))
 
 
 def _check_images(root: Path, names: list[str], on_error: str) -> None:
@@ -93,25 +121,30 @@ def _check_images(root: Path, names: list[str], on_error: str) -> None:
 
 def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labelspace: LabelSpace,
                         annotations: str | Path | None = None, teacher: TeacherOptions,
-                        pair_rule: PairRule = PairRule(), run: RunOptions = RunOptions()) -> Path:
-    """Build (or resume) the teacher cache at ``out``. Returns the final store path."""
-    out, images = Path(out), Path(images)
+                        pair_rule: PairRule = PairRule(), run: RunOptions = RunOptions(),
+                        model_configs: tuple = ()) -> Path:
+    """Build (or resume) the teacher cache at ``out``. Returns the final store path.
+
+    ``model_configs``: open_clip config files or folders to register first, here and on every
+    dask worker."""
+    # absolute: dask workers may start in another directory
+    out, images = Path(out).absolute(), Path(images).absolute()
     t0 = time.perf_counter()
     dets = load_detections(detections, labelspace)
+    if len(dets) == 0:
+        raise ValueError(f"{detections} lists no images; import detections for the split's image list")
     ann = _align_annotations(read_annotations(annotations, labelspace), dets) if annotations else None
     _check_images(images, dets.file_names, run.on_error)
+    _fill_unknown_sizes(dets, ann, images)
     n = len(dets)
     expected = KNOWN_SPLIT_SIZES.get(labelspace.name)
     if expected and n not in expected:
         log.warning("%s has %d images; HICO-DET has %d (train) and %d (test): is the image list complete?",
                     labelspace.name, n, *expected)
 
-    if run.overwrite:
-        for p in (out, cstore.wip_path(out)):
-            if p.exists():
-                shutil.rmtree(p)
     device = resolve_device(run.device)
-    job = ShardJob(store=str(cstore.wip_path(out)), images_root=str(images), teacher=teacher, run=run)
+    job = ShardJob(store=str(cstore.wip_path(out)), images_root=str(images), teacher=teacher, run=run,
+                   model_configs=tuple(str(Path(p).absolute()) for p in model_configs))
     t = teacher_for(job)  # loaded once per process: the local shards reuse it
     teacher_attrs = _teacher_attrs(teacher, t, labelspace, device)
     box, score, label, det_offsets, clipped, dropped = _clean_detections(dets)
@@ -123,6 +156,8 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
               "grid": list(t.grid), "num_detections": int(len(box)),
               "num_gt": int(ann.num_pairs) if ann is not None else 0}
     identity = {"teacher": teacher_attrs, "pair_rule": pair_rule.as_dict(), "dataset": dataset_attrs}
+    if run.overwrite:  # only now that the model loaded and the inputs checked out
+        cstore.remove(out)
 
     if out.exists():
         existing = cstore.TeacherCache(out)
@@ -157,6 +192,9 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
     status = cache.read("images/status")
     skipped = [dets.file_names[i] for i in np.flatnonzero(status == S.STATUS_SKIPPED)]
     cache.set_attr("skipped_images", skipped)
+    if len(skipped) == n:  # an empty store marked complete would train on nothing
+        raise cstore.CacheError(f"none of the {n} images under {images} could be read (e.g. {skipped[0]}); "
+                                f"{cache.path} is left unfinished; fix --images and rerun with --overwrite")
     final = cstore.finalize(cache)
     _report(summary, skipped, final)
     return final

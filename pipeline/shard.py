@@ -24,7 +24,7 @@ from cache import schema as S
 from cache.store import TeacherCache
 from hoidata import boxes as B
 from pipeline import crops
-from pipeline.clip import Teacher, load_teacher
+from pipeline.clip import Teacher, load_teacher, register_model_configs
 from pipeline.encoder import Encoder
 from pipeline.images import BatchSpec, ImageBatch, borrowed_decoder
 from pipeline.options import RunOptions, TeacherOptions
@@ -45,6 +45,7 @@ class ShardJob:
     images_root: str
     teacher: TeacherOptions
     run: RunOptions
+    model_configs: tuple[str, ...] = ()  # open_clip configs to register first (a worker has its own registry)
 
 
 @dataclass
@@ -96,6 +97,7 @@ def teacher_for(job: ShardJob) -> Teacher:
     key = (t.model, t.pretrained, t.global_size, t.mean, t.std, job.run.device)
     with _TEACHERS_LOCK:
         if key not in _TEACHERS:
+            register_model_configs(job.model_configs)
             _TEACHERS[key] = load_teacher(t.model, t.pretrained, global_size=t.global_size, mean=t.mean,
                                           std=t.std, device=resolve_device(job.run.device))
         return _TEACHERS[key]

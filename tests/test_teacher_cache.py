@@ -2,6 +2,7 @@
 teacher, unreadable images, concurrent shards (offline, a tiny registered CLIP)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -272,6 +273,27 @@ def test_verify_reports_an_unfinished_store(world, reference, tmp_path):
     assert out.exit_code == 1 and "1 of 3 shards not done: [1]" in out.output
     with pytest.raises(CacheError, match="rerun the command to resume"):
         open_cache(tmp_path / "cache.zarr")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("lost chunk", "union/embedding: .* not unit length"),
+    ("other scores", "union/score differs from embedding x text"),
+    ("bad pair index", "pairs/human names a detection outside its image"),
+])
+def test_verify_finds_damaged_arrays(reference, tmp_path, damage, message):
+    import shutil
+
+    copy = tmp_path / "cache.zarr"
+    shutil.copytree(reference, copy)
+    g = zarr.open_group(str(copy), mode="r+")
+    if damage == "lost chunk":
+        chunk = next(p for p in sorted((copy / "union" / "embedding").rglob("*")) if p.is_file() and "c" in p.parts)
+        chunk.unlink()  # reads back as the fill value, zeros: still finite
+    elif damage == "other scores":
+        g["union/score"][0] = np.asarray(g["union/score"][0]) + np.float16(0.5)
+    else:
+        g["pairs/human"][0] = 10**6
+    assert any(re.search(message, p) for p in open_cache(copy).verify()), open_cache(copy).verify()
 
 
 def test_helper_processes_on_gpu_only_and_never_from_a_daemon(monkeypatch):
