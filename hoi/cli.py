@@ -125,9 +125,10 @@ def visualize(predictions, images, labelspace, names, count, top, output):
 @click.option("--out", default="runs/demo", type=click.Path(file_okay=False), help="Folder for every output.")
 @click.option("--until", type=click.Choice(["teacher-cache", "train", "eval", "all"]), default="all",
               help="Last stage: the caches, the default student trained, it evaluated, or the whole ablation table.")
-@click.option("--epochs", type=int, default=None, help="Training epochs of each student (default: the trainer's).")
-@click.option("--train-images", default=2000, help="Images of the minibench train split.")
-@click.option("--test-images", default=600, help="Images of the minibench test split.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Training epochs of each student (default: the demo's own, fewer than the trainer's).")
+@click.option("--train-images", type=click.IntRange(min=1), default=2000, help="Images of the minibench train split.")
+@click.option("--test-images", type=click.IntRange(min=1), default=600, help="Images of the minibench test split.")
 def demo(out, until, epochs, train_images, test_images):
     """The whole method on the bundled benchmark (minibench), offline: world, teacher cache,
     students, evaluation, one table like the paper's."""

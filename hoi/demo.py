@@ -44,7 +44,7 @@ def run_demo(out="runs/demo", *, until: str = "all", epochs: int | None = None, 
     p = demo_paths(out)
     w, ls = _world(p, train_images, test_images, echo)
     _caches(p, w, ls, echo)
-    config = TrainConfig(progress=False, **{**DEMO_TRAINING, **({"epochs": epochs} if epochs else {})})
+    config = TrainConfig(progress=False, **{**DEMO_TRAINING, **({"epochs": epochs} if epochs is not None else {})})
     if until == "teacher-cache":
         return None
     if until in ("train", "eval"):
@@ -84,11 +84,11 @@ def _caches(p: dict, w: dict, ls, echo) -> None:
 
 def _default_student(p: dict, config, evaluate: bool, echo) -> dict | None:
     from hoidata.evaluation import format_table
-    from trainer.engine import train
+    from trainer.engine import train_or_reuse
     from trainer.predict import run_eval
 
     echo(f"[3/4] student (default configuration) -> {p['train']}")
-    ckpt = train(p["train_cache"], p["train"], config)["checkpoint"]
+    ckpt = train_or_reuse(p["train_cache"], p["train"], config)
     if not evaluate:
         return None
     res, report = run_eval(p["test_cache"], checkpoint=ckpt, results=p["eval"] / "results.json",

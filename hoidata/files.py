@@ -30,6 +30,7 @@ def atomic_write(path):
     on failure removed. A crash never leaves a half-written file (or a damaged previous
     version) under the final name."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp

@@ -66,9 +66,16 @@ _TEACHERS_LOCK = threading.Lock()
 
 
 def resolve_device(device: str) -> torch.device:
+    """'auto': the first CUDA device when there is one, else the CPU; ValueError on a typo."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r} was asked for but CUDA is not available; use --device auto or cpu")
+    return dev
 
 
 def helper_modes(run: RunOptions, device: torch.device) -> tuple[str, str]:

@@ -288,6 +288,27 @@ def test_resumed_run_ends_where_uninterrupted_one_ends(caches, reference, tmp_pa
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == BASE.epochs
 
 
+def test_a_finished_run_is_reused_only_for_exactly_its_configuration(caches, reference):
+    """Ablation rows and `make train` reuse finished runs; results must never be reported for
+    settings that were not trained."""
+    out, weights = reference
+    metrics = (out / "metrics.jsonl").read_text()
+    assert engine.train_or_reuse(caches["train"], out, BASE) == str(out / "checkpoint")
+    assert (out / "metrics.jsonl").read_text() == metrics  # nothing trained again
+    with pytest.raises(ConfigError, match="hidden_dim: 32 -> 64"):
+        engine.train_or_reuse(caches["train"], out, BASE.replace(hidden_dim=64))
+    with pytest.raises(ConfigError, match="already trained 6 epochs"):
+        engine.train_or_reuse(caches["train"], out, BASE.replace(epochs=3))
+    with pytest.raises(CheckpointError, match="trained on"):
+        engine.train_or_reuse(caches["test"], out, BASE)
+
+
+@pytest.mark.parametrize("setting", ["tpu", "CPU", "cuda:x", "mps"])
+def test_a_device_typo_is_a_config_error(setting):
+    with pytest.raises(ConfigError, match="--device"):
+        engine.select_device(setting)
+
+
 def test_checkpoint_from_another_cache_is_refused(caches, reference):
     out, _ = reference
     with pytest.raises(CheckpointError, match=r"trained on .*dataset\.seed is 0 there but 1 here"):

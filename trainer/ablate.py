@@ -13,9 +13,8 @@ from pathlib import Path
 
 from hoidata.evaluation import EvalResult
 
-from . import checkpoint as ckpt
 from .config import TrainConfig
-from .engine import CHECKPOINT_DIR, train
+from .engine import train_or_reuse
 from .predict import run_eval
 
 
@@ -39,15 +38,6 @@ GRID = (
 BASELINES = (("chance", "random", "chance: random scores"), ("teacher", "teacher", "teacher: CLIP on union boxes"))
 
 
-def _trained(out: Path, config: TrainConfig, train_cache) -> str:
-    """Train ``config`` into ``out`` unless a finished run of it is there; the checkpoint folder."""
-    ckpt_dir = out / CHECKPOINT_DIR
-    done = (ckpt_dir / ckpt.META_FILE).exists()
-    if done and ckpt.read_meta(ckpt_dir)["epoch"] >= config.epochs:
-        return str(ckpt_dir)
-    return train(train_cache, out, config, resume=done)["checkpoint"]
-
-
 def ablate(train_cache, test_cache, out_dir, config: TrainConfig | None = None, *, det_exponent: float = 1.0,
            labelspace: str | None = None, rows: tuple[Row, ...] = GRID) -> list[dict]:
     """Run the grid; return one dict per row (label, switches, summary) and write ablation.json."""
@@ -64,7 +54,7 @@ def ablate(train_cache, test_cache, out_dir, config: TrainConfig | None = None, 
         add(name, label, {}, res)
     for row in rows:
         cfg = config.replace(**row.overrides)
-        checkpoint = _trained(out / row.name, cfg, train_cache)
+        checkpoint = train_or_reuse(train_cache, out / row.name, cfg)
         res, _ = run_eval(test_cache, model="student", checkpoint=checkpoint, det_exponent=det_exponent,
                           labelspace=labelspace, results=out / row.name / "results.json", device=cfg.device)
         add(row.name, row.label, {"global": cfg.global_branch, "ho": cfg.ho_branch, "union": cfg.union_branch,

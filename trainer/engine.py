@@ -40,7 +40,12 @@ def select_device(setting: str) -> torch.device:
     """'auto': the first CUDA device when there is one, else the CPU."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(setting)
+    try:
+        device = torch.device(setting)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"--device {setting!r} is not a device: use auto, cpu, cuda or cuda:N") from e
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {setting!r}: the student runs on cpu or cuda only")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {setting!r} was asked for but CUDA is not available; use --device auto or cpu")
     return device
@@ -103,10 +108,10 @@ def train_one_epoch(model: Student, criterion: DistillationLoss, batches: Iterab
         if not math.isfinite(value):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             raise NonFiniteLossError(
-                f"the loss became {value} at epoch {epoch + 1}, step {step} ({parts}). The checkpoint of the "
-                f"last finished epoch is intact. Try a lower --lr (now {config.lr:g}), keep --clip-grad on, or "
-                "--no-amp; if it recurs at the same step, check the cache for non-finite scores "
-                "(TeacherCache.verify()).")
+                f"the loss became {value} at epoch {epoch + 1}, step {step} ({parts}). Nothing of this epoch "
+                "was saved (a checkpoint, if any, is that of the last finished epoch). Run `hoi cache verify` "
+                "on the cache: non-finite or damaged arrays are the usual cause; if it is clean, try a lower "
+                f"--lr (now {config.lr:g}), keep --clip-grad on, or --no-amp.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip_grad > 0:
@@ -144,6 +149,24 @@ def _resumed_config(meta: dict, config: TrainConfig | None, overrides: dict) -> 
     return wanted
 
 
+def train_or_reuse(cache_path, out_dir, config: TrainConfig) -> str:
+    """Train ``config`` into ``out_dir`` unless a finished run of exactly it (same cache, same
+    settings, same epochs) is there; resume an unfinished one. Returns the checkpoint folder.
+
+    A run there with other settings or another cache is refused, naming what differs, so
+    results are never reported for a configuration that was not trained."""
+    ckpt_dir = Path(out_dir) / CHECKPOINT_DIR
+    if not (ckpt_dir / ckpt.META_FILE).exists():
+        return train(cache_path, out_dir, config)["checkpoint"]
+    meta = ckpt.read_meta(ckpt_dir)
+    ckpt.check_same_cache(meta, open_cache(cache_path), ckpt_dir)
+    _resumed_config(meta, config, {})  # raises when a setting differs or fewer epochs are asked
+    if meta["epoch"] == config.epochs:
+        log.info("%s: a finished run of this configuration; reusing it", ckpt_dir)
+        return str(ckpt_dir)
+    return train(cache_path, out_dir, config, resume=True)["checkpoint"]
+
+
 def train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bool = False, **overrides) -> dict:
     """Train a student on the cache at ``cache_path`` into ``out_dir``; return the last epoch's metrics.
 
@@ -163,9 +186,9 @@ def train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: boo
         if (ckpt_dir / ckpt.META_FILE).exists():
             raise ConfigError(f"{ckpt_dir} exists: pass --resume to continue that run, or choose another --out")
         config = (config or TrainConfig()).replace(**overrides)
+    device = select_device(config.device)  # before the run folder exists: a typo leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
 
-    device = select_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     crop_mode = resolve_crop_mode(config.crop_mode, cache)
@@ -184,6 +207,8 @@ def train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: boo
     else:
         metrics_path.write_text("")
 
+    if cache.num_images == 0:
+        raise ConfigError(f"{cache.path} holds no images; nothing to train on")
     data = TrainData(cache, config, crop_mode)
     if data.num_images == 0:
         raise ConfigError(f"{cache.path} has no usable image (all skipped or none); nothing to train on")
