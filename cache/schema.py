@@ -117,7 +117,7 @@ def chunks_of(name: str, layout: dict) -> tuple[int, ...]:
 def first_difference(stored, wanted, path: str = "") -> str | None:
     """The first field (dotted path) where two attribute trees differ, or None."""
     if isinstance(stored, dict) and isinstance(wanted, dict):
-        for k in sorted(set(stored) | set(wanted)):
+        for k in [*wanted, *(k for k in stored if k not in wanted)]:  # the asker's order: causes first
             sub = f"{path}.{k}" if path else k
             if k not in stored or k not in wanted:
                 return sub
@@ -126,6 +126,15 @@ def first_difference(stored, wanted, path: str = "") -> str | None:
                 return d
         return None
     return None if stored == wanted else path
+
+
+def teacher_difference(stored: dict, wanted: dict, path: str = "teacher") -> str | None:
+    """The first differing field of two teacher configs; where the weights' sha256 agree,
+    the file they were loaded from (``pretrained``) does not count."""
+    if isinstance(stored, dict) and isinstance(wanted, dict) and stored.get("weights_sha256") and \
+            stored.get("weights_sha256") == wanted.get("weights_sha256"):
+        wanted = {**wanted, "pretrained": stored.get("pretrained")}
+    return first_difference(stored, wanted, path)
 
 
 def lookup(tree: dict, path: str):

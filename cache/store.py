@@ -124,7 +124,8 @@ class TeacherCache:
             if value is None:
                 continue
             stored = json.loads(json.dumps(self.attrs.get(group)))  # tuples -> lists, as stored
-            diff = S.first_difference(stored, json.loads(json.dumps(value)), group)
+            value = json.loads(json.dumps(value))
+            diff = (S.teacher_difference if group == "teacher" else S.first_difference)(stored, value, group)
             if diff:
                 raise CacheError(
                     f"{self.path} was made with a different {group}: {diff} is "

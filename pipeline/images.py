@@ -96,7 +96,9 @@ def read_image(path: Path, expected: tuple[int, int] | None) -> np.ndarray | str
     if expected is not None:
         w, h = expected
         if w > 0 and (arr.shape[1], arr.shape[0]) != (w, h):
-            return f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the annotations say {w}x{h}"
+            turned = (arr.shape[1], arr.shape[0]) == (h, w)
+            return (f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the annotations say {w}x{h}"
+                    + (" (rotated by its EXIF orientation? pixels are read as stored)" if turned else ""))
     return arr
 
 

@@ -140,10 +140,16 @@ def test_resume_after_sigkill_is_byte_identical(world, reference, tmp_path, help
     assert chunk_bytes(out) == chunk_bytes(reference)
 
 
-def test_other_teacher_is_refused(world, reference):
+def test_other_teacher_is_refused(world, reference, tmp_path):
+    import shutil
+
     with pytest.raises(CacheError, match="teacher.crop_mode"):
         build(world, reference, teacher=TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"]),
                                                        crop_mode="pad"))
+    # the same weights found at another path are the same teacher (their sha256 decides)
+    moved = tmp_path / "elsewhere.pt"
+    shutil.copy(world["checkpoint"], moved)
+    assert build(world, reference, teacher=TeacherOptions(model=MODEL, pretrained=str(moved))) == reference
 
 
 def test_corrupt_image_is_named_and_nothing_marked_done(world, tmp_path):

@@ -123,7 +123,7 @@ def check_teacher(meta: dict, cache: TeacherCache, directory) -> None:
     prompts: its text embeddings and dense maps would mean something else)."""
     stored = meta["cache"]["teacher"]
     here = json.loads(json.dumps(cache.attrs["teacher"]))
-    diff = S.first_difference({"teacher": stored}, {"teacher": here})
+    diff = S.teacher_difference(stored, here)
     if diff:
         raise CheckpointError(
             f"{directory} was trained with another teacher than {cache.path}'s: {diff} is "
