@@ -311,7 +311,7 @@ def test_a_device_typo_is_a_config_error(setting):
 
 def test_checkpoint_from_another_cache_is_refused(caches, reference):
     out, _ = reference
-    with pytest.raises(CheckpointError, match=r"trained on .*dataset\.seed is 0 there but 1 here"):
+    with pytest.raises(CheckpointError, match=r"trained on .*: dataset\.\w+ is \S+ there but \S+ here"):
         train(caches["test"], out, resume=True)
     with pytest.raises(CheckpointError, match=r"another teacher.*teacher\.teacher_seed is 0 .* but 1"):
         load_student(out / "checkpoint", open_cache(caches["other_teacher"]), torch.device("cpu"))
@@ -374,7 +374,7 @@ def test_cli_train_predict_eval(caches, reference, tmp_path):
     assert meta["config"]["global_branch"] is False and meta["config"]["hidden_dim"] == 16
     assert meta["cache"]["fingerprint"] == open_cache(caches["train"]).fingerprint and meta["package_version"]
     r = runner.invoke(train_cmd, ["--cache", str(caches["test"]), "--out", str(tmp_path / "run"), "--resume"])
-    assert r.exit_code == 1 and "dataset.seed" in r.output
+    assert r.exit_code == 1 and "dataset.split" in r.output
     r = runner.invoke(predict_cmd, ["--cache", str(caches["test"]), "--checkpoint", str(out / "checkpoint"),
                                     "-o", str(tmp_path / "p.json.gz")])
     assert r.exit_code == 0 and "predictions (student)" in r.output, r.output

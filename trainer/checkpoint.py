@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cache import schema as S
@@ -90,14 +91,22 @@ def read_meta(directory) -> dict:
     return meta
 
 
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e}); the checkpoint is damaged: retrain, or resume from a "
+                              "copy") from e
+
+
 def load_weights(directory) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(directory) / MODEL_FILE))
+    return _load(Path(directory) / MODEL_FILE)
 
 
 def load_optimizer_state(directory, meta: dict) -> dict:
     """An AdamW ``state_dict`` rebuilt from the safetensors moments and the JSON hyper-parameters."""
     state: dict[int, dict] = {}
-    for key, t in load_file(str(Path(directory) / OPTIMIZER_FILE)).items():
+    for key, t in _load(Path(directory) / OPTIMIZER_FILE).items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = t
     return {"state": state, "param_groups": meta["optimizer"]["param_groups"]}

@@ -63,7 +63,7 @@ class TrainConfig:
     min_lr_ratio: float = _opt(0.01, "Final learning rate as a fraction of --lr.")
     clip_grad: float = _opt(1.0, "Clip the gradient norm to this; 0 disables clipping.")
     amp: bool = _opt(True, "Mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.")
-    seed: int = _opt(0, "Seed of weights, data order and dropout.")
+    seed: int = _opt(0, "Seed of the initial weights and the data order.")
     # -- data -----------------------------------------------------------------------------
     in_memory: str = _opt("auto", "Hold the whole split in RAM ('yes'), stream it from Zarr in chunk-aligned "
                                   "blocks ('no'), or decide by --in-memory-limit-mb ('auto').",

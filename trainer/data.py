@@ -31,9 +31,12 @@ log = logging.getLogger(__name__)
 
 def resolve_crop_mode(setting: str, cache: TeacherCache) -> str:
     """The teacher's crop mode: the setting, or for 'auto' the cache's ``teacher.crop_mode``."""
-    if setting != "auto":
-        return setting
     mode = cache.attrs["teacher"].get("crop_mode")
+    if setting != "auto":
+        if mode is not None and setting != mode:
+            log.warning("--crop-mode %s differs from the crop rule the teacher cut with (%s, in %s): the union "
+                        "branch pools other regions than its teacher saw", setting, mode, cache.path)
+        return setting
     if mode is None:
         log.warning("%s does not record teacher.crop_mode; assuming 'squash' (pass --crop-mode to say otherwise)",
                     cache.path)

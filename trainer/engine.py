@@ -183,7 +183,8 @@ def train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: boo
         ckpt.check_same_cache(meta, cache, ckpt_dir)
         config = _resumed_config(meta, config, overrides)
     else:
-        if (ckpt_dir / ckpt.META_FILE).exists():
+        old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+        if (ckpt_dir / ckpt.META_FILE).exists() or (old / ckpt.META_FILE).exists():
             raise ConfigError(f"{ckpt_dir} exists: pass --resume to continue that run, or choose another --out")
         config = (config or TrainConfig()).replace(**overrides)
     device = select_device(config.device)  # before the run folder exists: a typo leaves nothing behind
@@ -198,7 +199,10 @@ def train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: boo
     start_epoch, step = 0, 0
     metrics_path = out / METRICS_FILE
     if meta is not None:
-        model.load_state_dict(ckpt.load_weights(ckpt_dir))
+        try:
+            model.load_state_dict(ckpt.load_weights(ckpt_dir))
+        except RuntimeError as e:  # weights of another shape: not this configuration's
+            raise ckpt.CheckpointError(f"{ckpt_dir}: its weights do not fit this student ({e})") from e
         optimizer.load_state_dict(ckpt.load_optimizer_state(ckpt_dir, meta))
         start_epoch, step = meta["epoch"], meta["step"]
         # a run killed between its metrics line and its checkpoint wrote one line too many
