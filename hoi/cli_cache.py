@@ -96,14 +96,15 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="The new store.")
 def rescore(cache, prompts, templates, model_config, device, output):
     """Score a new prompt set against a finished cache without running the image encoder."""
-    import json
-
+    from hoidata.files import load_json
     from pipeline.clip import register_model_configs
     from pipeline.rescore import rescore as run
 
     register_model_configs(model_config)
     try:
-        plist = json.loads(open(prompts).read()) if prompts else None
+        plist = load_json(prompts, ValueError, "prompts") if prompts else None
+        if plist is not None and not (isinstance(plist, list) and all(isinstance(p, str) for p in plist)):
+            raise ValueError(f"{prompts}: expected a JSON list of prompt strings, one per HOI class")
         final = run(cache, output, prompts=plist, templates=tuple(templates), device=device)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e

@@ -56,6 +56,9 @@ def register_model_configs(paths) -> None:
 def _create(model: str, pretrained: str | None, image_size: int | None, device) -> torch.nn.Module:
     import open_clip
 
+    if ":" not in model and model not in open_clip.list_models():  # (local-dir:, hf-hub: name no config)
+        raise ValueError(f"{model!r} is not an open_clip model name (open_clip.list_models() lists them); for a "
+                         "config of your own, pass its JSON with --model-config")
     try:
         m = open_clip.create_model(model, pretrained=pretrained or None, device=device,
                                    force_image_size=image_size, require_pretrained=bool(pretrained)
