@@ -112,6 +112,8 @@ def _check_images(root: Path, names: list[str], on_error: str) -> None:
     if not root.is_dir():
         raise ValueError(f"images folder {root} does not exist")
     missing = [n for n in names if not (root / n).is_file()]
+    if missing and len(missing) == len(names):
+        raise ValueError(f"none of the {len(names)} images is under {root} (e.g. {missing[0]}); check --images")
     if missing and on_error != "skip":
         raise ValueError(f"{len(missing)} of {len(names)} images are missing under {root}, e.g. {missing[0]}; "
                          "pass --on-error skip to record them as skipped")
