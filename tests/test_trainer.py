@@ -396,6 +396,14 @@ def test_cli_ablate_prints_one_table(caches, tmp_path):
         assert row.label in r.output
 
 
+def test_grid_rows_set_every_switch_themselves():
+    """Options given to `hoi ablate` (here early fusion without the global branch) must not make
+    a row's configuration invalid or change which branches a row compares."""
+    odd = BASE.replace(fusion="early", global_branch=False)
+    for row in GRID:
+        assert odd.replace(**row.overrides).validated() == BASE.replace(**row.overrides).validated()
+
+
 def test_bench_trainer_runs_and_reports_both_ratios(tmp_path):
     lines = []
     r = bench_trainer(num_images=16, pairs_per_image=2, labelspace=None, num_classes=24, embed_dim=32, grid=(4, 4),

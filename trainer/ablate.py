@@ -27,12 +27,15 @@ class Row:
 
 # Supervision levels: "global" = the global and human-object branches learning from the
 # global CLIP scores; "union" = the union branch learning from the union CLIP scores.
+# Each row sets every branch switch and the fusion, so options given to `hoi ablate` change
+# the rest of the configuration only.
+_ALL = {"global_branch": True, "ho_branch": True, "union_branch": True, "fusion": "late"}
 GRID = (
-    Row("global-level", "global level (global + human-object branches)", {"union_branch": False}),
-    Row("union-level", "union level (union branch)", {"global_branch": False, "ho_branch": False}),
-    Row("all-no-global", "both levels, without the global branch", {"global_branch": False}),
-    Row("all-late", "both levels, late fusion", {"fusion": "late"}),
-    Row("all-early", "both levels, early fusion", {"fusion": "early"}),
+    Row("global-level", "global level (global + human-object branches)", {**_ALL, "union_branch": False}),
+    Row("union-level", "union level (union branch)", {**_ALL, "global_branch": False, "ho_branch": False}),
+    Row("all-no-global", "both levels, without the global branch", {**_ALL, "global_branch": False}),
+    Row("all-late", "both levels, late fusion", _ALL),
+    Row("all-early", "both levels, early fusion", {**_ALL, "fusion": "early"}),
 )
 # The two baselines, evaluated on the same pairs: chance is uniform random scores.
 BASELINES = (("chance", "random", "chance: random scores"), ("teacher", "teacher", "teacher: CLIP on union boxes"))
@@ -48,12 +51,12 @@ def ablate(train_cache, test_cache, out_dir, config: TrainConfig | None = None, 
     def add(name: str, label: str, switches: dict, res: EvalResult) -> None:
         results.append({"name": name, "label": label, **switches, "summary": json.loads(res.summary_json())})
 
+    configs = [config.replace(**row.overrides).validated() for row in rows]  # fail before any work
     for name, model, label in BASELINES:
         res, _ = run_eval(test_cache, model=model, det_exponent=det_exponent, labelspace=labelspace,
                           results=out / name / "results.json", temperature=config.temperature)
         add(name, label, {}, res)
-    for row in rows:
-        cfg = config.replace(**row.overrides)
+    for row, cfg in zip(rows, configs):
         checkpoint = train_or_reuse(train_cache, out / row.name, cfg)
         res, _ = run_eval(test_cache, model="student", checkpoint=checkpoint, det_exponent=det_exponent,
                           labelspace=labelspace, results=out / row.name / "results.json", device=cfg.device)
