@@ -54,16 +54,18 @@ def bench_evaluator(num: int, baseline_classes: int) -> None:
     click.echo(f"evaluator: {num:,} predictions on {len(gt):,} images (Default + Known-Object)")
     click.echo(f"  vectorised            {t_ours:8.2f} s")
     click.echo(f"  per-class loop        {t_ref_full:8.2f} s  (port of the MATLAB loops; {len(classes)} classes "
-               f"timed, scaled to 600 x 2 settings; same APs)")
+               f"timed, scaled to 600 x 2 settings; same Default APs)")
     click.echo(f"  speed-up              {t_ref_full / t_ours:8.1f} x")
 
 
 @click.command()
-@click.option("--predictions", "num", default=1_000_000, help="Number of synthetic predictions.")
-@click.option("--baseline-classes", default=30, help="Classes the slow baseline is timed on.")
+@click.option("--predictions", "num", type=click.IntRange(min=1000), default=1_000_000,
+              help="Number of synthetic predictions.")
+@click.option("--baseline-classes", type=click.IntRange(1, 600), default=30,
+              help="Classes the slow baseline is timed on.")
 @click.option("--only", type=click.Choice(["all", "eval", "teacher", "trainer"]), default="all",
               help="Which stage to time.")
-@click.option("--teacher-images", default=64, help="Images in the teacher-cache bench.")
+@click.option("--teacher-images", type=click.IntRange(min=1), default=64, help="Images in the teacher-cache bench.")
 @click.option("--model", default=None, help="open_clip model of the teacher bench (default: ViT-B-16 on a GPU, "
                                             "a small ViT on the CPU); random weights.")
 @click.option("--teacher-run", multiple=True, metavar="NAME=VALUE",
@@ -82,9 +84,12 @@ def main(num: int, baseline_classes: int, only: str, teacher_images: int, model:
         bench_evaluator(num, baseline_classes)
     if only in ("all", "teacher"):
         from pipeline.bench import bench_teacher, parse_run_overrides
+        from pipeline.options import RunOptions
         try:
             run = parse_run_overrides(list(teacher_run))
             variants = [parse_run_overrides(v.replace(",", " ").split()) for v in teacher_variant]
+            for v in [run, *({**run, **v} for v in variants)]:
+                RunOptions(**v)  # range and choice checks before anything runs
         except ValueError as e:
             raise click.BadParameter(str(e)) from e
         bench_teacher(model=model, num_images=teacher_images, run=run, variants=variants, echo=click.echo)

@@ -334,3 +334,15 @@ def test_a_dead_writer_process_is_reported_and_nothing_marked_done(tmp_path):
     writer.submit({"images/status": (0, 8, np.full(8, S.STATUS_SKIPPED, np.int8))})
     writer.wait()
     assert (cache.read("images/status")[:8] == S.STATUS_SKIPPED).all()
+
+
+def test_bench_teacher_compares_the_same_work_even_on_few_images():
+    """Fewer images than the naive loop's sample used to crash; the baselines run first and
+    must have encoded what the pipeline encodes (the bench asserts it)."""
+    from pipeline.bench import bench_teacher
+
+    lines = []
+    res = bench_teacher(num_images=3, run={"workers": 0, "threads": 1}, echo=lines.append)
+    assert res["images"] == 3 and res["crops"] > 0
+    assert res["ratio_to_bare"] > 0 and res["ratio_to_naive"] > 0
+    assert any("goal >= 0.85" in line for line in lines) and any("warm-up" in line for line in lines)
