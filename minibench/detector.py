@@ -11,7 +11,10 @@ person and object once (a box in several pairs is one detection, not several), t
 
 The result is a :class:`hoidata.detections.Detections`, saved to HDF5 with
 :func:`hoidata.detections.save_detections`. Every random draw comes from one generator
-per image seeded by (seed, image index): the output is a pure function of its inputs.
+per image seeded by (seed, DETECTOR_STREAM, image index): the output is a pure function
+of its inputs, and independent of the renderer's draws for the same image (which use
+(seed, image index): sharing them made misses depend on the scene, e.g. on whether it was
+drawn indoors).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from hoidata import boxes as B
 from hoidata.annotations import Annotations
 from hoidata.detections import Detections
 from hoidata.labelspace import LabelSpace
+
+DETECTOR_STREAM = 0xDE7EC7  # tags the detector's random stream apart from the renderer's
 
 # Look-alikes an imperfect detector mixes up (object names of minibench.labels).
 CONFUSIONS = {"sports_ball": "frisbee", "frisbee": "sports_ball", "cup": "bottle", "bottle": "cup",
@@ -97,14 +102,15 @@ def simulate(ann: Annotations, labelspace: LabelSpace, seed: int | list[int] = 0
              cfg: DetectorConfig = DetectorConfig(), source: str = "") -> Detections:
     """Detections for every image of ``ann`` (empty images get false positives only).
 
-    ``seed``: an int or a list of ints (e.g. [seed, split]); image i draws from [*seed, i]."""
+    ``seed``: an int or a list of ints (e.g. [seed, split]); image i draws from
+    [*seed, DETECTOR_STREAM, i]."""
     confuse = np.arange(labelspace.num_objects)
     for a, b in CONFUSIONS.items():
         if a in labelspace.objects and b in labelspace.objects:
             confuse[labelspace.objects.index(a)] = labelspace.objects.index(b)
     out_boxes, out_scores, out_labels, counts = [], [], [], []
     for i in range(len(ann)):
-        rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), i])
+        rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), DETECTOR_STREAM, i])
         boxes, labels = ground_truth_entities(ann, i, labelspace.human)
         b, s, lab = _detect_image(boxes, labels, ann.sizes[i], rng, cfg, labelspace.human, confuse,
                                   labelspace.num_objects)
