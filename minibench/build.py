@@ -101,7 +101,7 @@ def build(out: str | Path, seed: int = 0, n_train: int = 2000, n_test: int = 600
     build with ``web=True`` adds it to the same world."""
     paths = layout(out)
     config = {"seed": seed, "train": n_train, "test": n_test, "web_scenes": web_scenes,
-              "scene_size": world.SCENE_SIZE, "prompts": list(labels.PROMPTS)}
+              "scene_size": world.SCENE_SIZE, "prompts": list(labels.PROMPTS), "detector": detector.VERSION}
     manifest = {"schema": SCHEMA, "config": config, "done": {}}
     if paths["manifest"].is_file():
         old = json.loads(paths["manifest"].read_text())

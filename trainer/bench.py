@@ -2,12 +2,13 @@
 
 :func:`bench_trainer` prints, measured in one run on one device:
 
-(a) training pairs/s from a synthetic cache (one epoch of the real loop, Zarr reads
-    included) against the same loop fed by an encoder of CLIP's shape that recomputes,
-    for every batch, the dense map and global scores of each image and the union
-    scores of each pair (one encoder pass per image and per union crop, crops cut from
-    the image tensor by roi_align). Images are random tensors already in memory, so the
-    online loop pays no decoding: the ratio is a lower bound.
+(a) training pairs/s from a synthetic cache (one epoch of the real loop; the split is
+    read from Zarr before the clock starts, as the trainer holds a split this small in
+    memory) against the same loop fed by an encoder of CLIP's shape that recomputes, for
+    every batch, the dense map and global scores of each image and the union scores of
+    each pair (one encoder pass per image and per union crop, crops cut from the image
+    tensor by roi_align). Its images are random tensors made inside the timed loop (a few
+    percent of its time) and never decoded from files, so the ratio is a lower bound.
 (b) inference cost per test image, over a batch of test images (throughput, not the
     latency of one image): the student (one encoder pass over each image, then its heads
     on all pairs) against the teacher (one encoder pass per pair).
