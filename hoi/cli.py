@@ -129,14 +129,16 @@ def visualize(predictions, images, labelspace, names, count, top, output):
               help="Training epochs of each student (default: the demo's own, fewer than the trainer's).")
 @click.option("--train-images", type=click.IntRange(min=1), default=2000, help="Images of the minibench train split.")
 @click.option("--test-images", type=click.IntRange(min=1), default=600, help="Images of the minibench test split.")
-def demo(out, until, epochs, train_images, test_images):
+@click.option("--seed", type=click.IntRange(min=0), default=0,
+              help="Seed of the world (scenes, splits, detections); the students keep the trainer's seed.")
+def demo(out, until, epochs, train_images, test_images, seed):
     """The whole method on the bundled benchmark (minibench), offline: world, teacher cache,
     students, evaluation, one table like the paper's."""
     from hoi.demo import run_demo
 
     try:
         run_demo(out, until=until, epochs=epochs, train_images=train_images, test_images=test_images,
-                 echo=click.echo)
+                 seed=seed, echo=click.echo)
     except (ValueError, OSError, RuntimeError) as e:
         raise UserError(str(e)) from e
 

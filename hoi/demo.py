@@ -33,16 +33,17 @@ def demo_paths(out) -> dict[str, Path]:
 
 
 def run_demo(out="runs/demo", *, until: str = "all", epochs: int | None = None, train_images: int = 2000,
-             test_images: int = 600, figures: int = 4, echo=print) -> dict | None:
+             test_images: int = 600, seed: int = 0, figures: int = 4, echo=print) -> dict | None:
     """Run the demo into ``out`` up to stage ``until`` (teacher-cache, train, eval, all).
 
     ``all`` runs the ablation grid and returns the results written to ``out/results.json``;
     ``train`` and ``eval`` train and evaluate the default student alone (``make train``,
-    ``make eval`` on the bundled benchmark)."""
+    ``make eval`` on the bundled benchmark). ``seed`` is the world's: scenes, splits and
+    detections (the students' own seed stays the trainer's)."""
     from trainer.config import TrainConfig
 
     p = demo_paths(out)
-    w, ls = _world(p, train_images, test_images, echo)
+    w, ls = _world(p, train_images, test_images, seed, echo)
     _caches(p, w, ls, echo)
     config = TrainConfig(progress=False, **{**DEMO_TRAINING, **({"epochs": epochs} if epochs is not None else {})})
     if until == "teacher-cache":
@@ -54,12 +55,13 @@ def run_demo(out="runs/demo", *, until: str = "all", epochs: int | None = None, 
     return results
 
 
-def _world(p: dict, train_images: int, test_images: int, echo):
+def _world(p: dict, train_images: int, test_images: int, seed: int, echo):
     from hoidata.labelspace import LabelSpace
     from minibench import build as world
 
     echo(f"[1/4] minibench world -> {p['world']}")
-    world.build(p["world"], n_train=train_images, n_test=test_images, web=False, log=lambda m: echo(f"      {m}"))
+    world.build(p["world"], seed=seed, n_train=train_images, n_test=test_images, web=False,
+                log=lambda m: echo(f"      {m}"))
     w = world.layout(p["world"])
     return w, LabelSpace.load(w["labelspace"])
 
@@ -102,13 +104,16 @@ def _ablation(p: dict, config, echo) -> dict:
     """The demo's rows of the ablation grid, written to results.json with their provenance."""
     from cache.store import open_cache
     from hoidata import __version__
+    from minibench.build import layout
     from trainer.ablate import GRID, ablate, format_ablation
 
     echo("[3/4] student: one training run per ablation row, each evaluated on the test split")
     rows = ablate(p["train_cache"], p["test_cache"], p["ablation"], config,
                   rows=tuple(r for r in GRID if r.name in DEMO_ROWS))
     teacher = open_cache(p["test_cache"]).attrs["teacher"]
+    world_config = json.loads(layout(p["world"])["manifest"].read_text())["config"]
     results = {"package_version": __version__, "world": str(p["world"]),
+               "world_config": {k: v for k, v in world_config.items() if k != "prompts"},
                "teacher": {k: teacher[k] for k in ("model", "weights_sha256", "global_size", "input_size",
                                                     "crop_mode")},
                "train_config": config.to_dict(),
