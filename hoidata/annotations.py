@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as B
-from .files import load_json
+from .files import image_size, load_json
 from .labelspace import LabelSpace
 
 
@@ -248,9 +248,7 @@ def _size_of(name, sizes, image_root) -> tuple[int, int]:
     if sizes is not None and name in sizes:
         return tuple(sizes[name])
     if image_root is not None:
-        from PIL import Image  # header only: PIL reads pixels lazily
-        with Image.open(Path(image_root) / name) as im:
-            return im.size
+        return image_size(Path(image_root) / name)
     return (-1, -1)
 
 

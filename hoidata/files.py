@@ -39,3 +39,11 @@ def atomic_write(path):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def image_size(path) -> tuple[int, int]:
+    """(width, height) of an image file from its header (PIL reads pixels lazily)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size

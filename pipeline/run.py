@@ -24,6 +24,7 @@ from cache.layout import plan
 from hoidata import boxes as B
 from hoidata.annotations import Annotations, read_annotations
 from hoidata.detections import Detections, load_detections
+from hoidata.files import image_size
 from hoidata.labelspace import LabelSpace
 from hoidata.pairs import PairRule, make_pairs
 from pipeline.clip import prompts_sha256, text_embeddings
@@ -93,15 +94,14 @@ def _fill_unknown_sizes(dets: Detections, ann: Annotations | None, root: Path) -
     unknown = np.flatnonzero((dets.sizes <= 0).any(1))
     if not len(unknown):
         return
-    from PIL import Image  # header only: PIL reads pixels lazily
+    from PIL import Image
 
     for i in unknown.tolist():
         if ann is not None and (ann.sizes[i] > 0).all():
             dets.sizes[i] = ann.sizes[i]
             continue
         try:
-            with Image.open(root / dets.file_names[i]) as im:
-                dets.sizes[i] = im.size
+            dets.sizes[i] = image_size(root / dets.file_names[i])
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             pass  # unreadable: the shard reports or skips it
     log.info("read the size of %d image(s) the detections file leaves unknown", len(unknown))
