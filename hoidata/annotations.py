@@ -20,13 +20,17 @@ Readers:
   (``[{file_name, annotations: [{bbox, category_id}], hoi_annotation:
   [{subject_id, object_id, category_id}]}]``; COCO category ids, verbs 1..117).
 
-Both formats carry the official MATLAB numbers (1-based inclusive pixels), hence the
+- :func:`hoidata.hico_mat.read_anno_bbox`: HICO-DET's own ``anno_bbox.mat``
+  (``bbox_train`` / ``bbox_test`` struct arrays; needs scipy).
+
+All three carry the official MATLAB numbers (1-based inclusive pixels), hence the
 default ``box_format='pixel1'``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,6 +40,8 @@ import numpy as np
 from . import boxes as B
 from .files import image_size, load_json
 from .labelspace import LabelSpace
+
+log = logging.getLogger(__name__)
 
 
 class AnnotationError(ValueError):
@@ -253,7 +259,15 @@ def _size_of(name, sizes, image_root) -> tuple[int, int]:
 
 
 def read_annotations(path, labelspace: LabelSpace, box_format: str = "pixel1", **kw) -> Annotations:
-    """Read either format, told apart by the top-level JSON type (the file is parsed once)."""
+    """Read any of the three formats: a ``.mat`` file is ``anno_bbox.mat`` (split ``kw['split']``,
+    ``'test'`` by default); JSON formats are told apart by the top-level type (parsed once)."""
+    if Path(path).suffix == ".mat":
+        from .hico_mat import read_anno_bbox
+
+        if box_format != "pixel1":
+            raise AnnotationError(f"{path}: anno_bbox.mat holds 1-based boxes by definition; "
+                                  f"drop box_format {box_format!r}")
+        return read_anno_bbox(path, labelspace, kw.get("split", "test"))
     d = _load_json(path)
     if isinstance(d, list):
         return _from_qpic(d, path, labelspace, box_format, kw.get("sizes"), kw.get("image_root"))
@@ -268,14 +282,23 @@ def hico_test_annotations() -> Annotations:
         return read_hicodet_json(p, hico_det())
 
 
-def load_split(annotations, labelspace: str | LabelSpace = "hico_det") -> tuple[Annotations, LabelSpace]:
-    """Ground truth and label space of an evaluation: ``annotations`` is a file in either
-    format or ``'hico_det'`` (the bundled test set); ``labelspace`` a name, file or object."""
+def load_split(annotations, labelspace: str | LabelSpace = "hico_det",
+               split: str = "test") -> tuple[Annotations, LabelSpace]:
+    """Ground truth and label space of an evaluation: ``annotations`` is a file in any
+    format or ``'hico_det'`` (the bundled test set); ``labelspace`` a name, file or object;
+    ``split`` the split of an ``anno_bbox.mat``. The test split of an ``anno_bbox.mat`` in
+    the hico_det label space is compared with the bundled test set, in one log line."""
     from .labelspace import LabelSpaceError, hico_det
 
     ls = labelspace if isinstance(labelspace, LabelSpace) else LabelSpace.load(labelspace)
     if str(annotations) != "hico_det":
-        return read_annotations(annotations, ls), ls
+        ann = read_annotations(annotations, ls, split=split)
+        if Path(annotations).suffix == ".mat" and split == "test" and ls.fingerprint == hico_det().fingerprint:
+            from .hico_mat import compare_with_bundled
+
+            report = compare_with_bundled(ann)
+            (log.info if report.equal else log.warning)("%s: %s", annotations, report.line(ls))
+        return ann, ls
     if ls.fingerprint != hico_det().fingerprint:
         raise LabelSpaceError(f"the bundled HICO-DET test set ('hico_det') is labelled in the hico_det label "
                               f"space, not in {ls.name!r}; pass --labelspace hico_det or your own --annotations")

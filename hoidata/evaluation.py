@@ -14,8 +14,13 @@ the MATLAB loops, used by the tests as the oracle and by ``make bench`` as the b
   otherwise a false positive (no fall-back to the next-best pair);
 - AP is 11-point interpolated over MATLAB's ``0:0.1:1`` thresholds, summed as
   ``ap = ap + p/11`` in that order; a class with no detections has AP 0;
-- Known-Object keeps, for a class of object o, only detections in images with a
-  ground-truth pair of object o.
+- Known-Object keeps, for a class of object o, only detections in the Known-Object
+  images of o: those whose image-level labels (``anno.mat``, see
+  :func:`hoidata.hico_mat.read_image_labels`) are 1 for any HOI class of o, when they are
+  given (``image_labels``); otherwise a stand-in, the images holding a visible
+  ground-truth pair of o. The two differ where ``anno.mat`` marks an HOI of o positive
+  in an image whose pairs of o are all invisible. Every result says which was used
+  (``known_object_images``).
 
 One deviation, which never applies to HICO-DET (every class has test pairs): a class
 without any ground-truth pair has AP NaN and is left out of the means (MATLAB would
@@ -32,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as B
-from .annotations import Annotations
+from .annotations import AnnotationError, Annotations
 from .labelspace import LabelSpace
 from .predictions import Predictions, PredictionsError
 
@@ -40,6 +45,8 @@ log = logging.getLogger(__name__)
 
 MIN_OVERLAP = 0.5
 SETTINGS = ("default", "known_object")
+KO_IMAGE_LABELS = "anno.mat image labels"
+KO_STAND_IN = "ground-truth pairs (stand-in)"
 
 
 def matlab_thresholds() -> np.ndarray:
@@ -78,7 +85,8 @@ def overlap_pixel1(bb: np.ndarray, gt: np.ndarray) -> np.ndarray:
 class EvalResult:
     """Per-class AP and recall of each setting; means over class subsets.
 
-    ap[setting], recall[setting]: float64 [C]; npos: int64 [C].
+    ap[setting], recall[setting]: float64 [C]; npos: int64 [C]; known_object_images: which
+    Known-Object image sets were used (``KO_IMAGE_LABELS`` or ``KO_STAND_IN``).
     """
 
     labelspace: LabelSpace
@@ -88,6 +96,7 @@ class EvalResult:
     num_images: int
     num_predictions: int
     extra: dict = field(default_factory=dict)
+    known_object_images: str = KO_STAND_IN
 
     def mean(self, setting: str, classes: np.ndarray | None = None) -> float:
         ap = self.ap[setting] if classes is None else self.ap[setting][classes]
@@ -122,6 +131,7 @@ class EvalResult:
                               for s in SETTINGS}
         out["num_images"] = self.num_images
         out["num_predictions"] = self.num_predictions
+        out["known_object_images"] = self.known_object_images
         out.update(self.extra)
         return out
 
@@ -203,9 +213,36 @@ def _best_match(p_img, p_cls, p_h, p_o, g_img, g_cls, g_h, g_o, num_classes):
     return best_ov, best_gt
 
 
+def known_object_table(gt: Annotations, labelspace: LabelSpace, image_labels: np.ndarray | None = None) -> np.ndarray:
+    """bool [N, O]: the images (rows, ``gt`` order) whose detections of object o's classes
+    Known-Object keeps. Without ``image_labels``: the stand-in, images holding a pair of o.
+    With them (bool [N, O], e.g. from :func:`hoidata.hico_mat.read_image_labels`): those,
+    once checked as ``eval_one.m`` asserts: every image holding a pair of o is among them."""
+    has_pair = np.zeros((len(gt), labelspace.num_objects), dtype=bool)
+    has_pair[gt.image_of_pair, gt.object] = True
+    if image_labels is None:
+        return has_pair
+    labels = np.asarray(image_labels)
+    if labels.dtype != bool or labels.shape != has_pair.shape:
+        raise AnnotationError(f"image labels are {labels.dtype} {labels.shape}; expected bool [{len(gt)} images, "
+                              f"{labelspace.num_objects} objects] (see hoidata.hico_mat.read_image_labels)")
+    bad = np.argwhere(has_pair & ~labels)
+    if len(bad):
+        i, o = bad[0]
+        raise AnnotationError(f"image {gt.file_names[i]} holds a ground-truth pair of {labelspace.objects[o]!r}, but "
+                              f"its image labels mark no HOI class of it positive ({len(bad)} such image-object "
+                              "pair(s)); eval_one.m stops here: use image labels of the same split")
+    return labels
+
+
 def evaluate(gt: Annotations, pred: Predictions, labelspace: LabelSpace, *,
-             ignore_unknown_images: bool = False, source: str = "predictions") -> EvalResult:
-    """HICO-DET mAP of ``pred`` against ``gt`` (Default and Known-Object)."""
+             ignore_unknown_images: bool = False, source: str = "predictions",
+             image_labels: np.ndarray | None = None) -> EvalResult:
+    """HICO-DET mAP of ``pred`` against ``gt`` (Default and Known-Object).
+
+    ``image_labels``: bool [N, O] Known-Object images (see :func:`known_object_table`);
+    ``None`` uses the stand-in. The result says which (``known_object_images``)."""
+    known = known_object_table(gt, labelspace, image_labels)
     C = labelspace.num_classes
     pred.validate(C, source)
     p_img = pred.images_in(gt.file_names, ignore_unknown_images=ignore_unknown_images, source=source)
@@ -234,28 +271,33 @@ def evaluate(gt: Annotations, pred: Predictions, labelspace: LabelSpace, *,
 
     ap, rec = {}, {}
     ap["default"], rec["default"] = _ap_per_class(tp, cls_sorted, npos)
-    has_object = np.zeros((len(gt), labelspace.num_objects), dtype=bool)
-    has_object[g_img, gt.object] = True
-    ko = has_object[img_sorted, labelspace.hoi_object[cls_sorted]]
-    # Dropped detections lie in images without the object, so never matched: TP flags stand.
+    ko = known[img_sorted, labelspace.hoi_object[cls_sorted]]
+    # Dropped detections lie in images without a pair of their class (known_object_table
+    # checks this for image labels), so never matched: TP flags stand.
     ap["known_object"], rec["known_object"] = _ap_per_class(tp[ko], cls_sorted[ko], npos)
     missing = int((npos == 0).sum())
     if missing:
         log.warning("%d HOI class(es) have no ground-truth pair; left out of the means", missing)
-    return EvalResult(labelspace, ap, rec, npos, len(gt), int(len(p_img)))
+    return EvalResult(labelspace, ap, rec, npos, len(gt), int(len(p_img)),
+                      known_object_images=KO_STAND_IN if image_labels is None else KO_IMAGE_LABELS)
 
 
 def evaluate_file(annotations, predictions, *, labelspace: str | LabelSpace = "hico_det",
-                  box_format: str | None = None, ignore_unknown_images: bool = False) -> EvalResult:
+                  box_format: str | None = None, ignore_unknown_images: bool = False,
+                  split: str = "test", image_labels="auto") -> EvalResult:
     """Evaluate a predictions file against an annotation file (or ``'hico_det'``, the bundled test set).
 
     ``predictions`` may also be the official evaluation's detection files (a folder of
-    ``detections_XX.mat`` or a ``detections.mat``; see :mod:`hoidata.matlab`)."""
+    ``detections_XX.mat`` or a ``detections.mat``; see :mod:`hoidata.matlab`).
+    ``image_labels``: an ``anno.mat`` for the Known-Object images; ``'auto'``: the
+    ``anno.mat`` beside an ``anno_bbox.mat`` given as ``annotations``, if any; ``None``:
+    the stand-in. ``split`` is the split of both ``.mat`` files."""
     from . import matlab
     from .annotations import load_split
     from .predictions import read_predictions
 
-    gt, ls = load_split(annotations, labelspace)
+    gt, ls = load_split(annotations, labelspace, split)
+    labels = image_labels_for(annotations, image_labels, gt.file_names, ls, split)
     if Path(predictions).is_dir() or Path(predictions).suffix == ".mat":  # the official detection files
         if box_format not in (None, "pixel0"):
             raise PredictionsError(f"{predictions}: the official detection files hold 0-based boxes by "
@@ -263,7 +305,25 @@ def evaluate_file(annotations, predictions, *, labelspace: str | LabelSpace = "h
         pred = matlab.read(predictions, gt.file_names, ls)
     else:
         pred = read_predictions(predictions, box_format)
-    return evaluate(gt, pred, ls, ignore_unknown_images=ignore_unknown_images, source=str(predictions))
+    return evaluate(gt, pred, ls, ignore_unknown_images=ignore_unknown_images, source=str(predictions),
+                    image_labels=labels)
+
+
+def image_labels_for(annotations, image_labels, file_names: list[str], labelspace: LabelSpace,
+                     split: str = "test") -> np.ndarray | None:
+    """bool [N, O] Known-Object images for ``file_names``, or None for the stand-in.
+
+    ``image_labels``: a path to an ``anno.mat``; ``'auto'``: the one beside ``annotations``
+    when that is an ``anno_bbox.mat`` (see :func:`hoidata.hico_mat.find_image_labels`);
+    ``None``: none."""
+    from .hico_mat import find_image_labels, read_image_labels
+
+    path = find_image_labels(annotations) if isinstance(image_labels, str) and image_labels == "auto" \
+        else image_labels
+    if path is None:
+        return None
+    log.info("Known-Object images from %s (split %s)", path, split)
+    return read_image_labels(path, file_names, labelspace, split)
 
 
 def format_table(res: EvalResult) -> str:
@@ -274,6 +334,7 @@ def format_table(res: EvalResult) -> str:
     for setting in SETTINGS:
         r = s[setting]
         lines.append(f"{setting:<14}{100 * r['full']:8.2f}{100 * r['rare']:8.2f}{100 * r['non_rare']:10.2f}")
+    lines.append(f"Known-Object images: {res.known_object_images}")
     if "zero_shot" in s:
         lines.append(f"\n{'zero-shot split':<22}{'Full':>8}{'Seen':>8}{'Unseen':>8}   (Default)")
         for name, r in s["zero_shot"]["default"].items():

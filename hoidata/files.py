@@ -41,6 +41,46 @@ def atomic_write(path):
         tmp.unlink(missing_ok=True)
 
 
+class UnsafeNameError(ValueError):
+    """A file name from an input file that would reach outside the folder it must stay in."""
+
+
+def inside(root, name: str, *, source: str = "", real_root: str | None = None) -> Path:
+    """``root / name``; UnsafeNameError naming the entry when ``name`` is absolute, climbs out of
+    ``root`` with ``..``, or resolves (symlinks followed) outside ``root``.
+
+    ``source`` names where the entry came from, for the message; ``real_root``: ``root``
+    already resolved (callers checking many names resolve it once)."""
+    real_root = real_root or os.path.realpath(root)
+    where = f"{source}: " if source else ""
+    if not name or os.path.isabs(name):
+        raise UnsafeNameError(f"{where}image name {name!r} is not a path relative to the images folder {root}")
+    path = os.path.join(real_root, name)
+    if "/" in name or "\\" in name or ".." in name or os.path.islink(path):  # the common flat name: one lstat
+        real = os.path.realpath(path)
+        if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+            raise UnsafeNameError(f"{where}image name {name!r} leads outside the images folder {root} (to {real}); "
+                                  "names must stay inside it (no absolute paths, '..' or symlinks out of it)")
+    return Path(root) / name
+
+
+def check_inside(root, names, *, source: str = "") -> None:
+    """:func:`inside` for every name (the root resolved once)."""
+    real_root = os.path.realpath(root)
+    for name in names:
+        inside(root, name, source=source, real_root=real_root)
+
+
+def scipy_io():
+    """``scipy.io``, an optional dependency that only MATLAB files need; ImportError naming the extra."""
+    try:
+        import scipy.io
+    except ImportError as e:
+        raise ImportError("MATLAB files need scipy: pip install scipy "
+                          "(or pip install 'hoi-distill[matlab]')") from e
+    return scipy.io
+
+
 def image_size(path) -> tuple[int, int]:
     """(width, height) of an image file from its header (PIL reads pixels lazily)."""
     from PIL import Image

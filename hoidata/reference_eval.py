@@ -59,8 +59,11 @@ def voc_evaldet_bboxpair(det_id, det_bb, det_conf, gt_bbox):
 
 
 def reference_evaluate(gt: Annotations, pred: Predictions, labelspace: LabelSpace,
-                       known_object: bool = False, classes=None) -> np.ndarray:
-    """float64 [C] AP per class (NaN where a class has no ground truth or was not asked for)."""
+                       known_object: bool = False, classes=None, image_labels=None) -> np.ndarray:
+    """float64 [C] AP per class (NaN where a class has no ground truth or was not asked for).
+
+    ``image_labels``: bool [N, O]; with ``known_object``, the images kept for object o are
+    those of column o (``iid`` in eval_one.m) instead of the images holding a pair of o."""
     C = labelspace.num_classes
     index = gt.index_of()
     p_img = np.array([index[n] for n in pred.file_names], dtype=np.int64)[pred.image]
@@ -81,7 +84,8 @@ def reference_evaluate(gt: Annotations, pred: Predictions, labelspace: LabelSpac
         sel = by_image[pred.hoi[by_image] == c]
         if known_object:
             obj = labelspace.hoi[c][1]
-            images_with = set(g_img[gt.object == obj].tolist())
+            images_with = set((g_img[gt.object == obj] if image_labels is None
+                               else np.flatnonzero(image_labels[:, obj])).tolist())
             sel = np.array([k for k in sel if p_img[k] in images_with], dtype=np.int64)
         if len(sel) == 0:
             ap[c] = 0.0
