@@ -5,7 +5,11 @@ Only ratios and rates are printed; nothing here is asserted (speed lives here, n
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import click
 import numpy as np
@@ -58,12 +62,61 @@ def bench_evaluator(num: int, baseline_classes: int) -> None:
     click.echo(f"  speed-up              {t_ref_full / t_ours:8.1f} x")
 
 
+_READ_ONE = """
+import sys, time
+from hoidata import predictions as P
+if sys.argv[2] == "json.load":  # the reader kept for files the fast one does not take
+    P._read_json_fast = lambda path, box_format: None
+t = time.perf_counter()
+pred = P.read_predictions(sys.argv[1])
+seconds = time.perf_counter() - t
+try:  # VmHWM: this process's own peak (ru_maxrss keeps the parent's across fork and exec)
+    peak = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+except OSError:
+    peak = -1
+print(seconds, peak, len(pred))
+"""
+
+
+def _read_in_child(path, how: str) -> tuple[float, float, int]:
+    """(seconds, peak RSS in MB or a negative number where unknown, rows) of
+    read_predictions(path) in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _READ_ONE, str(path), how], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return float(out[0]), int(out[1]) / 1024, int(out[2])
+
+
+def bench_predictions_read(num: int) -> None:
+    """read_predictions on the same rows as .json, .json.gz and .npz, each in a fresh
+    process: seconds and peak RSS; the baseline is the json.load reader."""
+    from hoidata.predictions import write_predictions
+
+    _, pred = synthetic_hico_predictions(num)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {s: Path(tmp) / f"preds{s}" for s in (".npz", ".json", ".json.gz")}
+        for p in paths.values():
+            write_predictions(pred, p)
+        del pred
+        mb = paths[".json"].stat().st_size / 2**20
+        runs = [("json", ".json", "fast"), ("json.gz", ".json.gz", "fast"), ("npz", ".npz", "fast"),
+                ("json via json.load", ".json", "json.load")]
+        res = {name: _read_in_child(paths[suffix], how) for name, suffix, how in runs}
+    assert len({r[2] for r in res.values()}) == 1, "the readers disagree on the number of rows"
+    click.echo(f"predictions read: {num:,} rows ({mb:,.0f} MB of JSON), read_predictions in a fresh process")
+    for name, (sec, peak, _) in res.items():
+        click.echo(f"  {name:21s} {sec:8.2f} s  " + (f"{peak:8,.0f} MB peak RSS" if peak >= 0 else "peak RSS n/a"))
+    (tj, mj, _), (tn, mn, _), (tr, mr, _) = res["json"], res["npz"], res["json via json.load"]
+    known = mj > 0 and mn > 0 and mr > 0
+    click.echo(f"  json / npz            {tj / tn:8.1f} x time" + (f"  {mj / mn:6.2f} x memory" if known else ""))
+    click.echo(f"  json.load / json      {tr / tj:8.1f} x time" + (f"  {mr / mj:6.2f} x memory" if known else ""))
+
+
 @click.command()
 @click.option("--predictions", "num", type=click.IntRange(min=1000), default=1_000_000,
-              help="Number of synthetic predictions.")
+              help="Number of synthetic predictions (evaluator and predictions-read benches).")
 @click.option("--baseline-classes", type=click.IntRange(1, 600), default=30,
               help="Classes the slow baseline is timed on.")
-@click.option("--only", type=click.Choice(["all", "eval", "teacher", "trainer"]), default="all",
+@click.option("--only", type=click.Choice(["all", "eval", "read", "teacher", "trainer"]), default="all",
               help="Which stage to time.")
 @click.option("--teacher-images", type=click.IntRange(min=1), default=64, help="Images in the teacher-cache bench.")
 @click.option("--model", default=None, help="open_clip model of the teacher bench (default: ViT-B-16 on a GPU, "
@@ -82,6 +135,8 @@ def main(num: int, baseline_classes: int, only: str, teacher_images: int, model:
     setup_logging(quiet=True)
     if only in ("all", "eval"):
         bench_evaluator(num, baseline_classes)
+    if only in ("all", "read"):
+        bench_predictions_read(num)
     if only in ("all", "teacher"):
         from pipeline.bench import bench_teacher, parse_run_overrides
         from pipeline.options import RunOptions

@@ -11,6 +11,10 @@ Binary (``.npz``, for large runs; the same content as flat arrays): ``file_names
 
 In memory (:class:`Predictions`) rows keep the order of the file, which matters: the
 official evaluation breaks score ties by image order, then by row order.
+
+JSON rows are parsed from the file's bytes (:mod:`hoidata.json_rows`), not through a Python
+list per row; files that reader does not take go through :func:`json.load`, with the same
+result and the same errors.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import mmap
+import os
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -25,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as B
+from . import json_rows
 from .files import atomic_write, load_json
 
 ROW_LENGTH = 10
@@ -118,6 +125,49 @@ def _rows_error(source, name, rows) -> PredictionsError:
     return PredictionsError(f"{source}: image {name}: malformed rows")
 
 
+def _all_numbers(images) -> bool:
+    """Every value of every row of every image (lists of lists) a JSON number: no
+    booleans, nulls or strings, which numpy would turn into 1.0, NaN or a parsed float."""
+    return set(map(type, chain.from_iterable(chain.from_iterable(images)))) <= {int, float}
+
+
+def _rows_array(rows) -> np.ndarray | None:
+    """One image's rows (from :mod:`json`) as float64 [n, 10], or None when they are not
+    lists of ten numbers (:func:`_rows_error` then says which row)."""
+    try:
+        arr = np.array(rows, dtype=np.float64).reshape(-1, ROW_LENGTH)
+    except (ValueError, TypeError):
+        return None
+    if any(not isinstance(r, list) or len(r) != ROW_LENGTH for r in rows) or not _all_numbers([rows]):
+        return None
+    return arr
+
+
+def _check_document(path, d, box_format: str | None) -> str:
+    """The box format of a parsed predictions file, after its structure checks."""
+    if not isinstance(d, dict) or not isinstance(d.get("predictions"), dict):
+        raise PredictionsError(f"{path}: expected an object with a 'predictions' mapping of file name -> rows")
+    fmt = box_format or d.get("box_format")
+    if fmt is None:
+        raise PredictionsError(f"{path}: no 'box_format' in the file; pass --box-format pixel0|pixel1|coord")
+    try:
+        B.check_format(fmt)
+    except ValueError as e:
+        raise PredictionsError(f"{path}: {e}") from e
+    return fmt
+
+
+def _finish(path, names, counts, boxes_h, boxes_o, hoi_f, score, fmt) -> Predictions:
+    """Predictions from the rows' columns (the HOI column as read, in float64)."""
+    image = np.repeat(np.arange(len(names), dtype=np.int64), counts)
+    nonint = hoi_f != np.round(hoi_f)
+    if nonint.any():
+        k = int(np.flatnonzero(nonint)[0])
+        row = k - int(np.searchsorted(image, image[k]))
+        raise PredictionsError(f"{path}: image {names[image[k]]}, row {row}: HOI class {hoi_f[k]} is not an integer")
+    return Predictions(names, image, boxes_h, boxes_o, hoi_f.astype(np.int64), score, fmt)
+
+
 def read_predictions(path, box_format: str | None = None) -> Predictions:
     """Read JSON / JSON.gz / NPZ predictions; ``box_format`` overrides the file's own."""
     path = Path(path)
@@ -139,16 +189,14 @@ def read_predictions(path, box_format: str | None = None) -> Predictions:
                 raise PredictionsError(f"{path}: '{k}' must hold integers, found {a[k].dtype}")
         return Predictions.from_arrays([str(s) for s in a["file_names"]], a["image"], a["boxes_h"],
                                        a["boxes_o"], a["hoi"], a["score"], fmt)
+    pred = _read_json_fast(path, box_format)
+    return pred if pred is not None else _read_json_reference(path, box_format)
+
+
+def _read_json_reference(path, box_format: str | None) -> Predictions:
+    """The JSON file through :func:`json.load`: every row a Python list first."""
     d = load_json(path, PredictionsError, "predictions")
-    if not isinstance(d, dict) or not isinstance(d.get("predictions"), dict):
-        raise PredictionsError(f"{path}: expected an object with a 'predictions' mapping of file name -> rows")
-    fmt = box_format or d.get("box_format")
-    if fmt is None:
-        raise PredictionsError(f"{path}: no 'box_format' in the file; pass --box-format pixel0|pixel1|coord")
-    try:
-        B.check_format(fmt)
-    except ValueError as e:
-        raise PredictionsError(f"{path}: {e}") from e
+    fmt = _check_document(path, d, box_format)
     preds = d["predictions"]
     names = list(preds)
     counts = np.array([len(v) if isinstance(v, list) else -1 for v in preds.values()], dtype=np.int64)
@@ -157,26 +205,104 @@ def read_predictions(path, box_format: str | None = None) -> Predictions:
         raise _rows_error(path, name, preds[name])
     try:  # one C-level conversion for all rows; fall back to a row-by-row search on failure
         arr = np.array(list(chain.from_iterable(preds.values())), dtype=np.float64).reshape(-1, ROW_LENGTH)
-        if arr.shape[0] != counts.sum():
+        if arr.shape[0] != counts.sum() or not _all_numbers(preds.values()):
             raise ValueError
     except (ValueError, TypeError):
         for name in names:
-            try:
-                np.array(preds[name], dtype=np.float64).reshape(-1, ROW_LENGTH)
-                if any(not isinstance(r, list) or len(r) != ROW_LENGTH for r in preds[name]):
-                    raise ValueError
-            except (ValueError, TypeError):
+            if _rows_array(preds[name]) is None:
                 raise _rows_error(path, name, preds[name]) from None
         raise PredictionsError(f"{path}: malformed rows")  # pragma: no cover
-    hoi_f = arr[:, 8]
-    image = np.repeat(np.arange(len(names), dtype=np.int64), counts)
-    nonint = hoi_f != np.round(hoi_f)
-    if nonint.any():
-        k = int(np.flatnonzero(nonint)[0])
-        row = k - int(np.searchsorted(image, image[k]))
-        raise PredictionsError(f"{path}: image {names[image[k]]}, row {row}: HOI class {hoi_f[k]} is not an integer")
-    return Predictions(names, image, arr[:, 0:4].copy(), arr[:, 4:8].copy(),
-                       hoi_f.astype(np.int64), arr[:, 9].copy(), fmt)
+    return _finish(path, names, counts, arr[:, 0:4].copy(), arr[:, 4:8].copy(), arr[:, 8], arr[:, 9].copy(), fmt)
+
+
+def _read_bytes(path: Path):
+    """The file's bytes: mapped read-only (not read into memory), or for ``.gz``
+    decompressed as a stream into one buffer (never the compressed copy beside it)."""
+    if path.suffix != ".gz":
+        with open(path, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+    data = bytearray()
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            data += chunk
+    return data
+
+
+def _read_json_fast(path: Path, box_format: str | None) -> Predictions | None:
+    """The JSON file with its rows parsed from the raw bytes, each image's list of rows in
+    C; None where this reader cannot vouch for giving what :func:`_read_json_reference`
+    gives (the caller then reads the file that way). The checks, their order and their
+    messages are the reference's."""
+    if not json_rows.available():
+        log.debug("pysimdjson is not installed: reading %s with json.load", path)
+        return None
+    if not path.is_file():
+        return None
+    try:
+        data = _read_bytes(path)
+    except Exception:  # noqa: BLE001 - the reference read reports it
+        return None
+    doc = json_rows.scan(data)
+    if doc is None:
+        return None
+    d, spans = doc.value, doc.spans
+    if not isinstance(d, dict) or not isinstance(d.get("predictions"), dict):
+        return None
+    if not box_format and d.get("box_format") is not None and not isinstance(d["box_format"], str):
+        return None  # the message would show the file's value, which holds placeholders
+    preds = d["predictions"]
+    names, values = list(preds), list(preds.values())
+    span_of = {v.index: i for i, v in enumerate(values) if isinstance(v, json_rows.Span)}
+    try:  # spans that are not an image's rows (a duplicate key's first value, ...) must still be JSON
+        for k in set(range(len(spans))) - set(span_of):
+            json_rows.load_span(data, spans[k])
+    except (ValueError, RecursionError):
+        return None
+    rows_of = dict(zip(span_of, json_rows.span_rows(data, spans, list(span_of))))
+    counts = np.array([rows_of[v.index] if isinstance(v, json_rows.Span) else len(v) if isinstance(v, list) else 0
+                       for v in values], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    total = int(offsets[-1])
+    boxes_h, boxes_o = np.empty((total, 4)), np.empty((total, 4))
+    hoi_f, score = np.empty(total), np.empty(total)
+
+    def put(at, rows):  # rows [n, 10] -> output rows at..at+n-1
+        at = slice(at, at + len(rows))
+        boxes_h[at], boxes_o[at], hoi_f[at], score[at] = rows[:, 0:4], rows[:, 4:8], rows[:, 8], rows[:, 9]
+
+    def sink(block, parts):
+        dest = [int(offsets[span_of[k]]) + first for k, first, _ in parts]
+        if all(a + n == b for a, (_, _, n), b in zip(dest, parts, dest[1:])):
+            put(dest[0], block)  # the usual case: one copy for the block
+            return
+        row = 0
+        for at, (_, _, n) in zip(dest, parts):
+            put(at, block[row:row + n])
+            row += n
+
+    failed = json_rows.RowReader(data).read(spans, list(span_of), sink)
+    slow = {}  # image -> its rows from json, where the fast parse did not take them
+    try:
+        for k in sorted(failed):
+            slow[span_of[k]] = json_rows.load_span(data, spans[k])
+    except (ValueError, RecursionError):
+        return None
+    del data
+    fmt = _check_document(path, d, box_format)
+    for i, v in enumerate(values):
+        if not isinstance(v, (list, json_rows.Span)):
+            raise _rows_error(path, names[i], v)
+    for i, v in enumerate(values):
+        rows = slow.get(i, v if isinstance(v, list) else None)
+        if rows is None:
+            continue
+        arr = _rows_array(rows)
+        if arr is None:
+            raise _rows_error(path, names[i], rows)
+        if len(arr) != counts[i]:
+            return None  # pragma: no cover - a list of rows holds one '[' a row
+        put(int(offsets[i]), arr)
+    return _finish(path, names, counts, boxes_h, boxes_o, hoi_f, score, fmt)
 
 
 def write_predictions(pred: Predictions, path) -> None:
