@@ -7,6 +7,17 @@ against this table.
 Sizes (root attribute ``layout``): N images, C HOI classes, D joint embedding width,
 H x W dense grid, T detections, G ground-truth pairs, K shards, R pair rows.
 
+Levels (root attribute ``levels``): every store holds the ``global`` level (one CLIP pass
+per image: what the student reads, and the boxes and pairs it scores); unless built with
+``--levels global`` it also holds the ``union`` level (a CLIP pass per union box: the
+teacher's supervision). An array's ``level`` says which; a store lacks the arrays of the
+levels it does not hold.
+
+Integrity: every chunk of every array ends in a crc32c of its bytes (after the
+compressor), and chunks are written even when they equal the fill value, so a missing
+chunk file is always a lost chunk. Chunk keys are ``c.I.0...`` (``.`` separator): each
+array's chunks are files of one folder, listed in one call when a store is opened.
+
 Pairs are humans x objects from the detections (the pair rule in the root attributes).
 Their rows are laid out shard by shard, and each shard's rows start on a multiple of
 ``pair_chunk`` (padding rows between shards have ``pairs/image = -1``): so every chunk
@@ -18,7 +29,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMAT = "hoi-cache/1"
+FORMAT = "hoi-cache/2"
+# Earlier formats: refused by name (hoi-cache/1 had no chunk checksums and no levels), but
+# still recognised as teacher caches that --overwrite may delete.
+OLD_FORMATS = ("hoi-cache/1",)
+
+GLOBAL, UNION = "global", "union"
+LEVELS = (GLOBAL, UNION)
+# --levels choices: the levels a store built with each holds.
+LEVEL_CHOICES = {"all": LEVELS, "global": (GLOBAL,)}
 
 # Who writes an array: "prepare" (once, by the coordinator, before any shard) or
 # "shard" (by the task of the shard that owns the rows).
@@ -34,6 +53,7 @@ class ArraySpec:
     dims: tuple[str, ...]
     writer: str
     description: str
+    level: str = GLOBAL  # the level whose stores hold this array
 
 
 # dims: names resolved by `dim_sizes`; "image" and "pair" are chunked by the shard layout.
@@ -61,8 +81,10 @@ ARRAYS: dict[str, ArraySpec] = {
     "global/score": ArraySpec("float16", ("image", "class"), SHARD, "raw cosine similarity image x HOI text"),
     "global/dense": ArraySpec("float16", ("image", "grid_h", "grid_w", "embed"), SHARD,
                               "patch tokens projected into the joint space (not normalised)"),
-    "union/embedding": ArraySpec("float16", ("pair", "embed"), SHARD, "L2-normalised embedding of the union crop"),
-    "union/score": ArraySpec("float16", ("pair", "class"), SHARD, "raw cosine similarity union crop x HOI text"),
+    "union/embedding": ArraySpec("float16", ("pair", "embed"), SHARD, "L2-normalised embedding of the union crop",
+                                 UNION),
+    "union/score": ArraySpec("float16", ("pair", "class"), SHARD, "raw cosine similarity union crop x HOI text",
+                             UNION),
     "gt/offsets": ArraySpec("int64", ("image1",), PREPARE, "CSR: ground-truth pairs of image i"),
     "gt/box_h": ArraySpec("float32", ("gt", "four"), PREPARE, "human box, continuous coordinates"),
     "gt/box_o": ArraySpec("float32", ("gt", "four"), PREPARE, "object box, continuous coordinates"),
@@ -73,9 +95,19 @@ ARRAYS: dict[str, ArraySpec] = {
 
 # Root attribute keys every store has.
 ROOT_ATTRS = ("format", "package_version", "created", "teacher", "pair_rule", "dataset", "layout",
-              "prepared", "complete")
+              "levels", "prepared", "complete")
 # Groups of attributes that must match what a command asks for (compared field by field).
 IDENTITY_ATTRS = ("teacher", "pair_rule", "dataset")
+
+
+def arrays_of(levels) -> list[str]:
+    """The arrays a store holding ``levels`` has, in schema order."""
+    return [name for name, spec in ARRAYS.items() if spec.level in levels]
+
+
+def chunk_key(name: str, index: int, ndim: int) -> str:
+    """The store key of chunk ``index`` (along the first axis, the only chunked one) of ``name``."""
+    return f"{name}/c." + ".".join([str(index)] + ["0"] * (ndim - 1))
 
 
 def dim_sizes(layout: dict) -> dict[str, int]:
@@ -94,7 +126,8 @@ def shape_of(name: str, layout: dict) -> tuple[int, ...]:
 
 
 def chunks_of(name: str, layout: dict) -> tuple[int, ...]:
-    """Chunk shape: shard-aligned along images and pairs, 1 along shards, whole elsewhere.
+    """Chunk shape: shard-aligned along images and pairs, 1 along shards, whole elsewhere
+    (so only the first axis is ever chunked).
 
     Prepare-time arrays use large chunks along their first axis (they are read whole).
     """

@@ -2,8 +2,10 @@
 
 Life of a store at ``PATH``:
 
-1. :func:`create` makes ``PATH.wip/`` with every array of :mod:`cache.schema` and the
-   root attributes (``prepared`` and ``complete`` false);
+1. :func:`create` makes the store under a temporary name (``PATH.wip.tmp-...``) with every
+   array of its levels (:mod:`cache.schema`) and the root attributes (``prepared`` and
+   ``complete`` false), then renames it to ``PATH.wip``: a ``.wip`` is never half made, and
+   a temporary folder left by a killed run is removed by the next one;
 2. the coordinator writes the prepare-time arrays and sets ``prepared``;
 3. each shard writes its own chunks, then sets its ``images/shard_done`` flag (its own
    chunk); a rerun skips shards whose flag is set;
@@ -11,26 +13,39 @@ Life of a store at ``PATH``:
    ``PATH.wip`` to ``PATH``.
 
 So a store under its final name is always complete, and a ``.wip`` store is never read
-as one.
+as one. Opening a store validates it against the schema and lists its chunk files once:
+every chunk the layout says was written (all prepare-time chunks once ``prepared`` is
+set, the chunks of every done shard) must exist. Reading a damaged chunk (its crc32c
+differs, or it does not decode) raises :class:`CacheError` naming the array and chunk.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from hoidata import __version__
 
 from . import schema as S
 
+# Chunks are written even when they equal the fill value: a missing chunk is then a lost one.
+_ARRAY_CONFIG = {"write_empty_chunks": True}
+_KEY_ENCODING = {"name": "default", "separator": "."}  # chunk files side by side: one listing per array
+_REBUILD = "restore it from a copy or rebuild it (hoi teacher-cache ... --overwrite)"
+_ROWS = {"image": "images", "pair": "pair rows", "det": "detections", "gt": "ground-truth pairs",
+         "image1": "offsets", "class": "classes", "shard": "shards"}
+
 
 class CacheError(ValueError):
-    """A store that is missing, incomplete, malformed, or made with another configuration."""
+    """A store that is missing, incomplete, damaged, malformed, or made with another configuration."""
 
 
 def wip_path(path) -> Path:
@@ -38,85 +53,183 @@ def wip_path(path) -> Path:
     return path.with_name(path.name + ".wip")
 
 
+def _tmp_prefix(path) -> str:
+    return wip_path(path).name + ".tmp-"
+
+
+def _leftovers(path) -> list[Path]:
+    """Temporary folders of creations that never finished (a run killed while creating)."""
+    parent, prefix = Path(path).parent, _tmp_prefix(path)
+    if not parent.is_dir():
+        return []
+    return [p for p in parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+
+
+def _discard(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _stored_format(p: Path) -> str | None:
+    try:
+        return json.loads((p / "zarr.json").read_text()).get("attributes", {}).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _is_teacher_cache(p: Path, work: bool) -> bool:
+    """Whether ``p`` is a teacher cache of any version: its format attribute, or, for a work
+    folder, a hoi-cache/1 ``.wip`` killed before its attributes were written (that version
+    created its arrays first)."""
+    if _stored_format(p) in (S.FORMAT, *S.OLD_FORMATS):
+        return True
+    return work and (p / "images" / "shard_done" / "zarr.json").is_file()
+
+
 def remove(path) -> None:
-    """Delete the store at ``path`` (and its ``.wip``), refusing anything that is not one: an
-    --overwrite pointed at the wrong folder must not delete it."""
-    for p in (Path(path), wip_path(path)):
+    """Delete the store at ``path`` (its ``.wip`` and creation leftovers too), refusing anything
+    that is not one: an --overwrite pointed at the wrong folder must not delete it."""
+    for p, work in ((Path(path), False), (wip_path(path), True)):
         if not p.exists():
             continue
-        try:
-            fmt = json.loads((p / "zarr.json").read_text()).get("attributes", {}).get("format")
-        except (OSError, ValueError):
-            fmt = None
-        if fmt != S.FORMAT:
+        if not _is_teacher_cache(p, work):
             raise CacheError(f"{p} exists and is not a teacher cache; refusing to delete it, choose another output")
         shutil.rmtree(p)
+    for p in _leftovers(path):
+        _discard(p)
 
 
-def create(path, *, teacher: dict, pair_rule: dict, dataset: dict, layout: dict,
+def _normal_levels(levels) -> tuple[str, ...]:
+    unknown = sorted(set(levels) - set(S.LEVELS))
+    if unknown or S.GLOBAL not in levels:
+        raise ValueError(f"levels {list(levels)}: a store holds the global level and optionally "
+                         f"{', '.join(S.LEVELS[1:])}")
+    return tuple(lv for lv in S.LEVELS if lv in levels)
+
+
+def _create_array(root: zarr.Group, name: str, layout: dict) -> None:
+    spec = S.ARRAYS[name]
+    dtype = str if spec.dtype == "str" else spec.dtype
+    fill = "" if spec.dtype == "str" else (False if spec.dtype == "bool" else 0)
+    if name == "pairs/image":
+        fill = -1  # padding rows
+    # CLIP features in float16 barely compress, and compressing them costs the writer
+    # thread CPU (and GIL) that the thread feeding the GPU needs: they get the checksum only.
+    compressors = [Crc32cCodec()] if spec.dtype == "float16" else [ZstdCodec(level=0), Crc32cCodec()]
+    root.create_array(name, shape=S.shape_of(name, layout), chunks=S.chunks_of(name, layout), dtype=dtype,
+                      fill_value=fill, compressors=compressors, chunk_key_encoding=_KEY_ENCODING,
+                      config=_ARRAY_CONFIG, attributes={"description": spec.description, "writer": spec.writer,
+                                                        "level": spec.level})
+
+
+def create(path, *, teacher: dict, pair_rule: dict, dataset: dict, layout: dict, levels=S.LEVELS,
            overwrite: bool = False) -> "TeacherCache":
-    """Create an empty work-in-progress store at ``PATH.wip`` (see the module docstring)."""
+    """Create an empty work-in-progress store at ``PATH.wip`` holding ``levels`` (see the
+    module docstring): built under a temporary name, renamed once whole."""
+    levels = _normal_levels(levels)
     wip = wip_path(path)
+    for p in _leftovers(path):  # one run per output (the caller holds its lock): these are dead
+        _discard(p)
     if wip.exists():
         if not overwrite:
             raise CacheError(f"{wip} exists; resume it or pass --overwrite")
         shutil.rmtree(wip)
-    root = zarr.open_group(str(wip), mode="w", zarr_format=3)
-    for name, spec in S.ARRAYS.items():
-        dtype = str if spec.dtype == "str" else spec.dtype
-        fill = "" if spec.dtype == "str" else (False if spec.dtype == "bool" else 0)
-        if name == "pairs/image":
-            fill = -1  # padding rows stay -1 without being written
-        # CLIP features in float16 barely compress, and compressing them costs the
-        # writer thread CPU (and GIL) that the thread feeding the GPU needs.
-        compressors = None if spec.dtype == "float16" else "auto"
-        root.create_array(name, shape=S.shape_of(name, layout), chunks=S.chunks_of(name, layout),
-                          dtype=dtype, fill_value=fill, compressors=compressors,
-                          attributes={"description": spec.description, "writer": spec.writer})
-    root.attrs.update({
-        "format": S.FORMAT, "package_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "teacher": teacher, "pair_rule": pair_rule, "dataset": dataset, "layout": layout,
-        "prepared": False, "complete": False,
-    })
+    tmp = wip.with_name(f"{_tmp_prefix(path)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        for name in S.arrays_of(levels):
+            _create_array(root, name, layout)
+        root.attrs.update({
+            "format": S.FORMAT, "package_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "teacher": teacher, "pair_rule": pair_rule, "dataset": dataset, "layout": layout,
+            "levels": list(levels), "prepared": False, "complete": False,
+        })
+        tmp.rename(wip)
+    except BaseException:
+        _discard(tmp)
+        raise
     return TeacherCache(wip, mode="r+")
 
 
-class TeacherCache:
-    """An open store, validated against :mod:`cache.schema` on open."""
+def _json_error(file: Path) -> str | None:
+    """Why a metadata file is not readable JSON, or None when it is."""
+    try:
+        json.loads(file.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"{file} is not readable JSON ({type(e).__name__}: {e}); the store's metadata is damaged: {_REBUILD}"
+    return None
 
-    def __init__(self, path, mode: str = "r"):
+
+class TeacherCache:
+    """An open store, validated against :mod:`cache.schema` on open.
+
+    check_chunks: list the chunk files once and refuse a store that lacks one its layout
+    says was written (see :meth:`missing_chunks`); off for the shard tasks, whose
+    coordinator has checked."""
+
+    def __init__(self, path, mode: str = "r", check_chunks: bool = True):
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             hint = ""
             if wip_path(self.path).exists():
                 hint = f" ({wip_path(self.path)} exists: the run did not finish; rerun the command to resume)"
             raise CacheError(f"{self.path}: not a teacher cache{hint}")
+        bad = _json_error(self.path / "zarr.json")
+        if bad:
+            raise CacheError(bad)
         self.root = zarr.open_group(str(self.path), mode=mode)
         self.attrs = dict(self.root.attrs)
         self._arrays: dict[str, zarr.Array] = {}
         self._validate()
+        if check_chunks:
+            missing = self.missing_chunks()
+            if missing:
+                name, keys = next(iter(missing.items()))
+                raise CacheError(f"{self.path}: {name} lacks {len(keys)} chunk file(s) that its layout says were "
+                                 f"written (first: {keys[0]}, {self._rows_of(name, keys[0])}); the store is "
+                                 f"damaged: {_REBUILD}")
 
     # -- validation ------------------------------------------------------------------------
     def _validate(self) -> None:
         fmt = self.attrs.get("format")
+        if fmt in S.OLD_FORMATS:
+            raise CacheError(f"{self.path}: a {fmt} store (no chunk checksums), this version reads {S.FORMAT!r}; "
+                             "rebuild it with this version (hoi teacher-cache ... --overwrite)")
         if fmt != S.FORMAT:
-            raise CacheError(f"{self.path}: format {fmt!r}, this version reads {S.FORMAT!r}")
+            raise CacheError(f"{self.path}: format {fmt!r}, this version reads {S.FORMAT!r}; rebuild it with this "
+                             "version")
         missing = [k for k in S.ROOT_ATTRS if k not in self.attrs]
         if missing:
             raise CacheError(f"{self.path}: root attribute(s) missing: {', '.join(missing)}")
+        try:
+            _normal_levels(self.attrs["levels"])
+        except (ValueError, TypeError):
+            raise CacheError(f"{self.path}: root attribute levels is {self.attrs['levels']!r}") from None
         layout = self.layout
-        for name, spec in S.ARRAYS.items():
-            try:
-                arr = self.root[name]
-            except KeyError:
-                raise CacheError(f"{self.path}: array {name} is missing") from None
+        for name in S.arrays_of(self.levels):
+            spec, arr = S.ARRAYS[name], self._open_array(name)
             shape = S.shape_of(name, layout)
             if arr.shape != shape:
                 raise CacheError(f"{self.path}: {name} has shape {arr.shape}, the layout says {shape}")
             kind_ok = (arr.dtype.kind in "TUO") if spec.dtype == "str" else (arr.dtype == np.dtype(spec.dtype))
             if not kind_ok:
                 raise CacheError(f"{self.path}: {name} has dtype {arr.dtype}, the schema says {spec.dtype}")
+
+    def _open_array(self, name: str) -> zarr.Array:
+        try:
+            arr = self.root[name]
+        except Exception as e:  # a damaged zarr.json: name the file, not zarr's parser
+            bad = _json_error(self.path / name / "zarr.json")
+            if bad:
+                raise CacheError(bad) from e
+            if isinstance(e, KeyError):
+                raise CacheError(f"{self.path}: array {name} is missing; the store is damaged: {_REBUILD}") from None
+            raise
+        arr = arr.with_config(_ARRAY_CONFIG)  # a runtime setting: not stored, so set on every open
+        self._arrays[name] = arr
+        return arr
 
     def check_matches(self, **wanted: dict) -> None:
         """Refuse, naming the first differing field, when ``teacher``/``pair_rule``/``dataset`` differ."""
@@ -131,6 +244,29 @@ class TeacherCache:
                     f"{self.path} was made with a different {group}: {diff} is "
                     f"{S.lookup({group: stored}, diff)!r} in the cache but {S.lookup({group: value}, diff)!r} "
                     "was asked for; use another output path or --overwrite")
+
+    # -- levels ----------------------------------------------------------------------------
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The levels the store holds, in schema order: ("global",) or ("global", "union")."""
+        return tuple(self.attrs["levels"])
+
+    def require_level(self, level: str, why: str = "") -> None:
+        """CacheError (one line: the store, the missing level, what needed it, the fix) unless the
+        store holds ``level``. ``why``: what needs it, e.g. "the teacher baseline scores union crops"."""
+        if level not in S.LEVELS:
+            raise ValueError(f"unknown level {level!r}; levels are {', '.join(S.LEVELS)}")
+        if level not in self.levels:
+            need = f": {why}" if why else ""
+            raise CacheError(f"{self.path} holds no {level} level (levels: {', '.join(self.levels)}){need}; "
+                             "rebuild it with hoi teacher-cache --levels all")
+
+    def check_levels(self, wanted) -> None:
+        """Refuse to reuse the store for a run asking for levels it does not hold (a superset is fine)."""
+        lacking = [lv for lv in wanted if lv not in self.levels]
+        if lacking:
+            raise CacheError(f"{self.path} holds levels {list(self.levels)}, but levels {list(wanted)} were asked "
+                             f"for (it lacks {', '.join(lacking)}); use another output path or --overwrite")
 
     # -- geometry --------------------------------------------------------------------------
     @property
@@ -156,6 +292,11 @@ class TeacherCache:
     def complete(self) -> bool:
         return bool(self.attrs.get("complete"))
 
+    @property
+    def array_names(self) -> list[str]:
+        """The arrays this store has (those of its levels), in schema order."""
+        return S.arrays_of(self.levels)
+
     def shard_images(self, k: int) -> tuple[int, int]:
         s = self.layout["images_per_shard"]
         return k * s, min((k + 1) * s, self.num_images)
@@ -164,16 +305,107 @@ class TeacherCache:
         rows = self.layout["shard_rows"]
         return rows[k], rows[k + 1]
 
+    # -- chunks ----------------------------------------------------------------------------
+    def chunk_rows(self, name: str, index: int) -> tuple[int, int]:
+        """Rows [a, b) along the first axis that chunk ``index`` of ``name`` covers."""
+        arr = self.array(name)
+        c = arr.chunks[0]
+        return index * c, min((index + 1) * c, arr.shape[0])
+
+    def _rows_of(self, name: str, key: str) -> str:
+        a, b = self.chunk_rows(name, int(key.rsplit("/c.", 1)[1].split(".")[0]))
+        return f"{_ROWS.get(S.ARRAYS[name].dims[0], 'rows')} {a}..{b - 1}"
+
+    def expected_chunks(self, done: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """int64 chunk indices (first axis) each array must have: all of a prepare-time array
+        once ``prepared`` is set; of a shard array, those of the shards ``done`` (bool [K])."""
+        done = self.shards_done() if done is None else done
+        out = {}
+        for name in self.array_names:
+            arr, spec = self.array(name), S.ARRAYS[name]
+            n, c = arr.shape[0], arr.chunks[0]
+            if spec.writer == S.PREPARE:
+                out[name] = np.arange(-(-n // c) if self.attrs["prepared"] else 0, dtype=np.int64)
+            elif name == "images/shard_done":
+                out[name] = np.flatnonzero(done)
+            else:
+                bounds = [(self.shard_images(k) if spec.dims[0] == "image" else self.shard_pair_rows(k))
+                          for k in np.flatnonzero(done)]
+                # shard ranges start on chunk boundaries (cache.layout), so each shard owns whole chunks
+                parts = [np.arange(a // c, -(-b // c)) for a, b in bounds if b > a]
+                out[name] = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        return out
+
+    def _chunk_files(self, name: str) -> set[str]:
+        """File names in the array's folder: one listing, no data read (zarr writes a chunk to a
+        ``.partial`` name and renames it, so only whole chunks carry their key's name)."""
+        try:
+            return set(os.listdir(self.path / name))
+        except FileNotFoundError:
+            return set()
+
+    def missing_chunks(self) -> dict[str, list[str]]:
+        """Keys of the chunks that the layout says were written but have no file, by array
+        (only arrays that lack some). The done flags are read before listing: a shard that
+        finishes meanwhile wrote its chunks before its flag."""
+        done = self.shards_done()
+        missing = {}
+        if self.complete and not done.all():
+            k = int(np.flatnonzero(~done)[0])
+            missing["images/shard_done"] = [S.chunk_key("images/shard_done", k, 1)]
+        for name, want in self.expected_chunks(done).items():
+            if not len(want):
+                continue
+            files, tail = self._chunk_files(name), ".0" * (len(S.ARRAYS[name].dims) - 1)
+            lack = [f"{name}/c.{i}{tail}" for i in want.tolist() if f"c.{i}{tail}" not in files]
+            if lack:
+                missing[name] = list(dict.fromkeys([*missing.get(name, []), *lack]))
+        return missing
+
+    def chunk_error(self, name: str, index: int) -> str | None:
+        """Why chunk ``index`` of ``name`` cannot be read (checksum, decoding), or None when it can."""
+        a, b = self.chunk_rows(name, index)
+        try:
+            self.array(name)[a:b]
+        except Exception as e:  # whatever the codecs raise: this chunk alone is read
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    def _damage(self, name: str, sel, error: Exception) -> CacheError | None:
+        """The error naming the first chunk of ``sel`` that cannot be read; None when each reads
+        alone (the failure was not the data's). Runs only after a read failed."""
+        arr = self.array(name)
+        a, b = _first_axis_range(sel, arr.shape[0])
+        c = arr.chunks[0]
+        for i in range(a // c, -(-b // c)):
+            why = self.chunk_error(name, i)
+            if why:
+                key = S.chunk_key(name, i, arr.ndim)
+                return CacheError(f"{self.path}: chunk {key} of {name} ({self._rows_of(name, key)}) is damaged "
+                                  f"({why[:160]}); {_REBUILD}")
+        return None
+
     # -- reading ---------------------------------------------------------------------------
     def array(self, name: str) -> zarr.Array:
         if name not in S.ARRAYS:
             raise KeyError(f"{name} is not in the cache schema")
+        spec = S.ARRAYS[name]
+        if spec.level not in self.levels:
+            self.require_level(spec.level, why=f"{name} was asked for")
         if name not in self._arrays:  # opening reads metadata: once per array
-            self._arrays[name] = self.root[name]
+            self._open_array(name)
         return self._arrays[name]
 
     def read(self, name: str, sel=slice(None)) -> np.ndarray:
-        return np.asarray(self.array(name)[sel])
+        """The values of ``name`` at ``sel``; CacheError naming the chunk when one is damaged."""
+        arr = self.array(name)
+        try:
+            return np.asarray(arr[sel])
+        except Exception as e:
+            damage = self._damage(name, sel, e)
+            if damage is None:
+                raise
+            raise damage from e
 
     def shards_done(self) -> np.ndarray:
         """bool [K]"""
@@ -182,7 +414,7 @@ class TeacherCache:
     # -- writing ---------------------------------------------------------------------------
     def write_prepared(self, arrays: dict[str, np.ndarray]) -> None:
         """Write every prepare-time array, then mark the store prepared (one writer only)."""
-        expected = {n for n, s in S.ARRAYS.items() if s.writer == S.PREPARE}
+        expected = {n for n in self.array_names if S.ARRAYS[n].writer == S.PREPARE}
         if set(arrays) != expected:
             raise ValueError(f"prepare arrays differ from the schema: {sorted(set(arrays) ^ expected)}")
         for name, value in arrays.items():
@@ -235,14 +467,15 @@ class TeacherCache:
 
     def set_attr(self, key: str, value) -> None:
         """Set a root attribute that is not part of the identity (e.g. run statistics)."""
-        if key in S.IDENTITY_ATTRS or key in ("format", "layout", "prepared", "complete"):
+        if key in S.IDENTITY_ATTRS or key in ("format", "layout", "levels", "prepared", "complete"):
             raise ValueError(f"{key} is managed by the cache module")
         self._set_attr(key, value)
 
     # -- summaries -------------------------------------------------------------------------
     def describe(self) -> str:
         lines = [f"teacher cache {self.path}", f"  format {self.attrs['format']}, package "
-                 f"{self.attrs['package_version']}, created {self.attrs['created']}"]
+                 f"{self.attrs['package_version']}, created {self.attrs['created']}",
+                 f"  levels: {', '.join(self.levels)}"]
         done = self.shards_done()
         lines.append(f"  complete: {self.complete}  (shards done {int(done.sum())}/{len(done)}, "
                      f"prepared: {self.attrs['prepared']})")
@@ -262,117 +495,64 @@ class TeacherCache:
             lines.append(f"  skipped images: {len(self.attrs['skipped_images'])}, e.g. "
                          f"{self.attrs['skipped_images'][0]}")
         lines.append("  arrays:")
-        for name in S.ARRAYS:
-            a = self.root[name]
+        for name in self.array_names:
+            a = self.array(name)
             nbytes = a.nbytes_stored() if hasattr(a, "nbytes_stored") else 0
             lines.append(f"    {name:<20} {str(a.dtype):<10} {str(a.shape):<26} chunks {str(a.chunks):<22} "
                          f"{nbytes / 2**20:9.1f} MiB")
         return "\n".join(lines)
 
     def verify(self) -> list[str]:
-        """Problems found (empty when the store is complete and consistent)."""
-        problems = []
-        done = self.shards_done()
-        if not done.all():
-            problems.append(f"{int((~done).sum())} of {len(done)} shards not done: "
-                            f"{np.flatnonzero(~done)[:10].tolist()}")
-        if not self.attrs.get("prepared"):
-            problems.append("prepare-time arrays were never completed")
-        status = self.read("images/status")
-        if done.all() and (status == S.STATUS_PENDING).any():
-            problems.append(f"{int((status == S.STATUS_PENDING).sum())} images still pending in done shards")
-        offs = self.read("detections/offsets")
-        if offs[0] != 0 or offs[-1] != self.layout["num_detections"] or np.any(np.diff(offs) < 0):
-            problems.append("detections/offsets is not a valid CSR index")
-        begin, end = self.read("pairs/begin"), self.read("pairs/end")
-        image = self.read("pairs/image")
-        expect = np.full(len(image), -1, np.int64)
-        for i in np.flatnonzero(end > begin):
-            expect[begin[i]:end[i]] = i
-        if not np.array_equal(expect, image):
-            problems.append("pairs/image disagrees with pairs/begin and pairs/end")
-        if not np.isin(status, (S.STATUS_PENDING, S.STATUS_OK, S.STATUS_SKIPPED)).all():
-            problems.append("images/status holds unknown codes")
-        problems += self._verify_indices(offs, begin, end, image)
-        text = self.read("text/embedding").astype(np.float32)
-        if not np.allclose(np.linalg.norm(text, axis=1), 1, atol=1e-3):
-            problems.append("text/embedding rows are not unit length")
-        ok = status == S.STATUS_OK
-        valid_rows = image >= 0
-        ok_rows = valid_rows & (ok[np.clip(image, 0, None)] if len(image) else valid_rows)
-        for level, rows in (("global", ok), ("union", ok_rows)):
-            problems += self._verify_level(level, rows, text)
-        step = self.array("global/dense").chunks[0]
-        for a in range(0, self.num_images, step):  # chunk by chunk: a split's map does not fit in RAM
-            if not np.isfinite(self.read("global/dense", slice(a, a + step))[ok[a:a + step]]).all():
-                problems.append(f"global/dense has non-finite values (images {a}..{a + step - 1})")
-                break
-        return problems
+        """Problems found (empty when the store is complete and consistent): every chunk of
+        every array is read (so every checksum is checked) and the values are checked
+        against each other (see :mod:`cache.verify`)."""
+        from .verify import verify
 
-    def _verify_level(self, level: str, rows: np.ndarray, text: np.ndarray, block: int = 1 << 16) -> list[str]:
-        """Written rows are unit embeddings whose scores are their cosines with the text: a lost
-        chunk reads back as zeros, a damaged one as other numbers."""
-        emb_a, score_a = self.array(f"{level}/embedding"), self.array(f"{level}/score")
-        not_unit, worst = [], 0.0
-        for a in range(0, len(rows), block):
-            sel = np.flatnonzero(rows[a:a + block])
-            if not len(sel):
-                continue
-            emb = np.asarray(emb_a[a:a + block])[sel].astype(np.float32)
-            score = np.asarray(score_a[a:a + block])[sel].astype(np.float32)
-            if not (np.isfinite(emb).all() and np.isfinite(score).all()):
-                return [f"{level} embeddings or scores have non-finite values (rows {a}..{a + block - 1})"]
-            bad = np.abs(np.linalg.norm(emb, axis=1) - 1) > 1e-2
-            not_unit += (a + sel[bad]).tolist()
-            worst = max(worst, float(np.abs(emb @ text.T - score).max()))
-        problems = []
-        if not_unit:
-            problems.append(f"{level}/embedding: {len(not_unit)} written row(s) are not unit length "
-                            f"(first: row {not_unit[0]}); lost or damaged chunks?")
-        if worst > 2e-2:
-            problems.append(f"{level}/score differs from embedding x text by up to {worst:.3f}")
-        return problems
-
-    def _verify_indices(self, det_offs, begin, end, image) -> list[str]:
-        """Pairs inside their image's detections and ranges; ground truth indices in range."""
-        problems = []
-        if len(begin) > 1 and np.any(begin[1:] < end[:-1]):
-            problems.append("pairs/begin and pairs/end ranges of images overlap")
-        rows = image >= 0
-        for role in ("human", "object"):
-            det = self.read(f"pairs/{role}")[rows]
-            img = image[rows]
-            if np.any((det < det_offs[img]) | (det >= det_offs[img + 1])):
-                problems.append(f"pairs/{role} names a detection outside its image")
-        g, hoi = self.read("gt/offsets"), self.read("gt/hoi")
-        if g[0] != 0 or g[-1] != len(hoi) or np.any(np.diff(g) < 0):
-            problems.append("gt/offsets is not a valid CSR index")
-        if len(hoi) and (hoi.min() < 0 or hoi.max() >= self.layout["num_classes"]):
-            problems.append("gt/hoi holds a class out of range")
-        return problems
+        return verify(self)
 
 
-def open_cache(path, *, require_complete: bool = True, mode: str = "r") -> TeacherCache:
+def _first_axis_range(sel, n: int) -> tuple[int, int]:
+    """Rows [a, b) along the first axis that a selection touches (the whole axis when unsure)."""
+    first = sel[0] if isinstance(sel, tuple) and sel else sel
+    if isinstance(first, slice):
+        a, b, step = first.indices(n)
+        return (a, b) if step == 1 and b > a else (0, n)
+    if isinstance(first, (int, np.integer)):
+        i = int(first) % n if n else 0
+        return i, i + 1
+    return 0, n
+
+
+def open_cache(path, *, require_complete: bool = True, mode: str = "r", check_chunks: bool = True) -> TeacherCache:
     """Open a finished store; with ``require_complete=False`` also a ``.wip`` one."""
     path = Path(path)
     if not path.exists() and not require_complete and wip_path(path).exists():
         path = wip_path(path)
-    c = TeacherCache(path, mode=mode)
+    c = TeacherCache(path, mode=mode, check_chunks=check_chunks)
     if require_complete and not c.complete:
         raise CacheError(f"{path}: the store is not complete ({int(c.shards_done().sum())}/{c.num_shards} shards)")
     return c
 
 
 def copy_store(src: TeacherCache, dst) -> TeacherCache:
-    """Copy a store to ``dst.wip``, marked incomplete, for a derived store (``hoi rescore``)."""
+    """Copy a store to ``dst.wip``, marked incomplete, for a derived store (``hoi rescore``).
+
+    Copied under a temporary name and renamed once whole; a ``.wip`` left by an interrupted
+    earlier copy is replaced (the derivation starts again from ``src``)."""
     dst = Path(dst)
     wip = wip_path(dst)
-    if dst.exists() or wip.exists():
+    if dst.exists():
         raise CacheError(f"{dst} exists; choose another output")
-    shutil.copytree(src.path, wip)
-    out = TeacherCache(wip, mode="r+")
-    out._set_attr("complete", False)
-    return out
+    remove(dst)  # dst is absent: this drops an interrupted copy's .wip and leftovers (teacher caches only)
+    tmp = wip.with_name(f"{_tmp_prefix(dst)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        shutil.copytree(src.path, tmp)
+        zarr.open_group(str(tmp), mode="r+").attrs["complete"] = False
+        tmp.rename(wip)
+    except BaseException:
+        _discard(tmp)
+        raise
+    return TeacherCache(wip, mode="r+")
 
 
 def finalize(cache: TeacherCache) -> Path:

@@ -51,7 +51,8 @@ SHARED = 16.0
 def synthetic_labelspace(num_classes: int, classes_per_object: int = 6) -> dict:
     """A label-space dict (hoidata schema) with ``num_classes`` classes over
     ``ceil(num_classes / classes_per_object)`` objects plus ``person`` (object 0); verb 0
-    is ``no_interaction``; training counts have a long tail (some classes Rare)."""
+    is ``no_interaction``; training counts have a long tail (some classes Rare). One
+    zero-shot split, ``unseen_verb`` (UV): the classes of the last verb."""
     num_objects = max(2, -(-num_classes // classes_per_object))
     num_verbs = -(-num_classes // num_objects)
     objects = ["person"] + [f"object{k}" for k in range(num_objects)]
@@ -61,8 +62,10 @@ def synthetic_labelspace(num_classes: int, classes_per_object: int = 6) -> dict:
     counts = np.maximum(1, (200 * 0.85 ** rank).astype(int)).tolist()
     prompts = [f"a photo of a person and a {objects[o]}" if v == 0 else f"a photo of a person {verbs[v]} a {objects[o]}"
                for v, o in hoi]
+    unseen = [c for c, (v, _) in enumerate(hoi) if v == num_verbs - 1]
     return {"schema": "hoi-labelspace/1", "name": f"synthetic{num_classes}", "objects": objects, "verbs": verbs,
-            "hoi": hoi, "human": 0, "train_counts": counts, "rare_threshold": 10, "prompts": prompts}
+            "hoi": hoi, "human": 0, "train_counts": counts, "rare_threshold": 10, "prompts": prompts,
+            "zero_shot_splits": {"unseen_verb": {"setting": "UV", "unseen": unseen}}}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -177,13 +180,14 @@ def make_synthetic_cache(path, num_images: int = 64, pairs_per_image: int = 6, n
                          embed_dim: int = 32, grid: tuple[int, int] = (8, 8), seed: int = 0, with_gt: bool = True,
                          labelspace=None, *, split: str = "train", teacher_seed: int = 0,
                          images_per_shard: int = 256, image_chunk: int = 16, pair_chunk: int = 256,
-                         workers: int = 1) -> Path:
+                         workers: int = 1, levels=S.LEVELS) -> Path:
     """Write a complete synthetic cache at ``path`` (see the module docstring) and return its path.
 
     labelspace: a ``hoidata`` LabelSpace, a label-space dict, or None for
     :func:`synthetic_labelspace` (``num_classes`` classes). The dataset attributes record
     it (a built-in's name, else the dict) under ``labelspace``, where the trainer finds it.
     pairs_per_image: the mean; images vary around it, about 3% have no pair.
+    levels: the levels the store holds (``("global",)``: no union arrays).
     """
     if labelspace is None:
         if not num_classes:
@@ -257,7 +261,8 @@ def make_synthetic_cache(path, num_images: int = 64, pairs_per_image: int = 6, n
                "crop_mode": "squash", "union_margin": 0.0, "prompts_sha256": prompts_hash}
     dataset = {"name": "synthetic", "split": split, "seed": seed, "labelspace": ls_attr}
     pair_rule = {"rule": "every human x every object", "min_score": 0.0}
-    store = create(path, teacher=teacher, pair_rule=pair_rule, dataset=dataset, layout=layout, overwrite=True)
+    store = create(path, teacher=teacher, pair_rule=pair_rule, dataset=dataset, layout=layout,
+                   levels=levels, overwrite=True)
 
     names = np.array([f"synthetic_{split}_{i:08d}.png" for i in range(num_images)], dtype=str)
     store.write_prepared({
@@ -295,12 +300,13 @@ def make_synthetic_cache(path, num_images: int = 64, pairs_per_image: int = 6, n
         u_emb = np.zeros((r1 - r0, embed_dim), np.float32)
         u_mean = _box_means(dense, img, _cells(pair_box[rows], sizes[i0 + img], grid))
         u_emb[rows - r0] = _unit(u_mean + SHARED * shared + srng.standard_normal(u_mean.shape, dtype=np.float32) * 0.01)
-        store.write_shard(k, {
-            "images/status": np.full(n, S.STATUS_OK, np.int8),
-            "global/embedding": g_emb.astype(np.float16), "global/score": (g_emb @ text.T).astype(np.float16),
-            "global/dense": dense.astype(np.float16),
-            "union/embedding": u_emb.astype(np.float16), "union/score": (u_emb @ text.T).astype(np.float16),
-        })
+        out = {"images/status": np.full(n, S.STATUS_OK, np.int8),
+               "global/embedding": g_emb.astype(np.float16), "global/score": (g_emb @ text.T).astype(np.float16),
+               "global/dense": dense.astype(np.float16)}
+        if S.UNION in store.levels:
+            out["union/embedding"] = u_emb.astype(np.float16)
+            out["union/score"] = (u_emb @ text.T).astype(np.float16)
+        store.write_shard(k, out)
         store.mark_shard_done(k)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -37,6 +37,8 @@ import numpy as np
 from . import __version__
 from . import boxes as B
 from .annotations import load_split
+from .files import scipy_io as _scipy_io
+from .lock import exclusive
 from .labelspace import LabelSpace
 from .predictions import Predictions, PredictionsError, read_predictions
 
@@ -106,15 +108,6 @@ def object_file(coco80_index: int) -> str:
     return f"detections_{coco80_index + 1:02d}.mat"
 
 
-def _scipy_io():
-    try:
-        import scipy.io
-    except ImportError as e:  # an optional dependency: only this module needs it
-        raise ImportError("MATLAB files need scipy: pip install scipy "
-                          "(or pip install 'hoi-distill[matlab]')") from e
-    return scipy.io
-
-
 def object_files(labelspace: LabelSpace) -> dict[str, np.ndarray]:
     """``{file name: int64 [k] HOI classes in row order}`` of the ``obj`` layout.
 
@@ -173,8 +166,15 @@ def export(out, image_names: list[str], pred: Predictions, labelspace: LabelSpac
     """Write ``pred`` as the official evaluation's detection files into folder ``out``.
 
     The folder is written beside ``out`` under a temporary name and renamed when complete, so
-    ``out`` never holds a partial export. Returns ``out``.
+    ``out`` never holds a partial export; one export at a time holds ``out`` (``OUT.lock``,
+    :mod:`hoidata.lock`). Returns ``out``.
     """
+    with exclusive(Path(out).absolute(), what="export-mat"):
+        return _export(Path(out), image_names, pred, labelspace, layout, overwrite, ignore_unknown_images, source)
+
+
+def _export(out: Path, image_names: list[str], pred: Predictions, labelspace: LabelSpace, layout: str,
+            overwrite: bool, ignore_unknown_images: bool, source: str) -> Path:
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     out = Path(out)
@@ -264,11 +264,12 @@ def read(path, image_names: list[str], labelspace: LabelSpace) -> Predictions:
 
 def export_file(predictions, out, *, annotations="hico_det", labelspace: str | LabelSpace = "hico_det",
                 layout: str = "obj", box_format: str | None = None, overwrite: bool = False,
-                ignore_unknown_images: bool = False) -> dict:
+                ignore_unknown_images: bool = False, split: str = "test") -> dict:
     """Export a predictions file (see :mod:`hoidata.predictions`) for the official evaluation;
     columns follow the image order of ``annotations`` (``'hico_det'``: the bundled test set,
-    in the official ``list_test`` order). Returns the export's ``export.json`` content."""
-    gt, ls = load_split(annotations, labelspace)
+    in the official ``list_test`` order; an ``anno_bbox.mat``: its ``split``). Returns the
+    export's ``export.json`` content."""
+    gt, ls = load_split(annotations, labelspace, split)
     pred = read_predictions(predictions, box_format)
     out = export(out, gt.file_names, pred, ls, layout=layout, overwrite=overwrite,
                  ignore_unknown_images=ignore_unknown_images, source=str(predictions))

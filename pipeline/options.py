@@ -51,6 +51,9 @@ class RunOptions:
     writer: str = _opt("auto", "Write chunks from a thread or a writer process (auto: a process on a GPU, a "
                                "thread on the CPU), keeping Zarr's work away from the thread that feeds the GPU.",
                        ("auto", "thread", "process"))
+    levels: str = _opt("all", "What the store holds: all (the global pass per image and a CLIP pass per union box, "
+                              "the teacher's supervision) or global (the global pass only: what a trained student "
+                              "reads at test time; no union crops).", ("all", "global"))
     overwrite: bool = _opt(False, "Start afresh instead of resuming an existing store.")
     progress: bool = _opt(True, "Show a progress bar.")
 

@@ -4,7 +4,8 @@ image encoder again.
 The cache stores unit image and union embeddings; new scores are those embeddings
 against the new text embeddings (so they differ from a full rerun only by the float16
 rounding of the stored embeddings). The result is a new store, written as ``.wip`` and
-renamed when complete, whose teacher attributes name the new prompts.
+renamed when complete, whose teacher attributes name the new prompts; only the levels the
+source holds are rescored. One run at a time holds the output (``OUT.lock``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from cache import store as cstore
+from hoidata.lock import exclusive
 from pipeline.clip import load_teacher, prompts_sha256, text_embeddings
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,12 @@ def rescore(src, dst, *, prompts: list[str] | None = None, templates: tuple[str,
             device: str = "cpu") -> Path:
     """Copy the complete store ``src`` to ``dst`` with scores for ``prompts`` (default: the
     label space's) under ``templates``. Returns the final path of ``dst``."""
+    dst = Path(dst).absolute()
+    with exclusive(dst, what="rescore"):
+        return _rescore(src, dst, prompts, templates, device)
+
+
+def _rescore(src, dst: Path, prompts, templates, device) -> Path:
     cache = cstore.open_cache(src)
     teacher = dict(cache.attrs["teacher"])
     prompts = list(prompts or cache.attrs["dataset"]["labelspace"]["prompts"])
@@ -42,10 +50,10 @@ def rescore(src, dst, *, prompts: list[str] | None = None, templates: tuple[str,
                    prompts_sha256=prompts_sha256(prompts, templates))
     out.replace_text(teacher, text)
     text_t = torch.from_numpy(text)
-    for level in ("global", "union"):
-        emb, score = out.array(f"{level}/embedding"), out.array(f"{level}/score")
-        for a in range(0, emb.shape[0], ROWS_PER_PASS):  # one writer here: any row ranges are safe
-            e = torch.from_numpy(np.asarray(emb[a:a + ROWS_PER_PASS], dtype=np.float32))
+    for level in out.levels:  # the levels the store holds (a global-only store has no union scores)
+        score = out.array(f"{level}/score")
+        for a in range(0, score.shape[0], ROWS_PER_PASS):  # one writer here: any row ranges are safe
+            e = torch.from_numpy(out.read(f"{level}/embedding", slice(a, a + ROWS_PER_PASS)).astype(np.float32))
             score[a:a + ROWS_PER_PASS] = (e @ text_t.T).numpy().astype(np.float16)
     log.info("rescored %s with %d prompts x %d templates into %s", cache.path, len(prompts), len(templates), dst)
     return cstore.finalize(out)

@@ -5,6 +5,12 @@ detections, pairs, ground truth); then every shard not yet done runs as one dask
 on the local threaded scheduler or, with ``scheduler=ADDRESS``, on a dask.distributed
 cluster (one worker per GPU). A rerun finds the ``.wip`` store, checks that it was made
 with the same teacher, pair rule and dataset, and runs only the shards left.
+
+One run at a time holds an output (``OUT.lock``, :mod:`hoidata.lock`; only this
+coordinator locks, never a worker). Every image name of the inputs must resolve inside
+``--images`` (checked before the model loads). ``--levels global`` builds a store of the
+global pass alone; a store holding more levels than asked for is reused, one holding
+fewer is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from cache.layout import plan
 from hoidata import boxes as B
 from hoidata.annotations import Annotations, read_annotations
 from hoidata.detections import Detections, load_detections
-from hoidata.files import image_size
+from hoidata.files import check_inside, image_size
+from hoidata.lock import exclusive
 from hoidata.labelspace import LabelSpace
 from hoidata.pairs import PairRule, make_pairs
 from pipeline.clip import prompts_sha256, text_embeddings
@@ -127,15 +134,27 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
                         model_configs: tuple = ()) -> Path:
     """Build (or resume) the teacher cache at ``out``. Returns the final store path.
 
-    ``model_configs``: open_clip config files or folders to register first, here and on every
-    dask worker."""
+    One run at a time holds ``out`` (``OUT.lock``, taken first and held to the end, the final
+    rename included); a second is refused naming the first. ``model_configs``: open_clip
+    config files or folders to register first, here and on every dask worker."""
     # absolute: dask workers may start in another directory
     out, images = Path(out).absolute(), Path(images).absolute()
+    with exclusive(out, what="teacher-cache"):
+        return _build(out, images, detections, labelspace, annotations, teacher, pair_rule, run, model_configs)
+
+
+def _build(out: Path, images: Path, detections, labelspace: LabelSpace, annotations, teacher: TeacherOptions,
+           pair_rule: PairRule, run: RunOptions, model_configs: tuple) -> Path:
     t0 = time.perf_counter()
     dets = load_detections(detections, labelspace)
     if len(dets) == 0:
         raise ValueError(f"{detections} lists no images; import detections for the split's image list")
-    ann = _align_annotations(read_annotations(annotations, labelspace), dets) if annotations else None
+    # before anything reads a file: a name must not reach outside --images
+    check_inside(images, dets.file_names, source=str(detections))
+    ann = read_annotations(annotations, labelspace) if annotations else None
+    if ann is not None:
+        check_inside(images, ann.file_names, source=str(annotations))
+        ann = _align_annotations(ann, dets)
     _check_images(images, dets.file_names, run.on_error)
     _fill_unknown_sizes(dets, ann, images)
     n = len(dets)
@@ -158,24 +177,28 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
               "grid": list(t.grid), "num_detections": int(len(box)),
               "num_gt": int(ann.num_pairs) if ann is not None else 0}
     identity = {"teacher": teacher_attrs, "pair_rule": pair_rule.as_dict(), "dataset": dataset_attrs}
+    levels = S.LEVEL_CHOICES[run.levels]
     if run.overwrite:  # only now that the model loaded and the inputs checked out
         cstore.remove(out)
 
     if out.exists():
         existing = cstore.TeacherCache(out)
         existing.check_matches(**identity)
+        existing.check_levels(levels)  # a store holding more levels serves a run asking for fewer
         if existing.complete:
             log.info("%s is already complete (same teacher, pair rule and dataset); nothing to do", out)
             return out
     if cstore.wip_path(out).exists():
         cache = cstore.TeacherCache(cstore.wip_path(out), mode="r+")
         cache.check_matches(**identity)
+        cache.check_levels(levels)
         if cache.layout != json.loads(json.dumps(layout)):
             raise cstore.CacheError(f"{cache.path}: made with other shard settings "
                                     "(--images-per-shard, chunks); rerun with those, or --overwrite")
-        log.info("resuming %s: %d of %d shards done", cache.path, int(cache.shards_done().sum()), cache.num_shards)
+        log.info("resuming %s (levels %s): %d of %d shards done", cache.path, ", ".join(cache.levels),
+                 int(cache.shards_done().sum()), cache.num_shards)
     else:
-        cache = cstore.create(out, layout=layout, **identity)
+        cache = cstore.create(out, layout=layout, levels=levels, **identity)
     if not cache.attrs["prepared"]:
         text = text_embeddings(t, labelspace.prompts, teacher.templates, device=device)
         cache.write_prepared(_prepared_arrays(labelspace, dets, ann, text, box, score, label, det_offsets,

@@ -3,7 +3,8 @@
 A shard is an independent task (clip-retrieval's reader -> mapper -> writer, per
 partition): it reads the prepare-time arrays it needs from the store, decodes its
 images into padded batches in worker threads (or processes on a GPU machine), cuts the
-global input and every union box of a batch on the device, encodes them, and hands
+global input and every union box of a batch on the device (no union box in a store of
+the global level only), encodes them, and hands
 finished whole chunks to a writer thread (or process) so that writing overlaps with
 encoding. Only after every write has landed does it set its done flag.
 """
@@ -113,18 +114,20 @@ def teacher_for(job: ShardJob) -> Teacher:
 def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
     """Encode shard ``k`` of the store and mark it done. Returns its statistics."""
     t_start = time.perf_counter()
-    cache = TeacherCache(job.store, mode="r+")
+    cache = TeacherCache(job.store, mode="r+", check_chunks=False)  # the coordinator checked the store
     if cache.shards_done()[k]:
         return ShardStats()
     teacher = teacher_for(job)
     device = resolve_device(job.run.device)
     lo_i, hi_i = cache.shard_images(k)
     lo_p, hi_p = cache.shard_pair_rows(k)
+    union = S.UNION in cache.levels  # a global-only store: no union crop is cut or encoded
     ctx = _ShardContext(
         job=job, teacher=teacher, device=device, names=cache.read("images/file_name", slice(lo_i, hi_i)).tolist(),
         sizes=cache.read("images/size", slice(lo_i, hi_i)),
         begin=cache.read("pairs/begin", slice(lo_i, hi_i)) - lo_p, end=cache.read("pairs/end", slice(lo_i, hi_i)) - lo_p,
-        union_box=cache.read("pairs/box", slice(lo_p, hi_p)),
+        union_box=cache.read("pairs/box", slice(lo_p, hi_p)) if union else np.zeros((0, 4), np.float32),
+        union=union,
         enc=Encoder(teacher, torch.from_numpy(cache.read("text/embedding")).to(device), device),
         stats=ShardStats(),
         mean=torch.tensor(teacher.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
@@ -136,8 +139,9 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
             borrowed_decoder(decode, run.workers, pin=device.type == "cuda") as decoder:
         ctx.img_out = ChunkFlusher(cache, ["global/embedding", "global/score", "global/dense", "images/status"],
                                    lo_i, hi_i, cache.layout["image_chunk"], writer)
-        ctx.pair_out = ChunkFlusher(cache, ["union/embedding", "union/score"], lo_p, hi_p,
-                                    cache.layout["pair_chunk"], writer)
+        if union:
+            ctx.pair_out = ChunkFlusher(cache, ["union/embedding", "union/score"], lo_p, hi_p,
+                                        cache.layout["pair_chunk"], writer)
         previous = None
         t_wait = time.perf_counter()
         for batch in decoder(_batch_specs(ctx, job.images_root, run.batch_size)):
@@ -154,7 +158,8 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
         if previous is not None:
             _collect(ctx, *previous, progress)
         ctx.img_out.finish()
-        ctx.pair_out.finish()
+        if ctx.pair_out is not None:
+            ctx.pair_out.finish()
         t_write = time.perf_counter()
         writer.wait()  # re-raise a failed write before anything is marked done
         ctx.stats.write_wait_s = time.perf_counter() - t_write
@@ -173,7 +178,8 @@ class _ShardContext:
     sizes: np.ndarray        # int32 [n, 2]
     begin: np.ndarray        # int64 [n] pair rows, relative to the shard's first row
     end: np.ndarray
-    union_box: np.ndarray    # float32 [rows, 4]
+    union_box: np.ndarray    # float32 [rows, 4]; [0, 4] without the union level
+    union: bool              # the store holds the union level: encode the pairs' union crops
     enc: Encoder
     stats: ShardStats
     mean: torch.Tensor = None  # float32 [1, 3, 1, 1] on the device
@@ -223,8 +229,11 @@ def _launch(ctx: _ShardContext, batch: ImageBatch) -> dict:
     if not len(idx):
         return out
     n = len(idx)
-    counts = ctx.end[idx] - ctx.begin[idx]
-    rows = np.concatenate([np.arange(ctx.begin[j], ctx.end[j]) for j in idx])
+    if ctx.union:
+        counts = ctx.end[idx] - ctx.begin[idx]
+        rows = np.concatenate([np.arange(ctx.begin[j], ctx.end[j]) for j in idx])
+    else:
+        counts, rows = np.zeros(n, np.int64), np.zeros(0, np.int64)
     wh = batch.sizes.astype(np.float64)
     regions = np.concatenate([B.square(np.concatenate([np.zeros_like(wh), wh], 1), opts.crop_mode),  # whole images
                               B.crop_region(ctx.union_box[rows], opts.union_margin, opts.crop_mode)])
@@ -268,6 +277,9 @@ def _collect(ctx: _ShardContext, batch: ImageBatch, out: dict, progress) -> None
         ctx.pair_out.bufs["union/score"][prow] = host[4]
         ctx.stats.crops += len(prow)
     ctx.img_out.ready(ctx.img_out.lo + batch.last + 1)
-    ctx.pair_out.ready(ctx.pair_out.lo + int(ctx.end[batch.last]))
+    crops = 0
+    if ctx.pair_out is not None:
+        ctx.pair_out.ready(ctx.pair_out.lo + int(ctx.end[batch.last]))
+        crops = int(ctx.end[batch.last] - ctx.begin[batch.first])
     if progress is not None:
-        progress(batch.last - batch.first + 1, int(ctx.end[batch.last] - ctx.begin[batch.first]))
+        progress(batch.last - batch.first + 1, crops)
