@@ -1,7 +1,8 @@
-"""``hoi detections``: import an off-the-shelf detector's boxes into one HDF5 file, and inspect it.
+"""``hoi detections``: run a detector over images, or import an off-the-shelf detector's boxes,
+into one HDF5 file; and inspect it.
 
-Thin wrappers: parse, call :mod:`hoidata.detections`, print. Logging is set up by the
-parent ``hoi`` group.
+Thin wrappers: parse, call :mod:`pipeline.detect_stage` or :mod:`hoidata.detections`, print.
+Logging is set up by the parent ``hoi`` group.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import json
 
 import click
+
+from pipeline.detect_options import PRECISIONS, DetectOptions
+
+_RUN = DetectOptions()  # the run's defaults are its dataclass's (declared once, there)
 
 
 def _user_errors():
@@ -91,3 +96,54 @@ def inspect_cmd(file, labelspace):
     for key, value in sorted(dets.attrs.items()):
         click.echo(f"{key:24s}{value if isinstance(value, str) else json.dumps(value)}")
     click.echo(D.summary(dets))
+
+
+@detections.command("run")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of images: its JPEG and PNG files, sorted by name (or those of --images-list).")
+@click.option("--images-list", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Which images of --images, in this order: an annotation file or COCO image-info JSON (sizes "
+                   "checked too), or a text file of file names, one a line.")
+@click.option("--model", required=True, metavar="NAME",
+              help="A torchvision detection model (fasterrcnn_resnet50_fpn_v2, retinanet_resnet50_fpn, "
+                   "fcos_resnet50_fpn, ...), or tiny-fcos (our small one; --weights is its folder).")
+@click.option("--weights", type=click.Path(exists=True), default=None,
+              help="The weights: a state dict (.pth or .safetensors), or a tiny-fcos folder. Default for "
+                   "torchvision models: torchvision's file in torch's hub cache (nothing is downloaded).")
+@click.option("--labelspace", default="hico_det", metavar="NAME|FILE",
+              help="Label space whose objects the detector's classes map to (COCO ids through its COCO map).")
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=_RUN.score_threshold,
+              help="Drop detections scoring below this.")
+@click.option("--nms-iou", type=click.FloatRange(0, 1, min_open=True), default=_RUN.nms_iou,
+              help="Class-wise NMS at this IoU, on top of the model's own (1: none).")
+@click.option("--max-per-image", type=click.IntRange(min=1), default=_RUN.max_per_image,
+              help="Keep the best this many detections per image.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=_RUN.batch_size, help="Images per model call.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=_RUN.chunk_size,
+              help="Images per saved chunk in OUTPUT.wip/ (the unit of resuming).")
+@click.option("--device", default=_RUN.device, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_RUN.precision,
+              help="Autocast dtype on CUDA (auto: fp16, whose boxes are finer than bf16's); fp32 on the CPU.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default=_RUN.on_error,
+              help="An unreadable image stops the run (fail) or is recorded with no detections (skip).")
+@click.option("--workers", type=click.IntRange(min=0), default=_RUN.workers, help="Image decoding threads.")
+@click.option("--overwrite", is_flag=True, help="Start afresh: replace OUTPUT and drop OUTPUT.wip.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="The detections file to write (.h5); OUTPUT.wip/ while in progress.")
+def run_cmd(images, images_list, model, weights, labelspace, output, **options):
+    """Run an object detector over a folder of images into one HDF5 detections file (resumable)."""
+    from hoidata import detections as D
+    from hoidata.labelspace import LabelSpace
+    from pipeline.detect_stage import run_detector
+
+    try:
+        dets = run_detector(output, images=images, model=model, weights=weights, images_list=images_list,
+                            labelspace=LabelSpace.load(labelspace), options=DetectOptions(**options))
+    except _user_errors() as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(D.summary(dets))
+    if dets.attrs.get("skipped_images"):
+        click.echo(f"skipped     {len(dets.attrs['skipped_images'])} unreadable image(s), e.g. "
+                   f"{dets.attrs['skipped_images'][0]}")
+    click.echo(f"wrote {output}")
