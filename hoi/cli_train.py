@@ -76,6 +76,10 @@ def _predict_kwargs(o: dict) -> dict:
 labelspace_option = click.option(
     "--labelspace", default=None, metavar="NAME|FILE",
     help="Label space of the test split (Rare classes, zero-shot splits).  [default: the cache's dataset.labelspace]")
+image_labels_option = click.option(
+    "--image-labels", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="HICO-DET's anno.mat: its image-level labels decide the Known-Object images, as in the official code "
+         "[default: the images holding a ground-truth pair of the object, a stand-in; results say which].")
 
 
 @click.command("train", context_settings={"show_default": True})
@@ -113,19 +117,20 @@ def predict_cmd(output, **options):
 @click.command("eval", context_settings={"show_default": True})
 @prediction_options
 @labelspace_option
+@image_labels_option
 @click.option("--results", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the results JSON (the evaluator's summary plus what made the predictions) here.")
 @click.option("--predictions", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the predictions here (.json, .json.gz or .npz).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
-def eval_cmd(labelspace, results, predictions, as_json, **options):
+def eval_cmd(labelspace, image_labels, results, predictions, as_json, **options):
     """Predict on a test cache and print its HICO-DET mAP (ground truth from the cache)."""
     from hoidata.evaluation import format_table
     from trainer.predict import run_eval
 
     try:
         res, report = run_eval(options["cache"], results=results, predictions=predictions, labelspace=labelspace,
-                               **_predict_kwargs(options))
+                               image_labels=image_labels, **_predict_kwargs(options))
     except _user_errors() as e:
         raise click.ClickException(str(e)) from e
     click.echo(json.dumps(report, indent=1) if as_json else f"model: {report['model']}\n{format_table(res)}")
@@ -141,15 +146,16 @@ def eval_cmd(labelspace, results, predictions, as_json, **options):
 @click.option("--det-exponent", type=float, default=1.0,
               help="Pair scores are multiplied by (human score x object score) to this power.")
 @labelspace_option
+@image_labels_option
 @training_options
-def ablate_cmd(train_cache, test_cache, out, det_exponent, labelspace, **options):
+def ablate_cmd(train_cache, test_cache, out, det_exponent, labelspace, image_labels, **options):
     """Train and evaluate the paper's ablation grid; print one table."""
     from trainer.ablate import ablate, format_ablation
     from trainer.config import TrainConfig
 
     try:
         rows = ablate(train_cache, test_cache, out, TrainConfig().replace(**_given(options)),
-                      det_exponent=det_exponent, labelspace=labelspace)
+                      det_exponent=det_exponent, labelspace=labelspace, image_labels=image_labels)
     except _user_errors() as e:
         raise click.ClickException(str(e)) from e
     click.echo(format_ablation(rows))

@@ -20,7 +20,7 @@ from trainer.bench import bench_trainer
 from trainer.checkpoint import CheckpointError, load_weights
 from trainer.config import ConfigError, TrainConfig
 from hoidata.boxes import crop_region
-from trainer.data import Block, CacheReader, TrainData, object_class_mask, to_grid
+from trainer.data import Block, CacheReader, TrainData, labelspace_of, object_class_mask, seen_classes, to_grid
 from trainer.engine import NonFiniteLossError, build_model, train
 from trainer.losses import DistillationLoss, mil_pool
 from trainer.model import masked_softmax, pair_scores
@@ -228,6 +228,54 @@ def test_loss_switches_change_their_loss(caches):
     assert set(early.weights) == {"global", "union"} and early.source["union"] == "fused"
 
 
+def test_unseen_classes_take_no_part_in_any_loss(caches):
+    """With --unseen, the unseen classes' teacher scores and text embeddings can be anything:
+    every loss, and every gradient, stays the same; without it they matter."""
+    batch, cache = first_batch(caches["test"])
+    ls = cache.attrs["dataset"]["labelspace"]
+    unseen = torch.tensor(ls["zero_shot_splits"]["unseen_verb"]["unseen"])
+    cfg = BASE.replace(unseen="unseen_verb")
+    seen = torch.from_numpy(seen_classes(cache, "unseen_verb"))
+    assert (~seen).sum() == len(unseen) > 0 and not seen[unseen].any()
+    def noise(x):
+        x = x.clone()
+        x[:, unseen] = torch.randn(len(x), len(unseen))
+        return x
+
+    other = type(batch)(**{**batch.__dict__, "global_score": noise(batch.global_score),
+                           "union_score": noise(batch.union_score)})
+    model = build_model(cfg, cache, torch.device("cpu"))
+    crit = DistillationLoss(cfg, seen)
+
+    def losses_and_grads(b, text=None):
+        if text is not None:
+            model.text = text
+        total = crit.total(crit(model(b), b))
+        return total, torch.autograd.grad(total, list(model.parameters()), allow_unused=True)
+
+    base_loss, base_grads = losses_and_grads(batch)
+    text = model.text.clone()
+    moved_text = text.clone()
+    moved_text[unseen] = torch.nn.functional.normalize(torch.randn(len(unseen), text.shape[1]), dim=-1)
+    for b, t in ((other, text), (batch, moved_text)):
+        loss, grads = losses_and_grads(b, t)
+        assert torch.equal(loss, base_loss)
+        assert all((g is None and h is None) or torch.equal(g, h) for g, h in zip(grads, base_grads))
+    # the same change matters to a student trained on every class
+    full = DistillationLoss(BASE)
+    model.text = text
+    assert full.total(full(model(other), other)) != full.total(full(model(batch), batch))
+
+
+def test_unseen_split_must_exist_and_scores_every_class_at_test_time(caches, tmp_path):
+    with pytest.raises(ConfigError, match="no such zero-shot split.*unseen_verb"):
+        train(caches["train"], tmp_path / "typo", BASE.replace(epochs=1, unseen="unseen_verbs"))
+    out = train(caches["train"], tmp_path / "uv", BASE.replace(epochs=1, unseen="unseen_verb"))
+    pred, info = predict(caches["test"], checkpoint=out["checkpoint"])
+    unseen = open_cache(caches["test"]).attrs["dataset"]["labelspace"]["zero_shot_splits"]["unseen_verb"]["unseen"]
+    assert info["config"]["unseen"] == "unseen_verb" and np.isin(pred.hoi, unseen).any()
+
+
 def test_mil_pooling():
     logits = torch.tensor([[1.0, float("-inf")], [3.0, 0.5], [2.0, float("-inf")]])
     image = torch.tensor([0, 0, 1])
@@ -385,6 +433,32 @@ def test_cli_train_predict_eval(caches, reference, tmp_path):
     assert r.exit_code == 1 and "no ground truth" in r.output
 
 
+def test_eval_takes_known_object_images_from_anno_mat(caches, tmp_path):
+    """Image labels that call every image positive for every class keep every detection in
+    Known-Object (so it equals Default); results say which definition was used."""
+    import scipy.io
+
+    cache = open_cache(caches["test"])
+    names = [str(n) for n in cache.read("images/file_name")]
+    ls = labelspace_of(cache)
+    cells = np.empty((len(names), 1), dtype=object)
+    cells[:, 0] = names[::-1]  # anno.mat's own image order
+    list_action = np.empty((ls.num_classes, 1), dtype=[("nname", object), ("vname", object)])
+    for c, (v, o) in enumerate(ls.hoi):
+        list_action[c, 0] = (ls.objects[o], ls.verbs[v])
+    scipy.io.savemat(tmp_path / "anno.mat", {"anno_test": np.ones((ls.num_classes, len(names))), "list_test": cells,
+                                             "list_action": list_action})
+    r = CliRunner().invoke(eval_cmd, ["--cache", str(caches["test"]), "--model", "teacher", "--image-labels",
+                                      str(tmp_path / "anno.mat"), "--results", str(tmp_path / "labels.json")])
+    assert r.exit_code == 0, r.output
+    _, stand_in = run_eval(caches["test"], model="teacher")
+    labels = json.loads((tmp_path / "labels.json").read_text())["results"]
+    assert labels["known_object_images"] == "anno.mat image labels"
+    assert stand_in["results"]["known_object_images"].endswith("(stand-in)")
+    assert labels["known_object"]["full"] == pytest.approx(labels["default"]["full"])
+    assert labels["num_predictions"] == stand_in["results"]["num_predictions"]
+
+
 def test_cli_ablate_prints_one_table(caches, tmp_path):
     r = CliRunner().invoke(ablate_cmd, ["--train-cache", str(caches["train"]), "--test-cache", str(caches["test"]),
                                         "--out", str(tmp_path), "--epochs", "1", "--hidden-dim", "16",
@@ -424,3 +498,102 @@ def test_checkpoint_of_the_earlier_one_adapter_student_is_refused_with_the_fix(r
     (old / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="retrain it"):
         load_student(old, None, torch.device("cpu"))  # refused on reading, before the cache is looked at
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m["config"].update(hidden_dim="256"), r"hidden_dim is '256' \(str\); it must be a int"),
+    (lambda m: m["config"].update(hidden_dim=256.0), r"hidden_dim is 256.0 \(float\)"),
+    (lambda m: m["config"].update(hidden_dim=None), r"hidden_dim is None"),
+    (lambda m: m["config"].update(temperature="0.01"), r"temperature is '0.01' \(str\); it must be a number"),
+    (lambda m: m["config"].update(union_branch="false"), r"union_branch is 'false' \(str\); it must be a bool"),
+    (lambda m: m["config"].update(hidden_dim=10 ** 7), r"hidden_dim = 10000000 is beyond"),
+    (lambda m: m.pop("cache"), r"field cache is None"),
+    (lambda m: m.update(epoch="2"), r"field epoch is '2'"),
+    (lambda m: m["cache"].pop("teacher"), r"field cache.teacher is None"),
+])
+def test_tampered_checkpoint_json_is_refused_by_field(reference, tmp_path, edit, words):
+    import shutil
+
+    out, _ = reference
+    bad = tmp_path / "checkpoint"
+    shutil.copytree(out / "checkpoint", bad)
+    meta = json.loads((bad / "checkpoint.json").read_text())
+    edit(meta)
+    (bad / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=words):
+        load_student(bad, None, torch.device("cpu"))  # refused on reading, before anything is built
+
+
+def test_weights_of_other_shapes_are_refused_from_the_header(caches, reference, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out, weights = reference
+    bad = tmp_path / "checkpoint"
+    shutil.copytree(out / "checkpoint", bad)
+    name = next(k for k, v in weights.items() if v.ndim == 2)
+    save_file({**weights, name: torch.zeros(3, 3)}, str(bad / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"tensor {name} is \\(3, 3\\) in the file"):
+        load_student(bad, open_cache(caches["test"]), torch.device("cpu"))
+    (bad / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_student(bad, open_cache(caches["test"]), torch.device("cpu"))
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(caches, tmp_path, monkeypatch):
+    import errno
+
+    from trainer import checkpoint as ckpt_module
+
+    real, calls = ckpt_module.save_file, []
+
+    def fill_disk(tensors, path):
+        calls.append(path)
+        if len(calls) > 2:  # the second epoch's weights
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tensors, path)
+
+    monkeypatch.setattr(ckpt_module, "save_file", fill_disk)
+    with pytest.raises(CheckpointError, match="epoch 2 .*No space left.*previous checkpoint in .* is intact"):
+        train(caches["train"], tmp_path / "run", BASE.replace(epochs=2))
+    monkeypatch.setattr(ckpt_module, "save_file", real)
+    meta = ckpt_module.read_meta(tmp_path / "run" / "checkpoint")
+    assert meta["epoch"] == 1 and not (tmp_path / "run" / "checkpoint.tmp").exists()
+    assert train(caches["train"], tmp_path / "run", resume=True, epochs=2)["epoch"] == 2
+
+
+def test_resume_after_an_interrupted_first_save_says_to_start_again(caches, tmp_path):
+    (tmp_path / "run" / "checkpoint.tmp").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="first checkpoint save.*without --resume"):
+        train(caches["train"], tmp_path / "run", resume=True)
+    only_old = tmp_path / "other" / "checkpoint.old"
+    only_old.mkdir(parents=True)
+    (only_old / "checkpoint.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="interrupted; the previous checkpoint is intact .*rename it"):
+        train(caches["train"], tmp_path / "other", resume=True)
+
+
+@pytest.mark.parametrize("grid, out", [((8, 8), 3), ((6, 10), 2)])
+def test_roi_align_as_a_matrix_product_equals_torchvision(grid, out):
+    """Values and gradients, for boxes inside, across and outside the map, degenerate ones,
+    and images without boxes."""
+    from torchvision.ops import roi_align
+
+    from trainer.roi import roi_align_bmm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, *grid, dtype=torch.float64, generator=g, requires_grad=True)
+    k = 120
+    image = torch.randint(0, 6, (k,), generator=g).double()           # image 6 has no box
+    lo = torch.rand(k, 2, generator=g, dtype=torch.float64) * (grid[1] + 4) - 2
+    boxes = torch.cat([lo, lo + torch.rand(k, 2, generator=g, dtype=torch.float64) * 7], 1)
+    boxes[:4] = torch.tensor([[0.0, 0, grid[1], grid[0]], [3, 3, 3, 3], [-4, -4, -1.5, -1.2], [2, 1, 2.2, 9]])
+    rois = torch.cat([image[:, None], boxes], 1)
+    ref = roi_align(x, rois, out, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    ours = roi_align_bmm(x, rois, out, sampling=2)
+    assert torch.allclose(ours, ref, atol=1e-12)
+    up = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    (g_ref,), (g_ours,) = torch.autograd.grad(ref, x, up), torch.autograd.grad(ours, x, up)
+    assert torch.allclose(g_ours, g_ref, atol=1e-12)
+    assert roi_align_bmm(x, rois[:0], out).shape == (0, 5, out, out)

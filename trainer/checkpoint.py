@@ -44,21 +44,22 @@ def cache_identity(cache: TeacherCache) -> dict:
 
 def save_checkpoint(directory, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, config: dict,
                     cache: TeacherCache, epoch: int, step: int, metrics: dict) -> Path:
-    """Write the checkpoint folder ``directory`` (replacing an old one only once complete)."""
+    """Write the checkpoint folder ``directory`` (replacing an old one only once complete).
+
+    A write that fails (a full disk) leaves the previous checkpoint as it was and says so."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE))
-    opt = optimizer.state_dict()
-    moments = {f"{i}.{name}": t.detach().contiguous().cpu() for i, st in opt["state"].items() for name, t in st.items()}
-    save_file(moments, str(tmp / OPTIMIZER_FILE))
-    meta = {"format": FORMAT, "package_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "epoch": epoch, "step": step, "config": config, "cache": cache_identity(cache),
-            "optimizer": {"param_groups": opt["param_groups"]}, "metrics": metrics}
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        _write_files(tmp, model, optimizer, config, cache, epoch, step, metrics)
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        before = (f"the previous checkpoint in {directory} is intact" if (directory / META_FILE).exists()
+                  else "no checkpoint was saved before")
+        raise CheckpointError(f"cannot write the checkpoint of epoch {epoch} to {tmp} ({e}); {before}. Free disk "
+                              "space and rerun with --resume (or without it when nothing was saved)") from e
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         directory.rename(old)
@@ -66,6 +67,18 @@ def save_checkpoint(directory, model: torch.nn.Module, optimizer: torch.optim.Op
     if old.exists():
         shutil.rmtree(old)
     return directory
+
+
+def _write_files(folder: Path, model, optimizer, config, cache, epoch, step, metrics) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / MODEL_FILE))
+    opt = optimizer.state_dict()
+    moments = {f"{i}.{name}": t.detach().contiguous().cpu() for i, st in opt["state"].items() for name, t in st.items()}
+    save_file(moments, str(folder / OPTIMIZER_FILE))
+    meta = {"format": FORMAT, "package_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "epoch": epoch, "step": step, "config": config, "cache": cache_identity(cache),
+            "optimizer": {"param_groups": opt["param_groups"]}, "metrics": metrics}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def read_meta(directory) -> dict:
@@ -77,18 +90,76 @@ def read_meta(directory) -> dict:
         if (old / META_FILE).is_file():  # killed between the two renames of save_checkpoint
             raise CheckpointError(f"{directory}: a save was interrupted; the previous checkpoint is intact in "
                                   f"{old}: rename it to {directory.name} and resume")
+        if directory.with_name(directory.name + ".tmp").exists():
+            raise CheckpointError(f"{directory}: the run was stopped during its first checkpoint save, so there is "
+                                  "nothing to resume from; start it again without --resume")
         raise CheckpointError(f"{directory}: no checkpoint here ({META_FILE} is missing); give the checkpoint "
                               "folder that `hoi train` wrote (RUN/checkpoint)")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r}, this version reads {FORMAT!r}")
-    if "adapters" not in meta.get("config", {}):
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be a checkpoint") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path}: format {fmt!r}, this version reads {FORMAT!r}")
+    if isinstance(meta.get("config"), dict) and "adapters" not in meta["config"]:
         raise CheckpointError(f"{path}: made by hoi-distill {meta.get('package_version')}, whose student had one "
                               "adapter named otherwise; retrain it (--adapters shared is that student)")
+    _check_meta(meta, path)
     return meta
+
+
+# What a checkpoint's JSON must hold, and of which type (JSON's: int is not bool).
+_META_FIELDS = {"epoch": int, "step": int, "config": dict, "cache": dict, "optimizer": dict, "metrics": dict}
+_CACHE_FIELDS = {"path": str, "fingerprint": str, "teacher": dict, "pair_rule": dict, "dataset": dict,
+                 "layout": dict}
+
+
+def _check_meta(meta: dict, path: Path) -> None:
+    """Refuse a checkpoint JSON with a missing field or one of the wrong type, by name."""
+    for fields, where, tree in ((_META_FIELDS, "", meta), (_CACHE_FIELDS, "cache.", meta.get("cache", {}))):
+        for key, kind in fields.items():
+            value = tree.get(key) if isinstance(tree, dict) else None
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise CheckpointError(f"{path}: field {where}{key} is {value!r}; a checkpoint has a "
+                                      f"{kind.__name__} there (the file was edited or damaged: retrain)")
+    if meta["epoch"] < 0 or meta["step"] < 0:
+        raise CheckpointError(f"{path}: epoch {meta['epoch']} / step {meta['step']} cannot be negative")
+    if not isinstance(meta["optimizer"].get("param_groups"), list):
+        raise CheckpointError(f"{path}: field optimizer.param_groups is missing or not a list; retrain")
+    from .config import ConfigError, TrainConfig
+
+    try:
+        TrainConfig.from_dict(meta["config"], source=f"{path}: config")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def weight_shapes(directory) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the weights file, from its header alone (nothing is
+    allocated: a tampered file cannot make the reader build a huge model first)."""
+    from safetensors import safe_open
+
+    path = Path(directory) / MODEL_FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e}); the checkpoint is damaged: retrain, or resume from a "
+                              "copy") from e
+
+
+def check_shapes(directory, expected: dict[str, tuple[int, ...]]) -> None:
+    """Refuse weights whose names or shapes differ from ``expected`` (a model's, built on the
+    meta device), naming the first difference."""
+    stored = weight_shapes(directory)
+    for name in sorted(set(stored) | set(expected)):
+        if stored.get(name) != expected.get(name):
+            raise CheckpointError(f"{Path(directory) / MODEL_FILE}: tensor {name} is {stored.get(name)} in the file "
+                                  f"but {expected.get(name)} in the student its config describes; the checkpoint "
+                                  "does not belong to its own config (edited or damaged): retrain")
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:

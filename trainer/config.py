@@ -54,6 +54,10 @@ class TrainConfig:
     w_mil: float = _opt(1.0, "Weight of the MIL loss (human-object pair scores pooled <- global CLIP "
                              "scores); 0 disables it.")
     w_union: float = _opt(1.0, "Weight of the union loss (union pair scores <- union CLIP scores); 0 disables it.")
+    unseen: str = _opt("", "Zero-shot split of the cache's label space (e.g. rare_first, non_rare_first, "
+                           "unseen_object, unseen_verb) whose unseen classes are removed from every training "
+                           "target: no soft label, no loss term, no text embedding in any loss. Test time still "
+                           "scores every class through its text embedding. '' trains on all classes.")
     # -- optimisation ---------------------------------------------------------------------
     epochs: int = _opt(20, "Epochs over the training cache.")
     batch_size: int = _opt(32, "Images per step (all their pairs come along).")
@@ -84,13 +88,19 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """Build from a dict (e.g. a checkpoint's), refusing unknown keys by name."""
+    def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
+        """Build from a dict (e.g. a checkpoint's), refusing unknown keys and values of the
+        wrong type by name (a JSON "256", 256.0, null or "false" is not what it looks like)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected an object of config fields, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(unknown)} (this version knows "
+            raise ConfigError(f"{source}: unknown config field(s): {', '.join(unknown)} (this version knows "
                               f"{', '.join(sorted(known))})")
+        for f in fields(cls):
+            if f.name in d:
+                _check_type(f.name, d[f.name], type(f.default), source)
         return cls(**d).validated()
 
     def replace(self, **changes) -> "TrainConfig":
@@ -119,6 +129,9 @@ class TrainConfig:
         for name in ("hidden_dim", "roi_size", "epochs", "batch_size", "block_images", "shuffle_blocks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name, top in MAX_SIZE.items():
+            if getattr(self, name) > top:
+                raise ConfigError(f"{name} = {getattr(self, name)} is beyond any sensible run (at most {top})")
         for name in ("temperature", "mil_temperature", "lr"):
             if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be a positive number, not {getattr(self, name)}")
@@ -146,6 +159,28 @@ class TrainConfig:
                     raise ConfigError(f"the {branch} branch is on but {weight} is 0, so it would never learn; "
                                       f"pass --no-{branch}-branch or --{weight.replace('_', '-')} > 0")
         return self
+
+
+# Upper bounds of sizes a config may ask for: beyond them a typo, not an experiment (a
+# hidden_dim of 10^7 would allocate gigabytes before anything else could refuse it).
+MAX_SIZE = {"hidden_dim": 8192, "roi_size": 32, "batch_size": 65536, "block_images": 1 << 20,
+            "shuffle_blocks": 4096, "epochs": 100000, "prefetch": 64, "threads": 1024}
+
+
+def _check_type(name: str, value, kind: type, source: str) -> None:
+    """Refuse a value whose JSON type is not the field's: bool for bools (not "false" or 0),
+    int for ints (not 256.0 or "256"), int or float for floats, str for strings."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ConfigError(f"{source}: {name} is {value!r} ({type(value).__name__}); it must be a "
+                          f"{'number' if kind is float else kind.__name__}")
 
 
 def field_specs() -> list[tuple[str, object, str, tuple | None, type]]:

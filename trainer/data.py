@@ -24,10 +24,47 @@ import torch
 from cache import schema as S
 from cache.store import TeacherCache
 from hoidata import boxes as B
+from hoidata.labelspace import LabelSpace
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
+
+def labelspace_of(cache: TeacherCache, override: str | None = None) -> LabelSpace:
+    """The label space of the cache: ``override`` (a built-in name or a file), else the
+    cache's ``dataset.labelspace`` (a name, a file or the label-space dict itself); checked
+    against the cache's classes."""
+    src = override if override is not None else cache.attrs["dataset"].get("labelspace")
+    if src is None:
+        raise ConfigError(f"{cache.path} does not record its label space (dataset.labelspace); pass --labelspace "
+                          "NAME|FILE")
+    ls = LabelSpace.from_dict(src, source=f"{cache.path} dataset.labelspace") if isinstance(src, dict) \
+        else LabelSpace.load(src)
+    verb, obj = cache.read("text/verb"), cache.read("text/object")
+    if ls.num_classes != len(verb):
+        raise ConfigError(f"label space {ls.name!r} has {ls.num_classes} classes but {cache.path} has {len(verb)}")
+    bad = np.flatnonzero((ls.hoi_verb != verb) | (ls.hoi_object != obj))
+    if len(bad):
+        c = int(bad[0])
+        raise ConfigError(f"label space {ls.name!r} disagrees with {cache.path} on class {c}: (verb, object) "
+                          f"{ls.hoi[c]} vs ({verb[c]}, {obj[c]})")
+    return ls
+
+
+def seen_classes(cache: TeacherCache, split: str) -> np.ndarray:
+    """bool [C]: the classes training may see; all but the unseen ones of zero-shot ``split``
+    of the cache's label space ('' for none: every class)."""
+    num_classes = cache.layout["num_classes"]
+    if not split:
+        return np.ones(num_classes, dtype=bool)
+    splits = labelspace_of(cache).zero_shot_splits
+    if split not in splits:
+        raise ConfigError(f"--unseen {split!r}: the label space of {cache.path} has no such zero-shot split "
+                          f"(it has {', '.join(sorted(splits)) or 'none'})")
+    seen = np.ones(num_classes, dtype=bool)
+    seen[np.asarray(splits[split]["unseen"], dtype=np.int64)] = False
+    return seen
+
 
 def resolve_crop_mode(setting: str, cache: TeacherCache) -> str:
     """The teacher's crop mode: the setting, or for 'auto' the cache's ``teacher.crop_mode``."""
@@ -227,31 +264,56 @@ class CacheReader:
         hi = int(self.end[imgs].max()) if counts.sum() else 0
         rows = _ranges(self.begin[imgs] - lo, counts)  # pair rows relative to lo, in image order
         d0, d1 = int(self.det_offsets[i0]), int(self.det_offsets[i1])
-        det_box, det_score = c.read("detections/box", slice(d0, d1)), c.read("detections/score", slice(d0, d1))
-        det_label = c.read("detections/label", slice(d0, d1))
-        hum = c.read("pairs/human", slice(lo, hi))[rows] - d0
-        obj = c.read("pairs/object", slice(lo, hi))[rows] - d0
-        union = c.read("pairs/box", slice(lo, hi))[rows]
-        boxes = np.stack([det_box[hum], det_box[obj], union], 1).astype(np.float32)
-        regions = boxes.copy()
-        regions[:, 2] = B.crop_region(union, self.union_margin, self.crop_mode)
-        pair_size = np.repeat(np.repeat(self.sizes[imgs], counts, 0), 3, 0)
-        grid_boxes = to_grid(regions.reshape(-1, 4), pair_size, self.grid, self.crop_mode).reshape(-1, 3, 4)
 
         def image_array(name):  # whole chunks read, skipped images dropped after
             return c.read(name, slice(i0, i1))[local]
-        return Block(
-            image=imgs.astype(np.int64), size=self.sizes[imgs],
+        block = pair_block(
+            imgs.astype(np.int64), self.sizes[imgs],
+            det_box=c.read("detections/box", slice(d0, d1)), det_score=c.read("detections/score", slice(d0, d1)),
+            det_label=c.read("detections/label", slice(d0, d1)),
+            human=c.read("pairs/human", slice(lo, hi))[rows] - d0, obj=c.read("pairs/object", slice(lo, hi))[rows] - d0,
+            pair_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), grid=self.grid,
+            crop_mode=self.crop_mode, union_margin=self.union_margin,
             dense=image_array("global/dense") if "dense" in self.what else None,
-            global_score=image_array("global/score") if "global_score" in self.what else None,
-            pair_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-            pair_row=(lo + rows).astype(np.int64), boxes=boxes, grid_boxes=grid_boxes,
-            object=det_label[obj].astype(np.int64),
-            det_score=np.stack([det_score[hum], det_score[obj]], 1).astype(np.float32),
-            union_score=c.read("union/score", slice(lo, hi))[rows] if "union_score" in self.what else None)
+            union=c.read("pairs/box", slice(lo, hi))[rows])
+        block.pair_row = (lo + rows).astype(np.int64)
+        if "global_score" in self.what:
+            block.global_score = image_array("global/score")
+        if "union_score" in self.what:
+            block.union_score = c.read("union/score", slice(lo, hi))[rows]
+        return block
 
     def read_all(self, block_images: int) -> Block:
         return Block.concat([self.read(i0, i1) for i0, i1 in self.blocks(block_images)])
+
+
+def pair_block(image: np.ndarray, size: np.ndarray, *, det_box: np.ndarray, det_score: np.ndarray,
+               det_label: np.ndarray, human: np.ndarray, obj: np.ndarray, pair_offsets: np.ndarray,
+               grid: tuple[int, int], crop_mode: str, union_margin: float, dense: np.ndarray | None = None,
+               union: np.ndarray | None = None) -> Block:
+    """A :class:`Block` of images and their candidate pairs, from detections (no teacher scores).
+
+    image int64 [n] (any ids), size float32 [n, 2] (w, h); det_box float32 [T, 4] (coord),
+    det_score float32 [T], det_label int [T]: the images' detections; human, obj int64 [P]:
+    each pair's detection rows (into det_*), pairs in image order with pair_offsets int64
+    [n + 1]; dense float16 [n, H, W, D] | None; union float32 [P, 4]: the union boxes as
+    stored (computed from the two boxes when None). Pair rows are 0..P-1.
+    """
+    human, obj = np.asarray(human, np.int64), np.asarray(obj, np.int64)
+    counts = np.diff(pair_offsets)
+    if union is None:
+        union = B.union_coord(det_box[human], det_box[obj]) if len(human) else np.zeros((0, 4), np.float32)
+    boxes = np.stack([det_box[human], det_box[obj], union], 1).astype(np.float32).reshape(-1, 3, 4)
+    regions = boxes.copy()
+    regions[:, 2] = B.crop_region(union, union_margin, crop_mode)
+    pair_size = np.repeat(np.repeat(np.asarray(size, np.float32), counts, 0), 3, 0)
+    grid_boxes = to_grid(regions.reshape(-1, 4), pair_size, grid, crop_mode).reshape(-1, 3, 4)
+    return Block(image=np.asarray(image, np.int64), size=np.asarray(size, np.float32), dense=dense,
+                 global_score=None, pair_offsets=np.asarray(pair_offsets, np.int64),
+                 pair_row=np.arange(len(human), dtype=np.int64), boxes=boxes, grid_boxes=grid_boxes,
+                 object=np.asarray(det_label, np.int64)[obj],
+                 det_score=np.stack([det_score[human], det_score[obj]], 1).astype(np.float32).reshape(-1, 2),
+                 union_score=None)
 
 
 def object_class_mask(cache: TeacherCache) -> np.ndarray:

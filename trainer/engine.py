@@ -23,7 +23,7 @@ from cache.store import TeacherCache, open_cache
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, runtime_fields
-from .data import Block, TrainData, object_class_mask, resolve_crop_mode
+from .data import Block, TrainData, object_class_mask, resolve_crop_mode, seen_classes
 from .losses import DistillationLoss
 from .model import Student
 
@@ -195,14 +195,12 @@ def train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: boo
     crop_mode = resolve_crop_mode(config.crop_mode, cache)
     model = build_model(config, cache, device)
     optimizer = make_optimizer(model, config)
-    criterion = DistillationLoss(config)
+    criterion = DistillationLoss(config, torch.from_numpy(seen_classes(cache, config.unseen)).to(device))
     start_epoch, step = 0, 0
     metrics_path = out / METRICS_FILE
     if meta is not None:
-        try:
-            model.load_state_dict(ckpt.load_weights(ckpt_dir))
-        except RuntimeError as e:  # weights of another shape: not this configuration's
-            raise ckpt.CheckpointError(f"{ckpt_dir}: its weights do not fit this student ({e})") from e
+        ckpt.check_shapes(ckpt_dir, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+        model.load_state_dict(ckpt.load_weights(ckpt_dir))
         optimizer.load_state_dict(ckpt.load_optimizer_state(ckpt_dir, meta))
         start_epoch, step = meta["epoch"], meta["step"]
         # a run killed between its metrics line and its checkpoint wrote one line too many

@@ -10,6 +10,10 @@ over the same support, so it is 0 when the student matches and never negative.
   (multiple-instance learning: the image says what happens, not which pair does it).
 - ``union``: union pair scores [P, C] <- union CLIP scores of the same pairs.
 
+With ``config.unseen`` (a zero-shot split), every support is restricted to the seen
+classes: unseen classes get no soft label and no loss term, and their text embeddings take
+no part in any softmax a loss reads (rows left without a seen class are dropped).
+
 As in DETR's criterion, :class:`DistillationLoss` returns the unweighted losses by name;
 ``weights`` holds the weight of each, and :meth:`DistillationLoss.total` sums them.
 """
@@ -56,24 +60,30 @@ def mil_pool(logits: torch.Tensor, image: torch.Tensor, num_images: int, mode: s
 
 
 class DistillationLoss(nn.Module):
-    """The losses of ``config.active_losses`` (see the module docstring)."""
+    """The losses of ``config.active_losses`` (see the module docstring). seen: bool [C], the
+    classes training may see (all when None)."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, seen: torch.Tensor | None = None):
         super().__init__()
         self.config = config
+        self.seen = seen
         self.weights = {k: getattr(config, f"w_{k}") for k in config.active_losses}
         # Which model output each loss reads: in early fusion both pair losses train the fused scores.
         early = config.fusion == "early"
         self.source = {"global": "global", "mil": "fused" if early else "ho", "union": "fused" if early else "union"}
 
+    def _seen(self, support: torch.Tensor) -> torch.Tensor:
+        return support if self.seen is None else support & self.seen.to(support.device)
+
     def pair_support(self, batch: Batch) -> torch.Tensor:
         """bool [P, C]: the classes a pair's soft label and scores range over."""
         if self.config.label_support == "object":
-            return batch.class_mask
-        return torch.ones_like(batch.class_mask)
+            return self._seen(batch.class_mask)
+        return self._seen(torch.ones_like(batch.class_mask))
 
     def loss_global(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return soft_kl(logits, batch.global_score, torch.ones_like(logits, dtype=torch.bool), self.config.temperature)
+        return soft_kl(logits, batch.global_score, self._seen(torch.ones_like(logits, dtype=torch.bool)),
+                       self.config.temperature)
 
     def loss_mil(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         support = self.pair_support(batch)

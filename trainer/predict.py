@@ -29,38 +29,17 @@ import torch
 from cache.store import TeacherCache, open_cache
 from hoidata.annotations import Annotations
 from hoidata.evaluation import EvalResult, evaluate
-from hoidata.labelspace import LabelSpace
+from hoidata.hico_mat import read_image_labels
 from hoidata.predictions import Predictions, write_predictions
 
 from . import checkpoint as ckpt
 from .config import PREDICTION_MODELS as MODELS
 from .config import ConfigError, TrainConfig
-from .data import Block, CacheReader, object_class_mask, prefetched, resolve_crop_mode
+from .data import Block, CacheReader, labelspace_of, object_class_mask, prefetched, resolve_crop_mode
 from .engine import autocast_for, select_device
-from .model import Student, masked_softmax, pair_scores
+from .model import Student, masked_softmax, pair_scores, state_shapes
 
 log = logging.getLogger(__name__)
-
-
-def labelspace_of(cache: TeacherCache, override: str | None = None) -> LabelSpace:
-    """The label space of the cache: ``override`` (a built-in name or a file), else the
-    cache's ``dataset.labelspace`` (a name, a file or the label-space dict itself); checked
-    against the cache's classes."""
-    src = override if override is not None else cache.attrs["dataset"].get("labelspace")
-    if src is None:
-        raise ConfigError(f"{cache.path} does not record its label space (dataset.labelspace); pass --labelspace "
-                          "NAME|FILE")
-    ls = LabelSpace.from_dict(src, source=f"{cache.path} dataset.labelspace") if isinstance(src, dict) \
-        else LabelSpace.load(src)
-    verb, obj = cache.read("text/verb"), cache.read("text/object")
-    if ls.num_classes != len(verb):
-        raise ConfigError(f"label space {ls.name!r} has {ls.num_classes} classes but {cache.path} has {len(verb)}")
-    bad = np.flatnonzero((ls.hoi_verb != verb) | (ls.hoi_object != obj))
-    if len(bad):
-        c = int(bad[0])
-        raise ConfigError(f"label space {ls.name!r} disagrees with {cache.path} on class {c}: (verb, object) "
-                          f"{ls.hoi[c]} vs ({verb[c]}, {obj[c]})")
-    return ls
 
 
 def ground_truth(cache: TeacherCache, labelspace_name: str = "") -> Annotations:
@@ -81,14 +60,19 @@ def load_student(checkpoint, cache: TeacherCache, device: torch.device) -> tuple
     embeddings (refused if the cache was made by another teacher); returns (model, meta)."""
     meta = ckpt.read_meta(checkpoint)
     ckpt.check_teacher(meta, cache, checkpoint)
+    return student_from(checkpoint, meta, cache.read("text/embedding"), device), meta
+
+
+def student_from(checkpoint, meta: dict, text: np.ndarray, device: torch.device) -> Student:
+    """The student of a checkpoint (``meta``: its JSON, read and checked) over text embeddings
+    float32 [C, D] of its teacher, in eval mode. Its weights' shapes are checked from the
+    file's header before the model is built."""
     config = TrainConfig.from_dict(meta["config"])
-    model = Student(config, torch.from_numpy(cache.read("text/embedding"))).to(device)
-    try:
-        model.load_state_dict(ckpt.load_weights(checkpoint))
-    except RuntimeError as e:
-        raise ckpt.CheckpointError(f"{checkpoint}: the weights do not fit the model its config describes "
-                                   f"({e})") from None
-    return model.eval(), meta
+    text_t = torch.from_numpy(np.asarray(text, np.float32))
+    ckpt.check_shapes(checkpoint, state_shapes(config, tuple(text_t.shape)))
+    model = Student(config, text_t).to(device)
+    model.load_state_dict(ckpt.load_weights(checkpoint))
+    return model.eval()
 
 
 def _rows(block: Block, scores: np.ndarray, class_mask: np.ndarray, top_k: int) -> dict[str, np.ndarray]:
@@ -106,8 +90,21 @@ def _rows(block: Block, scores: np.ndarray, class_mask: np.ndarray, top_k: int) 
             "score": score}
 
 
-def _student_scores(model: Student, block: Block, class_mask: torch.Tensor, device: torch.device,
-                    batch_size: int, amp: bool, union_weight: float) -> np.ndarray:
+def block_rows(block: Block, scores: np.ndarray, class_mask: np.ndarray, det_exponent: float = 1.0,
+               top_k: int = 0) -> dict[str, np.ndarray]:
+    """Prediction rows of a block from class scores float [P, C]: times (human score x object
+    score) ** det_exponent, on the classes of each pair's object (class_mask bool [O, C])."""
+    return _rows(block, scores * (block.det_score.prod(1) ** det_exponent)[:, None], class_mask, top_k)
+
+
+def concat_rows(parts: list[dict]) -> dict[str, np.ndarray]:
+    """The rows of several blocks, one array per field (empty arrays when there are none)."""
+    return {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, 4) if k.startswith("boxes") else 0)
+            for k in ("image", "boxes_h", "boxes_o", "hoi", "score")}
+
+
+def student_scores(model: Student, block: Block, class_mask: torch.Tensor, device: torch.device,
+                   batch_size: int, amp: bool, union_weight: float) -> np.ndarray:
     """float32 [P, C]: the student's fused pair scores for a block, batch by batch."""
     out = [np.zeros((0, class_mask.shape[1]), np.float32)]
     for s in range(0, len(block), batch_size):
@@ -148,7 +145,7 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
                     train_cache=meta["cache"]["path"], union_weight=union_weight)
 
         def score_block(b: Block) -> np.ndarray:
-            return _student_scores(student, b, mask_t, dev, batch_size, config.amp, union_weight)
+            return student_scores(student, b, mask_t, dev, batch_size, config.amp, union_weight)
     elif model == "teacher":
         temperature = TrainConfig().temperature if temperature is None else temperature
         info["temperature"] = temperature
@@ -169,13 +166,10 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
         log.warning("%d image(s) of %s were skipped by the teacher (no dense map): no predictions there",
                     skipped, cache.path)
 
-    parts = []
-    for block in prefetched(lambda r: reader.read(*r), reader.blocks(block_images), 1):  # read ahead while scoring
-        scores = score_block(block) * (block.det_score.prod(1) ** det_exponent)[:, None]
-        parts.append(_rows(block, scores, mask, top_k))
-    cat = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, 4) if k.startswith("boxes") else 0)
-           for k in ("image", "boxes_h", "boxes_o", "hoi", "score")}
-    pred = Predictions.from_arrays([str(n) for n in cache.read("images/file_name")], box_format="coord", **cat)
+    parts = [block_rows(block, score_block(block), mask, det_exponent, top_k)  # the next block read meanwhile
+             for block in prefetched(lambda r: reader.read(*r), reader.blocks(block_images), 1)]
+    pred = Predictions.from_arrays([str(n) for n in cache.read("images/file_name")], box_format="coord",
+                                   **concat_rows(parts))
     info["num_predictions"] = len(pred)
     return pred, info
 
@@ -187,17 +181,20 @@ def predict_file(cache_path, output, **predict_kw) -> dict:
     return {**info, "output": str(output)}
 
 
-def run_eval(cache_path, *, results=None, predictions=None, labelspace: str | None = None,
+def run_eval(cache_path, *, results=None, predictions=None, labelspace: str | None = None, image_labels=None,
              **predict_kw) -> tuple[EvalResult, dict]:
     """Predict (see :func:`predict`) on a test cache and evaluate against its own ground
     truth and label space; write the results JSON (the evaluator's summary under
     ``results`` plus what made the predictions) to ``results`` and the predictions to
-    ``predictions`` when given."""
+    ``predictions`` when given. ``image_labels``: HICO-DET's ``anno.mat``, whose image-level
+    labels then decide the Known-Object images as the official code does (default: the
+    images holding a ground-truth pair of the object, a stand-in; results say which)."""
     cache = open_cache(cache_path)
     ls = labelspace_of(cache, labelspace)
     gt = ground_truth(cache, ls.name)  # before predicting: a cache without ground truth fails fast
+    labels = read_image_labels(image_labels, gt.file_names, ls) if image_labels else None
     pred, info = predict(cache_path, **predict_kw)
-    res = evaluate(gt, pred, ls, source=f"predictions for {cache.path}")
+    res = evaluate(gt, pred, ls, source=f"predictions for {cache.path}", image_labels=labels)
     report = {**info, "results": json.loads(res.summary_json())}
     if predictions:
         write_predictions(pred, predictions)
