@@ -35,7 +35,10 @@ def ground_truth_options(f):
     for option in reversed([
         click.option("--annotations", default="hico_det", metavar="FILE|hico_det",
                      help="Ground truth (its image order is the official one): an instances_*.json / QPIC "
-                          "test_hico.json file, or 'hico_det' for the bundled HICO-DET test set."),
+                          "test_hico.json / HICO-DET anno_bbox.mat file, or 'hico_det' for the bundled "
+                          "HICO-DET test set."),
+        click.option("--split", type=click.Choice(["train", "test"]), default="test",
+                     help="Split of an anno_bbox.mat / anno.mat (bbox_test / anno_test, or the train ones)."),
         click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the annotations."),
         click.option("--box-format", type=click.Choice(BOX_FORMATS), default=None,
                      help="Box convention of the predictions; overrides the file's own 'box_format'."),
@@ -54,13 +57,19 @@ def ground_truth_options(f):
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (mAP as fractions).")
 @click.option("--per-class", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write per-class AP and recall to this JSON file.")
-def eval_predictions(annotations, labelspace, predictions, box_format, ignore_unknown_images, as_json, per_class):
+@click.option("--image-labels", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="HICO-DET's anno.mat: its image-level labels give the Known-Object images, as in the "
+                   "official code [default: the anno.mat beside an anno_bbox.mat --annotations; else the "
+                   "images holding a ground-truth pair of the object, a stand-in].")
+def eval_predictions(annotations, labelspace, split, predictions, box_format, ignore_unknown_images, as_json,
+                     per_class, image_labels):
     """HICO-DET mAP of a predictions file, exactly as the official MATLAB code computes it."""
     from hoidata.evaluation import evaluate_file, format_table
 
     try:
         res = evaluate_file(annotations, predictions, labelspace=labelspace, box_format=box_format,
-                            ignore_unknown_images=ignore_unknown_images)
+                            ignore_unknown_images=ignore_unknown_images, split=split,
+                            image_labels=image_labels or "auto")
     except (ValueError, ImportError) as e:
         raise UserError(str(e)) from e
     if per_class:
@@ -80,14 +89,16 @@ def eval_predictions(annotations, labelspace, predictions, box_format, ignore_un
                    "either, by its 'format' setting).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
-def export_mat(predictions, annotations, labelspace, layout, box_format, ignore_unknown_images, output, overwrite):
+def export_mat(predictions, annotations, labelspace, split, layout, box_format, ignore_unknown_images, output,
+               overwrite):
     """Write predictions as the official MATLAB evaluation's detection files (ho-rcnn eval_one.m),
     so anyone can confirm our mAP with the official code."""
     from hoidata.matlab import export_file
 
     try:
         info = export_file(predictions, output, annotations=annotations, labelspace=labelspace, layout=layout,
-                           box_format=box_format, overwrite=overwrite, ignore_unknown_images=ignore_unknown_images)
+                           box_format=box_format, overwrite=overwrite, ignore_unknown_images=ignore_unknown_images,
+                           split=split)
     except (ValueError, FileExistsError, ImportError) as e:
         raise UserError(str(e)) from e
     click.echo(f"{output}: {info['detections']:,} detections on {info['images']:,} images in "
@@ -128,17 +139,21 @@ def visualize(predictions, images, labelspace, names, count, top, output):
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs of each student (default: the demo's own, fewer than the trainer's).")
 @click.option("--train-images", type=click.IntRange(min=1), default=2000, help="Images of the minibench train split.")
+@click.option("--val-images", type=click.IntRange(min=0), default=600,
+              help="Images of the minibench validation split (built, never read by the demo).")
 @click.option("--test-images", type=click.IntRange(min=1), default=600, help="Images of the minibench test split.")
 @click.option("--seed", type=click.IntRange(min=0), default=0,
-              help="Seed of the world (scenes, splits, detections); the students keep the trainer's seed.")
-def demo(out, until, epochs, train_images, test_images, seed):
+              help="Seed of the world (scenes, splits, detections).")
+@click.option("--train-seed", type=click.IntRange(min=0), default=0,
+              help="Seed of the students (initial weights, data order).")
+def demo(out, until, epochs, train_images, val_images, test_images, seed, train_seed):
     """The whole method on the bundled benchmark (minibench), offline: world, teacher cache,
     students, evaluation, one table like the paper's."""
     from hoi.demo import run_demo
 
     try:
-        run_demo(out, until=until, epochs=epochs, train_images=train_images, test_images=test_images,
-                 seed=seed, echo=click.echo)
+        run_demo(out, until=until, epochs=epochs, train_images=train_images, val_images=val_images,
+                 test_images=test_images, seed=seed, train_seed=train_seed, echo=click.echo)
     except (ValueError, OSError, RuntimeError) as e:
         raise UserError(str(e)) from e
 

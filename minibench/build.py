@@ -1,14 +1,18 @@
 """Build the minibench world into a folder, deterministically from a seed.
 
-    python -m minibench.build --out runs/minibench [--seed 0] [--train 2000] [--test 600]
+    python -m minibench.build --out runs/minibench [--seed 0] [--train 2000] [--val 600] [--test 600]
 
 Layout (see :func:`layout`)::
 
     OUT/manifest.json              what was built, from which settings, how long each step took
     OUT/labelspace.json            hoi-labelspace/1 (train_counts counted on the train split)
-    OUT/images/{train,test}/       minibench_{split}_NNNNNN.jpg, 224 x 224
-    OUT/instances_{train,test}.json   ground truth, HICO-DET's instances_*.json format
-    OUT/detections_{train,test}.h5    simulated detector, hoi-detections/1
+    OUT/images/{train,val,test}/   minibench_{split}_NNNNNN.jpg, 224 x 224
+    OUT/instances_{train,val,test}.json   ground truth, HICO-DET's instances_*.json format
+    OUT/detections_{train,val,test}.h5    simulated detector, hoi-detections/1
+
+The validation split is drawn like the train split (long-tailed) from a seed stream of its
+own; its labels serve only to choose settings, never to train, and the test split's never
+to choose anything.
     OUT/web/corpus.npz             captioned web corpus (CLIP training only)
 
 A rerun reuses every step the manifest records as done with the same settings; a folder
@@ -33,6 +37,7 @@ from . import detector, labels, world
 from .corpus import SPLIT_SEED, WEB_SCENES, render_corpus, save_corpus
 
 SCHEMA = "minibench-world/1"
+SPLITS = ("train", "val", "test")
 JPEG_QUALITY = 92
 TEST_MIN_PER_CLASS = 4  # the first C * 4 test images each start with a given class: all classes appear
 _CHUNK = 100
@@ -47,7 +52,7 @@ def layout(root: str | Path) -> dict[str, Path]:
     root = Path(root)
     paths = {"manifest": root / "manifest.json", "labelspace": root / "labelspace.json",
              "web": root / "web" / "corpus.npz"}
-    for split in ("train", "test"):
+    for split in SPLITS:
         paths[f"images_{split}"] = root / "images" / split
         paths[f"instances_{split}"] = root / f"instances_{split}.json"
         paths[f"detections_{split}"] = root / f"detections_{split}.h5"
@@ -94,13 +99,13 @@ def render_split(split: str, n: int, seed: int, image_dir: str | Path, workers: 
 
 
 def build(out: str | Path, seed: int = 0, n_train: int = 2000, n_test: int = 600, web_scenes: int = WEB_SCENES,
-          workers: int = 2, web: bool = True, log=print) -> dict:
+          workers: int = 2, web: bool = True, n_val: int = 600, log=print) -> dict:
     """Build (or finish building) the world in ``out``; returns the manifest.
 
     ``web=False`` skips the web corpus (~500 MB, only CLIP training reads it); a later
     build with ``web=True`` adds it to the same world."""
     paths = layout(out)
-    config = {"seed": seed, "train": n_train, "test": n_test, "web_scenes": web_scenes,
+    config = {"seed": seed, "train": n_train, "val": n_val, "test": n_test, "web_scenes": web_scenes,
               "scene_size": world.SCENE_SIZE, "prompts": list(labels.PROMPTS), "detector": detector.VERSION}
     manifest = {"schema": SCHEMA, "config": config, "done": {}}
     if paths["manifest"].is_file():
@@ -142,9 +147,12 @@ def build(out: str | Path, seed: int = 0, n_train: int = 2000, n_test: int = 600
         return run
 
     step("train", [paths["instances_train"], paths["labelspace"]], split("train", n_train))
+    if n_val:
+        step("val", [paths["instances_val"]], split("val", n_val, TEST_MIN_PER_CLASS))
     step("test", [paths["instances_test"]], split("test", n_test, TEST_MIN_PER_CLASS))
-    step("detections_train", [paths["detections_train"]], dets("train"))
-    step("detections_test", [paths["detections_test"]], dets("test"))
+    for name in SPLITS:
+        if name != "val" or n_val:
+            step(f"detections_{name}", [paths[f"detections_{name}"]], dets(name))
     if web:
         step("web", [paths["web"]], lambda: save_corpus(render_corpus(web_scenes, seed, workers=workers),
                                                         paths["web"], seed))
@@ -156,6 +164,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train", type=int, default=2000, help="train images")
+    ap.add_argument("--val", type=int, default=600, help="validation images (labels used to choose settings only)")
     ap.add_argument("--test", type=int, default=600, help="test images")
     ap.add_argument("--web-scenes", type=int, default=WEB_SCENES, help="scenes rendered for the web corpus")
     ap.add_argument("--workers", type=int, default=2)
@@ -164,7 +173,7 @@ def main(argv=None) -> None:
     t0 = time.time()
     try:
         build(args.out, args.seed, args.train, args.test, args.web_scenes, args.workers, web=not args.no_web,
-              log=lambda m: print(m, flush=True))
+              n_val=args.val, log=lambda m: print(m, flush=True))
     except BuildError as e:
         raise SystemExit(str(e)) from None
     ls = LabelSpace.load(layout(args.out)["labelspace"])

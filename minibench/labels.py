@@ -80,12 +80,35 @@ def _coco_maps() -> tuple[list[int], dict[int, int]]:
     return coco80, coco91
 
 
-def labelspace(train_counts) -> LabelSpace:
-    """The label space, with ``train_counts`` (int [C], pairs per class in the train split).
+# Zero-shot splits of the same kinds as HICO-DET's (shared/hico/zero_shot_splits.json), at
+# HICO-DET's proportions (120 of 600 compositions = 20%; 12 of 80 objects; 20 of 117 verbs):
+# RF-UC and NF-UC hold out the 8 rarest / 8 most frequent classes by train pairs (HICO-DET's
+# RF-UC takes 120 rare classes, its NF-UC the 120 most frequent non-rare ones); UO holds out
+# two objects whose verbs all occur with other objects (so a verb stays known); UV holds out
+# one verb that goes with several objects. Fixed before any model was trained on them.
+UNSEEN_COMPOSITIONS = 8
+UNSEEN_OBJECTS = ("frisbee", "suitcase")
+UNSEEN_VERBS = ("throw",)
 
-    The one zero-shot split, ``rare_first``, holds out the Rare classes (as HICO-DET's
-    RF-UC setting picks its unseen classes from the rarest first).
-    """
+
+def zero_shot_splits(train_counts) -> dict:
+    """{name: {"setting", "unseen": [class, ...]}} for RF-UC, NF-UC, UO and UV (see above)."""
+    counts = np.asarray(train_counts, np.int64)
+    by_count = np.lexsort((np.arange(NUM_CLASSES), counts))           # rarest first, ties by class index
+    head = np.lexsort((np.arange(NUM_CLASSES), -counts))              # most frequent first
+    obj = {OBJECTS.index(o) for o in UNSEEN_OBJECTS}
+    verb = {VERBS.index(v) for v in UNSEEN_VERBS}
+    return {
+        "rare_first": {"setting": "RF-UC", "unseen": sorted(int(c) for c in by_count[:UNSEEN_COMPOSITIONS])},
+        "non_rare_first": {"setting": "NF-UC", "unseen": sorted(int(c) for c in head[:UNSEEN_COMPOSITIONS])},
+        "unseen_object": {"setting": "UO", "unseen": [c for c, (_, o) in enumerate(HOI) if o in obj]},
+        "unseen_verb": {"setting": "UV", "unseen": [c for c, (v, _) in enumerate(HOI) if v in verb]},
+    }
+
+
+def labelspace(train_counts) -> LabelSpace:
+    """The label space, with ``train_counts`` (int [C], pairs per class in the train split)
+    and the four zero-shot splits (:func:`zero_shot_splits`)."""
     counts = [int(c) for c in train_counts]
     if len(counts) != NUM_CLASSES:
         raise ValueError(f"train_counts has {len(counts)} entries for {NUM_CLASSES} classes")
@@ -94,8 +117,6 @@ def labelspace(train_counts) -> LabelSpace:
         "schema": SCHEMA, "name": NAME, "objects": list(OBJECTS), "verbs": list(VERBS),
         "hoi": [list(p) for p in HOI], "human": HUMAN, "train_counts": counts,
         "rare_threshold": RARE_THRESHOLD, "prompts": list(PROMPTS),
-        "zero_shot_splits": {"rare_first": {"setting": "RF-UC",
-                                            "unseen": [c for c in range(NUM_CLASSES)
-                                                       if counts[c] < RARE_THRESHOLD]}},
+        "zero_shot_splits": zero_shot_splits(counts),
         "coco80_to_object": coco80, "coco91_to_object": {str(k): v for k, v in coco91.items()},
     }, source=NAME)

@@ -76,11 +76,13 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def _place(g: Group, rng, size: int, horizon: float, taken: list) -> Placed | None:
-    """Scale and position ``g`` inside the image, overlapping earlier groups only a little."""
+def _place(g: Group, rng, size: int, horizon: float, taken: list,
+           person_px: tuple[float, float] = PERSON_PX) -> Placed | None:
+    """Scale and position ``g`` inside the image (the person ``person_px`` tall when it fits),
+    overlapping earlier groups only a little."""
     x0, y0, x1, y1 = g.extent()
-    hi = min(PERSON_PX[1], 0.94 * size / (y1 - y0), 0.94 * size / (x1 - x0))
-    lo = min(PERSON_PX[0], hi)
+    hi = min(person_px[1], 0.94 * size / (y1 - y0), 0.94 * size / (x1 - x0))
+    lo = min(person_px[0], hi)
     for _ in range(12):
         scale, flip = float(rng.uniform(lo, hi)), bool(rng.random() < 0.5)
         left, right = (-x1, -x0) if flip else (x0, x1)
@@ -106,10 +108,12 @@ UNIFORM = tier_sampler(np.ones(NUM_CLASSES))   # the web corpus: every class equ
 
 
 def sample_scene(rng, sampler: Callable = LONG_TAIL, size: int = SCENE_SIZE, first_class: int | None = None,
-                 p_extra: float = 0.15) -> Scene:
+                 p_extra: float = 0.15, groups_p: tuple = GROUPS_P,
+                 person_px: tuple[float, float] = PERSON_PX) -> Scene:
     """A random scene. ``first_class`` forces the first interaction (always placed: the
-    image is still empty), which is how a split guarantees every class appears."""
-    n = int(rng.choice(len(GROUPS_P), p=GROUPS_P))
+    image is still empty), which is how a split guarantees every class appears.
+    ``groups_p``: P(0, 1, ... interactions); ``person_px``: range of people's heights."""
+    n = int(rng.choice(len(groups_p), p=groups_p))
     if first_class is not None:
         n = max(n, 1)
     scene = Scene(size, horizon=float(rng.uniform(0.3, 0.6) * size), indoor=bool(rng.random() < 0.3),
@@ -117,7 +121,7 @@ def sample_scene(rng, sampler: Callable = LONG_TAIL, size: int = SCENE_SIZE, fir
     placed = []
     for k in range(n):
         cls = first_class if (k == 0 and first_class is not None) else sampler(rng)
-        p = _place(group(cls, rng, p_extra), rng, size, scene.horizon, placed)
+        p = _place(group(cls, rng, p_extra), rng, size, scene.horizon, placed, person_px)
         if p is not None:
             placed.append(p)
     scene.groups = sorted(placed, key=lambda p: p.gy)  # far (higher up) first
@@ -188,7 +192,8 @@ def render(scene: Scene) -> tuple[Image.Image, list[dict]]:
     """The image (RGB, ``size`` x ``size``) and the ground truth of each group.
 
     Returns one dict per interaction pair, in group order: ``box_h``, ``box_o`` (float64 [4],
-    coord, whole pixels, inside the image), ``hoi``, ``verb``, ``object`` (int).
+    coord, whole pixels, inside the image), ``hoi``, ``verb``, ``object``, ``group`` (int:
+    the index of the pair's group in ``scene.groups``).
     """
     im = _background(scene)
     d = ImageDraw.Draw(im)
@@ -201,10 +206,11 @@ def render(scene: Scene) -> tuple[Image.Image, list[dict]]:
     arr = np.asarray(im, np.int16) + rng.integers(-6, 7, (scene.size, scene.size, 1), dtype=np.int16)
     im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     pairs = []
-    for placed in scene.groups:
+    for g, placed in enumerate(scene.groups):
         boxes = {e: _pixel_box(placed.box(e), scene.size) for e in placed.group.labels}
         for eh, eo, c in placed.group.pairs:
-            pairs.append({"box_h": boxes[eh], "box_o": boxes[eo], "hoi": c, "verb": HOI[c][0], "object": HOI[c][1]})
+            pairs.append({"box_h": boxes[eh], "box_o": boxes[eo], "hoi": c, "verb": HOI[c][0], "object": HOI[c][1],
+                          "group": g})
     return im, pairs
 
 
@@ -215,22 +221,28 @@ def _pixel_box(b: np.ndarray, size: int) -> np.ndarray:
 
 # -- crops -------------------------------------------------------------------------------
 
-def union_crop(im: Image.Image, box_h, box_o, rng=None, out: int = 64) -> Image.Image:
-    """The union box of a pair, resized to ``out`` x ``out`` (RGB).
-
-    With ``rng``, the crop varies as the teacher's input will (boxes from a detector, a
-    crop mode chosen by the user): corners jittered by ~4% of the box, a margin of up to
-    10%, and half of the time a square region around the union (context kept) instead
-    of the union squashed to a square.
-    """
+def union_crop(im: Image.Image, box_h, box_o, out: int) -> Image.Image:
+    """The union box of a pair squashed to ``out`` x ``out`` (RGB): what the teacher cuts by
+    default (``--crop-mode squash``, no margin). Used to measure the CLIP on the teacher's
+    own input, never to train it."""
     u = np.concatenate([np.minimum(box_h[:2], box_o[:2]), np.maximum(box_h[2:], box_o[2:])]).astype(np.float64)
-    if rng is not None:
-        wh = np.tile(u[2:] - u[:2], 2)
-        u = u + rng.normal(0, 0.04, 4) * wh + np.array([-1, -1, 1, 1]) * rng.uniform(0, 0.1) * wh
-        if rng.random() < 0.5:
-            c, half = (u[:2] + u[2:]) / 2, (u[2:] - u[:2]).max() / 2
-            u = np.concatenate([c - half, c + half])
     W, H = im.size
     u = np.clip(u, 0, [W, H, W, H])
     u[2:] = np.maximum(u[2:], u[:2] + 2)  # never empty
     return im.resize((out, out), Image.BILINEAR, box=tuple(float(v) for v in u))
+
+
+def photo_crop(im: Image.Image, subject, rng, out: int) -> Image.Image:
+    """A square close-up of ``subject`` (float64 [4] coord box: one interaction's person and
+    objects), framed as a photographer would: the subject's long side fills 60-85% of the
+    frame, off-centre by a little but whole, the square shifted to stay inside the image
+    (never squashed, never cut to a box edge). Resized to ``out`` x ``out``."""
+    size = np.array(im.size, np.float64)
+    wh = subject[2:] - subject[:2]
+    side = min(float(wh.max() / rng.uniform(0.6, 0.85)), float(size.min()))
+    centre = (subject[:2] + subject[2:]) / 2 + rng.normal(0, 0.06, 2) * side
+    margin = 0.04 * side
+    lo = np.maximum(0, subject[2:] + margin - side)   # the subject stays in the frame ...
+    hi = np.minimum(size - side, subject[:2] - margin)  # ... and the frame in the image
+    x0, y0 = np.clip(np.clip(centre - side / 2, lo, np.maximum(lo, hi)), 0, size - side)
+    return im.resize((out, out), Image.BILINEAR, box=(float(x0), float(y0), float(x0 + side), float(y0 + side)))

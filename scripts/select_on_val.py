@@ -1,0 +1,102 @@
+"""Choose student settings on the bundled benchmark's validation split, never on its test split.
+
+    python scripts/select_on_val.py --out runs/select [--seed 0] [--train-seed 0] [--rows NAME ...]
+    python scripts/select_on_val.py --out runs/select --teacher   # the teacher's crop rule
+
+Builds the world and the teacher caches of its train and validation splits exactly as
+``make demo`` does (``hoi.demo``), trains one student per candidate row on the train
+split (HOI labels unused), and evaluates each on the validation split, whose labels are
+used for nothing else. Late-fusion rows are also scored at several union weights. Prints
+one table and writes ``OUT/selection.json``. With ``--teacher``: the teacher baseline (CLIP
+on union boxes) on the validation split for each crop rule of ``TEACHER_CROPS`` instead.
+The README says which settings were chosen this way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer.ablate import GRID, Row  # noqa: E402
+
+_ALL = GRID[3].overrides  # all levels, late fusion
+CANDIDATES = {r.name: r for r in GRID + (
+    Row("all-late-lme", "all levels, late fusion, log-mean-exp MIL", {**_ALL, "mil": "lme"}),
+    Row("all-late-t0.02", "all levels, late fusion, soft labels at T = 0.02", {**_ALL, "temperature": 0.02}),
+    Row("all-late-shared", "all levels, late fusion, one shared adapter", {**_ALL, "adapters": "shared"}),
+)}
+UNION_WEIGHTS = (0.3, 0.5, 0.7)
+# (crop mode, union margin) of the teacher's union crops
+TEACHER_CROPS = (("squash", 0.0), ("squash", 0.1), ("pad", 0.0), ("pad", 0.1), ("pad", 0.2), ("center", 0.1))
+
+
+def select_teacher(p: dict, w: dict, ls, out: Path) -> dict:
+    """The teacher baseline's validation mAP for each crop rule (one validation cache each)."""
+    from dataclasses import replace
+
+    from hoi.demo import demo_teacher
+    from pipeline.options import RunOptions
+    from pipeline.run import build_teacher_cache
+    from trainer.predict import run_eval
+
+    table = {}
+    for mode, margin in TEACHER_CROPS:
+        cache = out / "teacher" / f"val-{mode}-{margin}.zarr"
+        build_teacher_cache(cache, images=w["images_val"], detections=w["detections_val"],
+                            annotations=w["instances_val"], labelspace=ls,
+                            teacher=replace(demo_teacher(), crop_mode=mode, union_margin=margin),
+                            run=RunOptions(images_per_shard=512, workers=2))
+        table[f"{mode} {margin}"] = run_eval(cache, model="teacher")[0].summary()["default"]
+        print(f"teacher, crop {mode}, margin {margin}: Full {100 * table[f'{mode} {margin}']['full']:.2f}",
+              flush=True)
+    return table
+
+
+def main(argv=None) -> None:
+    from hoi.demo import DEMO_TRAINING, cache_step, demo_paths, world_step
+    from hoi.logs import setup_logging
+    from trainer.ablate import ablate, format_ablation
+    from trainer.config import TrainConfig
+    from trainer.predict import run_eval
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="runs/select")
+    ap.add_argument("--seed", type=int, default=0, help="world seed")
+    ap.add_argument("--train-seed", type=int, default=0, help="students' seed")
+    ap.add_argument("--rows", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
+    ap.add_argument("--teacher", action="store_true", help="compare the teacher's crop rules instead")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    setup_logging(0)
+
+    p = demo_paths(args.out)
+    w, ls = world_step(p, 2000, 600, 600, args.seed, print)
+    if args.teacher:
+        table = select_teacher(p, w, ls, Path(args.out))
+        (Path(args.out) / "teacher_selection.json").write_text(json.dumps(table, indent=1) + "\n")
+        return
+    cache_step(p, w, ls, ("train", "val"), print)
+    config = TrainConfig(progress=False, seed=args.train_seed, **DEMO_TRAINING)
+    rows = ablate(p["train_cache"], p["val_cache"], Path(args.out) / "val", config,
+                  rows=tuple(CANDIDATES[n] for n in args.rows))
+    print(format_ablation(rows))
+    weights = {}
+    for r in rows:
+        if r.get("fusion") == "late" and r.get("ho") and r.get("union"):
+            ckpt = Path(args.out) / "val" / r["name"] / "checkpoint"
+            weights[r["name"]] = {str(u): run_eval(p["val_cache"], checkpoint=ckpt, union_weight=u)[0].summary()
+                                  ["default"] for u in UNION_WEIGHTS}
+            print(r["name"], "union weight:", ", ".join(f"{u}: {100 * v['full']:.2f}"
+                                                        for u, v in weights[r["name"]].items()))
+    out = {"world_seed": args.seed, "train_seed": args.train_seed, "split": "val", "rows": rows,
+           "union_weights": weights}
+    (Path(args.out) / "selection.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
