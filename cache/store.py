@@ -33,6 +33,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from hoidata import __version__
+from hoidata.errors import HoiError
 
 from . import schema as S
 
@@ -44,7 +45,7 @@ _ROWS = {"image": "images", "pair": "pair rows", "det": "detections", "gt": "gro
          "image1": "offsets", "class": "classes", "shard": "shards"}
 
 
-class CacheError(ValueError):
+class CacheError(HoiError, ValueError):
     """A store that is missing, incomplete, damaged, malformed, or made with another configuration."""
 
 

@@ -9,17 +9,14 @@ import sys
 
 import click
 
+from hoi.errors import HoiGroup
 from hoi.logs import setup_logging
 from hoidata import __version__
 from hoidata.boxes import BOX_FORMATS
 from hoidata.matlab import LAYOUTS
 
 
-class UserError(click.ClickException):
-    """An error the user can fix; printed without a traceback."""
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=HoiGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="hoi")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
@@ -66,12 +63,9 @@ def eval_predictions(annotations, labelspace, split, predictions, box_format, ig
     """HICO-DET mAP of a predictions file, exactly as the official MATLAB code computes it."""
     from hoidata.evaluation import evaluate_file, format_table
 
-    try:
-        res = evaluate_file(annotations, predictions, labelspace=labelspace, box_format=box_format,
-                            ignore_unknown_images=ignore_unknown_images, split=split,
-                            image_labels=image_labels or "auto")
-    except (ValueError, ImportError) as e:
-        raise UserError(str(e)) from e
+    res = evaluate_file(annotations, predictions, labelspace=labelspace, box_format=box_format,
+                        ignore_unknown_images=ignore_unknown_images, split=split,
+                        image_labels=image_labels or "auto")
     if per_class:
         res.save_per_class(per_class)
     if as_json:
@@ -95,12 +89,9 @@ def export_mat(predictions, annotations, labelspace, split, layout, box_format, 
     so anyone can confirm our mAP with the official code."""
     from hoidata.matlab import export_file
 
-    try:
-        info = export_file(predictions, output, annotations=annotations, labelspace=labelspace, layout=layout,
-                           box_format=box_format, overwrite=overwrite, ignore_unknown_images=ignore_unknown_images,
-                           split=split)
-    except (ValueError, FileExistsError, ImportError) as e:
-        raise UserError(str(e)) from e
+    info = export_file(predictions, output, annotations=annotations, labelspace=labelspace, layout=layout,
+                       box_format=box_format, overwrite=overwrite, ignore_unknown_images=ignore_unknown_images,
+                       split=split)
     click.echo(f"{output}: {info['detections']:,} detections on {info['images']:,} images in "
                f"{len(info['files'])} file(s) ({layout} layout, 0-based boxes)")
 
@@ -123,13 +114,10 @@ def visualize(predictions, images, labelspace, names, count, top, output):
     from hoidata.predictions import read_predictions
     from hoidata.visualize import draw
 
-    try:
-        pred, ls = read_predictions(predictions), LabelSpace.load(labelspace)
-        names = names or [pred.file_names[i] for i in sorted(set(pred.image.tolist()))[:count]]
-        for name in names:
-            click.echo(draw(Path(images) / name, pred, ls, Path(output) / (Path(name).stem + ".png"), k=top))
-    except (ValueError, OSError) as e:
-        raise UserError(str(e)) from e
+    pred, ls = read_predictions(predictions), LabelSpace.load(labelspace)
+    names = names or [pred.file_names[i] for i in sorted(set(pred.image.tolist()))[:count]]
+    for name in names:
+        click.echo(draw(Path(images) / name, pred, ls, Path(output) / (Path(name).stem + ".png"), k=top))
 
 
 @main.command("demo")
@@ -151,11 +139,50 @@ def demo(out, until, epochs, train_images, val_images, test_images, seed, train_
     students, evaluation, one table like the paper's."""
     from hoi.demo import run_demo
 
-    try:
-        run_demo(out, until=until, epochs=epochs, train_images=train_images, val_images=val_images,
-                 test_images=test_images, seed=seed, train_seed=train_seed, echo=click.echo)
-    except (ValueError, OSError, RuntimeError) as e:
-        raise UserError(str(e)) from e
+    run_demo(out, until=until, epochs=epochs, train_images=train_images, val_images=val_images,
+             test_images=test_images, seed=seed, train_seed=train_seed, echo=click.echo)
+
+
+from hoi.cli_detections import detector_run_options, image_folder_options  # noqa: E402
+
+
+@main.command("detect")
+@image_folder_options
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The student's checkpoint folder (RUN/checkpoint); its teacher, pair rule and label space are "
+                   "used.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Predictions in the interchange format (.json, .json.gz or .npz), with their provenance.")
+@click.option("--detector", default=None, metavar="NAME",
+              help="A torchvision detection model or tiny-fcos [default: the detector shipped for the "
+                   "checkpoint's label space (the bundled benchmark's)].")
+@click.option("--detector-weights", type=click.Path(exists=True), default=None,
+              help="The detector's weights (see hoi detections run --weights).")
+@click.option("--draw", type=click.Path(file_okay=False), default=None,
+              help="Also draw the top detections of the first --draw-count images into this folder.")
+@click.option("--draw-count", type=click.IntRange(min=1), default=20, help="Images drawn with --draw.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32,
+              help="Images per batch through detector, CLIP and student (memory stays flat).")
+@click.option("--union-weight", type=click.FloatRange(0, 1), default=0.5,
+              help="Late fusion: the union branch's share of the pair scores.")
+@click.option("--det-exponent", type=float, default=1.0,
+              help="Pair scores are multiplied by (human score x object score) to this power.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, help="Keep the k best rows per image; 0 keeps all.")
+@detector_run_options
+def detect(images, images_list, checkpoint, output, detector, detector_weights, draw, draw_count, batch_size,
+           union_weight, det_exponent, top_k, **options):
+    """HOI detections for a folder of photos: detector, CLIP's global pass, the student (no union crops)."""
+    from hoi.detect import run_detect
+    from pipeline.detect_options import DetectOptions
+
+    info = run_detect(images, checkpoint, output, detector=detector, detector_weights=detector_weights,
+                      images_list=images_list, draw=draw, draw_count=draw_count,
+                      options=DetectOptions(batch_size=batch_size, **options), batch_size=batch_size,
+                      union_weight=union_weight, det_exponent=det_exponent, top_k=top_k)
+    rate = info["images_per_s"]
+    click.echo(f"wrote {info['num_predictions']:,} predictions for {info['num_images']:,} images to {output} "
+               f"({rate['total']} images/s: detector {rate['detector']}, CLIP {rate['clip']}, student "
+               f"{rate['student']})")
 
 
 from hoi.cli_cache import cache_group, rescore, teacher_cache  # noqa: E402

@@ -6,7 +6,9 @@ from dataclasses import fields
 
 import click
 
+from hoi.errors import HoiGroup
 from hoidata.boxes import CROP_MODES
+from hoidata.errors import InputError
 from hoidata.pairs import PairRule
 from pipeline.options import RunOptions, TeacherOptions
 
@@ -71,16 +73,13 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
     from hoidata.labelspace import LabelSpace
     from pipeline.run import build_teacher_cache
 
-    try:
-        final = build_teacher_cache(
-            output, images=images, detections=detections, annotations=annotations,
-            labelspace=LabelSpace.load(labelspace),
-            teacher=TeacherOptions(model=model, pretrained=pretrained, templates=tuple(templates),
-                                   crop_mode=crop_mode, union_margin=union_margin, global_size=global_size),
-            pair_rule=PairRule(human_score, object_score, max_humans, max_objects),
-            run=RunOptions(**run), model_configs=model_config)
-    except (ValueError, OSError, RuntimeError) as e:
-        raise click.ClickException(str(e)) from e
+    final = build_teacher_cache(
+        output, images=images, detections=detections, annotations=annotations,
+        labelspace=LabelSpace.load(labelspace),
+        teacher=TeacherOptions(model=model, pretrained=pretrained, templates=tuple(templates),
+                               crop_mode=crop_mode, union_margin=union_margin, global_size=global_size),
+        pair_rule=PairRule(human_score, object_score, max_humans, max_objects),
+        run=RunOptions(**run), model_configs=model_config)
     click.echo(f"teacher cache: {final}")
 
 
@@ -101,17 +100,14 @@ def rescore(cache, prompts, templates, model_config, device, output):
     from pipeline.rescore import rescore as run
 
     register_model_configs(model_config)
-    try:
-        plist = load_json(prompts, ValueError, "prompts") if prompts else None
-        if plist is not None and not (isinstance(plist, list) and all(isinstance(p, str) for p in plist)):
-            raise ValueError(f"{prompts}: expected a JSON list of prompt strings, one per HOI class")
-        final = run(cache, output, prompts=plist, templates=tuple(templates), device=device)
-    except (ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from e
+    plist = load_json(prompts, ValueError, "prompts") if prompts else None
+    if plist is not None and not (isinstance(plist, list) and all(isinstance(p, str) for p in plist)):
+        raise InputError(f"{prompts}: expected a JSON list of prompt strings, one per HOI class")
+    final = run(cache, output, prompts=plist, templates=tuple(templates), device=device)
     click.echo(f"rescored cache: {final}")
 
 
-@click.group("cache")
+@click.group("cache", cls=HoiGroup)
 def cache_group() -> None:
     """Inspect and verify teacher caches."""
 
@@ -120,12 +116,9 @@ def cache_group() -> None:
 @click.argument("path", type=click.Path(exists=False, file_okay=False))
 def inspect(path):
     """Print a store's attributes, arrays, sizes and completion (a .wip store too)."""
-    from cache.store import CacheError, open_cache
+    from cache.store import open_cache
 
-    try:
-        click.echo(open_cache(path, require_complete=False, check_chunks=False).describe())
-    except CacheError as e:
-        raise click.ClickException(str(e)) from e
+    click.echo(open_cache(path, require_complete=False, check_chunks=False).describe())
 
 
 @cache_group.command("verify")
@@ -133,12 +126,10 @@ def inspect(path):
 def verify(path):
     """Read every chunk of every array of a store (checking its checksum) and check that the store is
     complete and consistent; exit 1 with the problems otherwise."""
-    from cache.store import CacheError, open_cache
+    from cache.store import open_cache
 
-    try:  # lost chunks are reported with the rest, not refused on open
-        problems = open_cache(path, require_complete=False, check_chunks=False).verify()
-    except CacheError as e:
-        raise click.ClickException(str(e)) from e
+    # lost chunks are reported with the rest, not refused on open
+    problems = open_cache(path, require_complete=False, check_chunks=False).verify()
     if problems:
         raise click.ClickException("; ".join(problems))
     click.echo(f"{path}: complete and consistent (every chunk read and its checksum checked)")

@@ -11,17 +11,13 @@ import json
 
 import click
 
+from hoi.errors import HoiGroup
 from pipeline.detect_options import PRECISIONS, DetectOptions
 
 _RUN = DetectOptions()  # the run's defaults are its dataclass's (declared once, there)
 
 
-def _user_errors():
-    """The exceptions a user can fix: printed as a message, without a traceback."""
-    return (ValueError, OSError)  # DetectionsError, LabelSpaceError, AnnotationError are ValueErrors
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=HoiGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def detections() -> None:
     """Object detections (from a COCO detector) for the zero-shot setting."""
 
@@ -63,19 +59,16 @@ def import_cmd(coco_results, folder, images, image_id, labelspace, category_ids,
         raise click.UsageError("give exactly one of --coco-results and --folder")
     if coco_results and category_ids == "dataset":
         raise click.UsageError("--category-ids dataset is for --folder only")
-    try:
-        ls = LabelSpace.load(labelspace)
-        image_list = D.load_image_list(images, ls, image_id)
-        common = dict(score_threshold=score_threshold, detector=detector, weights=weights, nms=nms)
-        if coco_results:
-            dets = D.import_coco_results(coco_results, image_list, ls, category_ids=category_ids or "coco91",
-                                         skip_unknown_images=skip_unknown_images, **common)
-        else:
-            dets = D.import_per_image_folder(folder, image_list, ls, labels=category_ids or "coco80",
-                                             missing_ok=missing_ok, **common)
-        D.save_detections(dets, output)
-    except _user_errors() as e:
-        raise click.ClickException(str(e)) from e
+    ls = LabelSpace.load(labelspace)
+    image_list = D.load_image_list(images, ls, image_id)
+    common = dict(score_threshold=score_threshold, detector=detector, weights=weights, nms=nms)
+    if coco_results:
+        dets = D.import_coco_results(coco_results, image_list, ls, category_ids=category_ids or "coco91",
+                                     skip_unknown_images=skip_unknown_images, **common)
+    else:
+        dets = D.import_per_image_folder(folder, image_list, ls, labels=category_ids or "coco80",
+                                         missing_ok=missing_ok, **common)
+    D.save_detections(dets, output)
     click.echo(D.summary(dets))
     click.echo(f"wrote {output}")
 
@@ -89,21 +82,52 @@ def inspect_cmd(file, labelspace):
     from hoidata import detections as D
     from hoidata.labelspace import LabelSpace
 
-    try:
-        dets = D.load_detections(file, LabelSpace.load(labelspace) if labelspace else None)
-    except _user_errors() as e:
-        raise click.ClickException(str(e)) from e
+    dets = D.load_detections(file, LabelSpace.load(labelspace) if labelspace else None)
     for key, value in sorted(dets.attrs.items()):
         click.echo(f"{key:24s}{value if isinstance(value, str) else json.dumps(value)}")
     click.echo(D.summary(dets))
 
 
+def image_folder_options(f):
+    """--images and --images-list, declared once for every command that reads a folder of photos."""
+    opts = [
+        click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
+                     help="Folder of images: its JPEG and PNG files, sorted by name (or those of --images-list)."),
+        click.option("--images-list", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Which images of --images, in this order: an annotation file or COCO image-info JSON "
+                          "(sizes checked too), or a text file of file names, one a line."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def detector_run_options(f):
+    """How a detector runs (DetectOptions but chunking and overwriting), declared once for
+    ``hoi detections run`` and ``hoi detect``."""
+    opts = [
+        click.option("--score-threshold", type=click.FloatRange(0, 1), default=_RUN.score_threshold,
+                     help="Drop detections scoring below this."),
+        click.option("--nms-iou", type=click.FloatRange(0, 1, min_open=True), default=_RUN.nms_iou,
+                     help="Class-wise NMS at this IoU, on top of the model's own (1: none)."),
+        click.option("--max-per-image", type=click.IntRange(min=1), default=_RUN.max_per_image,
+                     help="Keep the best this many detections per image."),
+        click.option("--device", default=_RUN.device, help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default=_RUN.precision,
+                     help="Detector autocast dtype on CUDA (auto: fp16, whose boxes are finer than bf16's); fp32 "
+                          "on the CPU."),
+        click.option("--on-error", type=click.Choice(["fail", "skip"]), default=_RUN.on_error,
+                     help="An unreadable image stops the run (fail) or is recorded as skipped (skip)."),
+        click.option("--workers", type=click.IntRange(min=0), default=_RUN.workers, help="Image decoding threads."),
+        click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
 @detections.command("run")
-@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of images: its JPEG and PNG files, sorted by name (or those of --images-list).")
-@click.option("--images-list", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Which images of --images, in this order: an annotation file or COCO image-info JSON (sizes "
-                   "checked too), or a text file of file names, one a line.")
+@image_folder_options
 @click.option("--model", required=True, metavar="NAME",
               help="A torchvision detection model (fasterrcnn_resnet50_fpn_v2, retinanet_resnet50_fpn, "
                    "fcos_resnet50_fpn, ...), or tiny-fcos (our small one; --weights is its folder).")
@@ -112,23 +136,11 @@ def inspect_cmd(file, labelspace):
                    "torchvision models: torchvision's file in torch's hub cache (nothing is downloaded).")
 @click.option("--labelspace", default="hico_det", metavar="NAME|FILE",
               help="Label space whose objects the detector's classes map to (COCO ids through its COCO map).")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=_RUN.score_threshold,
-              help="Drop detections scoring below this.")
-@click.option("--nms-iou", type=click.FloatRange(0, 1, min_open=True), default=_RUN.nms_iou,
-              help="Class-wise NMS at this IoU, on top of the model's own (1: none).")
-@click.option("--max-per-image", type=click.IntRange(min=1), default=_RUN.max_per_image,
-              help="Keep the best this many detections per image.")
+@detector_run_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=_RUN.batch_size, help="Images per model call.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=_RUN.chunk_size,
               help="Images per saved chunk in OUTPUT.wip/ (the unit of resuming).")
-@click.option("--device", default=_RUN.device, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=_RUN.precision,
-              help="Autocast dtype on CUDA (auto: fp16, whose boxes are finer than bf16's); fp32 on the CPU.")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default=_RUN.on_error,
-              help="An unreadable image stops the run (fail) or is recorded with no detections (skip).")
-@click.option("--workers", type=click.IntRange(min=0), default=_RUN.workers, help="Image decoding threads.")
 @click.option("--overwrite", is_flag=True, help="Start afresh: replace OUTPUT and drop OUTPUT.wip.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
               help="The detections file to write (.h5); OUTPUT.wip/ while in progress.")
 def run_cmd(images, images_list, model, weights, labelspace, output, **options):
@@ -137,11 +149,8 @@ def run_cmd(images, images_list, model, weights, labelspace, output, **options):
     from hoidata.labelspace import LabelSpace
     from pipeline.detect_stage import run_detector
 
-    try:
-        dets = run_detector(output, images=images, model=model, weights=weights, images_list=images_list,
-                            labelspace=LabelSpace.load(labelspace), options=DetectOptions(**options))
-    except _user_errors() as e:
-        raise click.ClickException(str(e)) from e
+    dets = run_detector(output, images=images, model=model, weights=weights, images_list=images_list,
+                        labelspace=LabelSpace.load(labelspace), options=DetectOptions(**options))
     click.echo(D.summary(dets))
     if dets.attrs.get("skipped_images"):
         click.echo(f"skipped     {len(dets.attrs['skipped_images'])} unreadable image(s), e.g. "

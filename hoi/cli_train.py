@@ -15,12 +15,6 @@ import click
 from trainer.config import PREDICTION_MODELS, field_specs
 
 
-def _user_errors():
-    """Errors a user can fix (bad config, cache or checkpoint; NaN loss): a message, no traceback."""
-    from trainer.engine import NonFiniteLossError
-    return (ValueError, OSError, NonFiniteLossError)  # ConfigError, CacheError, CheckpointError are ValueErrors
-
-
 def training_options(f):
     """One option per training-config field. Defaults are None so that only the options
     given override the config (the defaults, or a resumed run's own)."""
@@ -91,10 +85,7 @@ def train_cmd(cache, out, resume, **options):
     """Train the student on a teacher cache (never runs CLIP)."""
     from trainer.engine import train
 
-    try:
-        m = train(cache, out, resume=resume, **_given(options))
-    except _user_errors() as e:
-        raise click.ClickException(str(e)) from e
+    m = train(cache, out, resume=resume, **_given(options))
     click.echo(f"epoch {m['epoch']}: loss {m['loss']:.4f}, {m['pairs_per_s']:,.0f} pairs/s; "
                f"checkpoint {m['checkpoint']}")
 
@@ -107,10 +98,7 @@ def predict_cmd(output, **options):
     """Write predictions for every pair of a cached split."""
     from trainer.predict import predict_file
 
-    try:
-        info = predict_file(options["cache"], output, **_predict_kwargs(options))
-    except _user_errors() as e:
-        raise click.ClickException(str(e)) from e
+    info = predict_file(options["cache"], output, **_predict_kwargs(options))
     click.echo(f"wrote {info['num_predictions']:,} predictions ({info['model']}) to {output}")
 
 
@@ -128,11 +116,8 @@ def eval_cmd(labelspace, image_labels, results, predictions, as_json, **options)
     from hoidata.evaluation import format_table
     from trainer.predict import run_eval
 
-    try:
-        res, report = run_eval(options["cache"], results=results, predictions=predictions, labelspace=labelspace,
-                               image_labels=image_labels, **_predict_kwargs(options))
-    except _user_errors() as e:
-        raise click.ClickException(str(e)) from e
+    res, report = run_eval(options["cache"], results=results, predictions=predictions, labelspace=labelspace,
+                           image_labels=image_labels, **_predict_kwargs(options))
     click.echo(json.dumps(report, indent=1) if as_json else f"model: {report['model']}\n{format_table(res)}")
 
 
@@ -153,9 +138,6 @@ def ablate_cmd(train_cache, test_cache, out, det_exponent, labelspace, image_lab
     from trainer.ablate import ablate, format_ablation
     from trainer.config import TrainConfig
 
-    try:
-        rows = ablate(train_cache, test_cache, out, TrainConfig().replace(**_given(options)),
-                      det_exponent=det_exponent, labelspace=labelspace, image_labels=image_labels)
-    except _user_errors() as e:
-        raise click.ClickException(str(e)) from e
+    rows = ablate(train_cache, test_cache, out, TrainConfig().replace(**_given(options)),
+                  det_exponent=det_exponent, labelspace=labelspace, image_labels=image_labels)
     click.echo(format_ablation(rows))

@@ -38,13 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as B
+from .errors import HoiError
 from .files import image_size, load_json
 from .labelspace import LabelSpace
 
 log = logging.getLogger(__name__)
 
 
-class AnnotationError(ValueError):
+class AnnotationError(HoiError, ValueError):
     """A malformed annotation file; the message names the file, the image and the field."""
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from . import __version__
 from . import boxes as B
 from .annotations import Annotations
+from .errors import HoiError
 from .files import atomic_write, load_json
 from .labelspace import LabelSpace
 
@@ -57,7 +58,7 @@ _RESERVED_ATTRS = ("schema", "json_attrs")
 ImageRecord = tuple
 
 
-class DetectionsError(ValueError):
+class DetectionsError(HoiError, ValueError):
     """Malformed detections; the message names the file and, where relevant, the image."""
 
 

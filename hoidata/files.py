@@ -9,6 +9,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import HoiError
+
 
 def load_json(path, error: type[Exception], what: str):
     """The parsed content of a ``.json`` or ``.json.gz`` file; ``error`` (naming the file) when
@@ -22,6 +24,8 @@ def load_json(path, error: type[Exception], what: str):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
         raise error(f"{path}: not a readable JSON file ({e})") from e
+    except RecursionError:
+        raise error(f"{path}: nested too deeply to be a {what} file") from None
 
 
 @contextmanager
@@ -41,7 +45,7 @@ def atomic_write(path):
         tmp.unlink(missing_ok=True)
 
 
-class UnsafeNameError(ValueError):
+class UnsafeNameError(HoiError, ValueError):
     """A file name from an input file that would reach outside the folder it must stay in."""
 
 
@@ -71,13 +75,17 @@ def check_inside(root, names, *, source: str = "") -> None:
         inside(root, name, source=source, real_root=real_root)
 
 
+class MissingDependency(HoiError, ImportError):
+    """An optional package that a feature needs is not installed; the message names the extra."""
+
+
 def scipy_io():
-    """``scipy.io``, an optional dependency that only MATLAB files need; ImportError naming the extra."""
+    """``scipy.io``, an optional dependency that only MATLAB files need; MissingDependency naming the extra."""
     try:
         import scipy.io
     except ImportError as e:
-        raise ImportError("MATLAB files need scipy: pip install scipy "
-                          "(or pip install 'hoi-distill[matlab]')") from e
+        raise MissingDependency("MATLAB files need scipy: pip install scipy "
+                                "(or pip install 'hoi-distill[matlab]')") from e
     return scipy.io
 
 

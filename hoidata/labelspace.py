@@ -30,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import HoiError
+
 SCHEMA = "hoi-labelspace/1"
 BUILTIN = ("hico_det",)
 _REQUIRED = ("name", "objects", "verbs", "hoi", "human", "train_counts", "rare_threshold", "prompts")
 
 
-class LabelSpaceError(ValueError):
+class LabelSpaceError(HoiError, ValueError):
     """A label-space file that does not follow the schema."""
 
 

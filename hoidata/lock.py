@@ -30,8 +30,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import HoiError
 
-class LockError(ValueError):
+
+class LockError(HoiError, ValueError):
     """Another run holds the output (or left a lock that cannot be judged)."""
 
 

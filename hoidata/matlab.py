@@ -37,10 +37,14 @@ import numpy as np
 from . import __version__
 from . import boxes as B
 from .annotations import load_split
+from .errors import HoiError, InputError
 from .files import scipy_io as _scipy_io
-from .lock import exclusive
 from .labelspace import LabelSpace
+from .lock import exclusive
 from .predictions import Predictions, PredictionsError, read_predictions
+
+class ExportExistsError(HoiError, FileExistsError):
+    """The export folder exists (an earlier export without --overwrite, or another folder)."""
 
 
 LAYOUTS = ("obj", "all")
@@ -65,7 +69,7 @@ def _matrix_header(mx_class: int, shape: tuple[int, int], name: bytes, body: int
     rest = struct.pack("<IIII", _MI_UINT32, 8, mx_class, 0) + struct.pack("<IIii", _MI_INT32, 8, *shape) + name_el
     size = len(rest) + body
     if size > _MAX_ELEMENT:
-        raise ValueError(f"{size:,} bytes do not fit one MATLAB v5 variable; export fewer detections "
+        raise InputError(f"{size:,} bytes do not fit one MATLAB v5 variable; export fewer detections "
                          "(e.g. the top-scoring ones of each image) or use the 'obj' layout")
     return struct.pack("<II", _MI_MATRIX, size) + rest
 
@@ -98,7 +102,7 @@ def _write_cell_mat(path, name: str, cells: np.ndarray, compress: bool = True) -
         chunks.append(z.flush())
         size = sum(map(len, chunks))
         if size > _MAX_ELEMENT:
-            raise ValueError(f"{path}: {size:,} compressed bytes do not fit one MATLAB v5 variable")
+            raise InputError(f"{path}: {size:,} compressed bytes do not fit one MATLAB v5 variable")
         f.write(struct.pack("<II", _MI_COMPRESSED, size))
         f.writelines(chunks)
 
@@ -115,12 +119,12 @@ def object_files(labelspace: LabelSpace) -> dict[str, np.ndarray]:
     not contiguous (``eval_one.m`` finds a class's row as its offset from the object's first).
     """
     if not labelspace.coco80_to_object:
-        raise ValueError(f"label space {labelspace.name!r} has no COCO-80 object map, which the 'obj' "
+        raise InputError(f"label space {labelspace.name!r} has no COCO-80 object map, which the 'obj' "
                          "layout numbers its files by; use the 'all' layout")
     unmapped = [labelspace.objects[o] for o in range(labelspace.num_objects)
                 if o not in labelspace.coco80_to_object and len(labelspace.classes_of_object(o))]
     if unmapped:
-        raise ValueError(f"object {unmapped[0]!r} of label space {labelspace.name!r} has no COCO-80 index, so the "
+        raise InputError(f"object {unmapped[0]!r} of label space {labelspace.name!r} has no COCO-80 index, so the "
                          f"'obj' layout has no file for its classes ({len(unmapped)} such object(s)); "
                          "use the 'all' layout")
     files = {}
@@ -131,7 +135,7 @@ def object_files(labelspace: LabelSpace) -> dict[str, np.ndarray]:
         if len(classes) == 0:
             continue
         if np.any(np.diff(classes) != 1):
-            raise ValueError(f"the HOI classes of object {labelspace.objects[obj]!r} are not contiguous, "
+            raise InputError(f"the HOI classes of object {labelspace.objects[obj]!r} are not contiguous, "
                              "which the 'obj' layout needs; use the 'all' layout")
         files[object_file(k)] = classes
     return files
@@ -179,9 +183,9 @@ def _export(out: Path, image_names: list[str], pred: Predictions, labelspace: La
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        raise ExportExistsError(f"{out} exists; pass --overwrite to replace it")
     if out.exists() and not (out / "export.json").is_file():  # never delete what we did not write
-        raise FileExistsError(f"{out} exists and is not an export of this command (no export.json); "
+        raise ExportExistsError(f"{out} exists and is not an export of this command (no export.json); "
                               "choose another --output")
     plan = object_files(labelspace) if layout == "obj" else {ALL_FILE: np.arange(labelspace.num_classes)}
     cells = all_boxes(image_names, pred, labelspace.num_classes,

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class PairRule:
@@ -22,10 +24,10 @@ class PairRule:
 
     def __post_init__(self):
         if self.max_humans < 1 or self.max_objects < 1:
-            raise ValueError(f"max_humans and max_objects must be at least 1, got {self.max_humans}, "
+            raise InputError(f"max_humans and max_objects must be at least 1, got {self.max_humans}, "
                              f"{self.max_objects}")
         if not (0 <= self.human_score <= 1 and 0 <= self.object_score <= 1):
-            raise ValueError(f"score thresholds must lie in [0, 1], got {self.human_score}, {self.object_score}")
+            raise InputError(f"score thresholds must lie in [0, 1], got {self.human_score}, {self.object_score}")
 
     def as_dict(self) -> dict:
         return asdict(self)

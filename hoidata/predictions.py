@@ -24,6 +24,7 @@ import json
 import logging
 import mmap
 import os
+import zipfile
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 
 from . import boxes as B
 from . import json_rows
+from .errors import HoiError
 from .files import atomic_write, load_json
 
 ROW_LENGTH = 10
@@ -40,7 +42,7 @@ NPZ_ARRAYS = ("file_names", "image", "boxes_h", "boxes_o", "hoi", "score")
 log = logging.getLogger(__name__)
 
 
-class PredictionsError(ValueError):
+class PredictionsError(HoiError, ValueError):
     """A malformed predictions file; the message names the image and the row."""
 
 
@@ -165,6 +167,11 @@ def _finish(path, names, counts, boxes_h, boxes_o, hoi_f, score, fmt) -> Predict
         k = int(np.flatnonzero(nonint)[0])
         row = k - int(np.searchsorted(image, image[k]))
         raise PredictionsError(f"{path}: image {names[image[k]]}, row {row}: HOI class {hoi_f[k]} is not an integer")
+    too_big = np.abs(hoi_f) >= 2 ** 62  # would wrap around as int64: report the value given
+    if too_big.any():
+        k = int(np.flatnonzero(too_big)[0])
+        row = k - int(np.searchsorted(image, image[k]))
+        raise PredictionsError(f"{path}: image {names[image[k]]}, row {row}: HOI class {hoi_f[k]:g} is out of range")
     return Predictions(names, image, boxes_h, boxes_o, hoi_f.astype(np.int64), score, fmt)
 
 
@@ -182,11 +189,16 @@ def read_predictions(path, box_format: str | None = None) -> Predictions:
                 fmt = box_format or str(z["box_format"])
         except PredictionsError:
             raise
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise PredictionsError(f"{path}: not a readable .npz file ({e})") from e
         for k in ("image", "hoi"):
             if a[k].dtype.kind not in "iu" and len(a[k]):
                 raise PredictionsError(f"{path}: '{k}' must hold integers, found {a[k].dtype}")
+        n = len(a["score"])
+        for k, shape in (("boxes_h", (n, 4)), ("boxes_o", (n, 4)), ("image", (n,)), ("hoi", (n,)), ("score", (n,))):
+            if a[k].shape != shape:
+                raise PredictionsError(f"{path}: arrays of different lengths or shapes: '{k}' has shape "
+                                       f"{a[k].shape}, expected {shape} for the {n} scores")
         return Predictions.from_arrays([str(s) for s in a["file_names"]], a["image"], a["boxes_h"],
                                        a["boxes_o"], a["hoi"], a["score"], fmt)
     pred = _read_json_fast(path, box_format)
@@ -305,15 +317,20 @@ def _read_json_fast(path: Path, box_format: str | None) -> Predictions | None:
     return _finish(path, names, counts, boxes_h, boxes_o, hoi_f, score, fmt)
 
 
-def write_predictions(pred: Predictions, path) -> None:
-    """Write JSON (``.json`` / ``.json.gz``) or NPZ (``.npz``) atomically (temp file, then rename)."""
+def write_predictions(pred: Predictions, path, provenance: dict | None = None) -> None:
+    """Write JSON (``.json`` / ``.json.gz``) or NPZ (``.npz``) atomically (temp file, then rename).
+
+    ``provenance``: what made the predictions, stored beside them (a top-level JSON key, or a
+    JSON string array in the npz) and ignored by :func:`read_predictions`."""
     path = Path(path)
+    extra = {"provenance": provenance} if provenance is not None else {}
     with atomic_write(path) as tmp:
         if path.suffix == ".npz":
             with open(tmp, "wb") as f:
                 np.savez(f, file_names=np.array(pred.file_names, dtype=str), image=pred.image,
                          boxes_h=pred.boxes_h, boxes_o=pred.boxes_o, hoi=pred.hoi, score=pred.score,
-                         box_format=np.array(pred.box_format))
+                         box_format=np.array(pred.box_format),
+                         **{k: np.array(json.dumps(v)) for k, v in extra.items()})
         else:
             rows = np.concatenate([pred.boxes_h, pred.boxes_o, pred.hoi[:, None], pred.score[:, None]], 1).tolist()
             for r in rows:
@@ -323,4 +340,15 @@ def write_predictions(pred: Predictions, path) -> None:
                 out[pred.file_names[i]].append(r)
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(tmp, "wt") as f:
-                json.dump({"box_format": pred.box_format, "predictions": out}, f)
+                json.dump({"box_format": pred.box_format, "predictions": out, **extra}, f)
+
+
+def read_provenance(path) -> dict | None:
+    """The ``provenance`` stored with a predictions file by :func:`write_predictions`, or None."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            return json.loads(str(z["provenance"])) if "provenance" in z.files else None
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return json.load(f).get("provenance")

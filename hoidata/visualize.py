@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import boxes as B
+from .errors import InputError
 from .labelspace import LabelSpace
 from .predictions import Predictions
 
@@ -19,7 +20,7 @@ def top_detections(pred: Predictions, file_name: str, k: int = 3) -> np.ndarray:
     try:
         i = pred.file_names.index(file_name)
     except ValueError:
-        raise ValueError(f"no predictions for image {file_name}") from None
+        raise InputError(f"no predictions for image {file_name}") from None
     rows = np.flatnonzero(pred.image == i)
     return rows[np.argsort(-pred.score[rows], kind="stable")[:k]]
 

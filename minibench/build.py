@@ -31,6 +31,7 @@ import numpy as np
 
 from hoidata.annotations import Annotations, read_hicodet_json, write_hicodet_json
 from hoidata.detections import save_detections
+from hoidata.errors import HoiError
 from hoidata.labelspace import LabelSpace
 
 from . import detector, labels, world
@@ -43,7 +44,7 @@ TEST_MIN_PER_CLASS = 4  # the first C * 4 test images each start with a given cl
 _CHUNK = 100
 
 
-class BuildError(ValueError):
+class BuildError(HoiError, ValueError):
     """A folder that holds a world built with other settings."""
 
 

@@ -26,6 +26,8 @@ import numpy as np
 import open_clip
 import torch
 
+from hoidata.errors import InputError
+
 from .labels import HOI, PROMPTS
 
 MODEL_NAME = "minibench-vit"
@@ -56,7 +58,7 @@ def tokenize(captions, tok=None) -> torch.Tensor:
     for c in captions:
         n = len(tok.encode(c)) + 2  # + start and end of text
         if n > tok.context_length:
-            raise ValueError(f"caption {c!r} needs {n} tokens; the context holds {tok.context_length}")
+            raise InputError(f"caption {c!r} needs {n} tokens; the context holds {tok.context_length}")
     return tok(list(captions))
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hoidata.errors import InputError
+
 from . import world
 from .labels import NUM_CLASSES, PROMPTS
 
@@ -161,8 +163,8 @@ def load_corpus(path: str | Path) -> dict:
     by an older version of this module (another layout)."""
     with np.load(path) as z:
         if "caption" not in z.files:
-            raise ValueError(f"{path}: a web corpus of an older layout (no captions array); render it again "
+            raise InputError(f"{path}: a web corpus of an older layout (no captions array); render it again "
                              f"(delete it, then rerun the command)")
         if tuple(z["prompts"].tolist()) != PROMPTS:
-            raise ValueError(f"{path}: corpus was rendered for another label space (prompts differ)")
+            raise InputError(f"{path}: corpus was rendered for another label space (prompts differ)")
         return {k: z[k] for k in ("images", "caption", "kind")}

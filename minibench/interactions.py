@@ -27,7 +27,7 @@ from functools import cached_property
 import numpy as np
 
 from . import figures as F
-from .labels import HOI, HUMAN, NUM_CLASSES, OBJECTS, TIERS, TIER_WEIGHT, VERBS
+from .labels import HOI, HUMAN, NUM_CLASSES, OBJECTS, TIER_WEIGHT, TIERS, VERBS
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hoidata.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -57,14 +59,14 @@ def _create(model: str, pretrained: str | None, image_size: int | None, device) 
     import open_clip
 
     if ":" not in model and model not in open_clip.list_models():  # (local-dir:, hf-hub: name no config)
-        raise ValueError(f"{model!r} is not an open_clip model name (open_clip.list_models() lists them); for a "
+        raise InputError(f"{model!r} is not an open_clip model name (open_clip.list_models() lists them); for a "
                          "config of your own, pass its JSON with --model-config")
     try:
         m = open_clip.create_model(model, pretrained=pretrained or None, device=device,
                                    force_image_size=image_size, require_pretrained=bool(pretrained)
                                    or model.startswith("local-dir:"))
     except RuntimeError as e:
-        raise ValueError(f"cannot load CLIP {model!r} with weights {pretrained!r}: {e}. Nothing is downloaded "
+        raise InputError(f"cannot load CLIP {model!r} with weights {pretrained!r}: {e}. Nothing is downloaded "
                          "here: give a checkpoint file, a local-dir: folder, or weights already in the cache") from e
     return m.eval().requires_grad_(False)
 
@@ -86,12 +88,12 @@ def load_teacher(model: str, pretrained: str | None = None, *, global_size: int 
     m = _create(model, pretrained, None, device)
     visual = m.visual
     if not hasattr(visual, "conv1") or not hasattr(visual, "proj"):
-        raise ValueError(f"{model}: the teacher needs a ViT image encoder (patch tokens for the dense map)")
+        raise InputError(f"{model}: the teacher needs a ViT image encoder (patch tokens for the dense map)")
     size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
     patch = visual.patch_size[0] if isinstance(visual.patch_size, (tuple, list)) else int(visual.patch_size)
     gsize = global_size or size
     if gsize % patch:
-        raise ValueError(f"--global-size {gsize} is not a multiple of the patch size {patch}")
+        raise InputError(f"--global-size {gsize} is not a multiple of the patch size {patch}")
     gm = m if gsize == size else _create(model, pretrained, gsize, device)
     for enc in {id(m.visual): m.visual, id(gm.visual): gm.visual}.values():
         enc.output_tokens = True  # the forward pass then also returns the patch tokens

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hoidata.errors import InputError
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -30,11 +32,11 @@ class DetectOptions:
 
     def __post_init__(self):
         if self.on_error not in ("fail", "skip"):
-            raise ValueError(f"on_error must be fail or skip, not {self.on_error!r}")
+            raise InputError(f"on_error must be fail or skip, not {self.on_error!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         for name in ("max_per_image", "batch_size", "chunk_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.nms_iou <= 0:
-            raise ValueError(f"nms_iou must be above 0 (1 turns our NMS off), not {self.nms_iou}")
+            raise InputError(f"nms_iou must be above 0 (1 turns our NMS off), not {self.nms_iou}")

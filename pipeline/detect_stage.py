@@ -35,6 +35,7 @@ import torch
 
 from hoidata import __version__
 from hoidata.detections import Detections, DetectionsError, load_detections, load_image_list, save_detections
+from hoidata.errors import HoiError
 from hoidata.files import UnsafeNameError, atomic_write, check_inside
 from hoidata.labelspace import LabelSpace
 from pipeline.detect_options import DetectOptions
@@ -49,7 +50,7 @@ _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _LIST_SUFFIXES = (".json", ".gz", ".mat")  # annotation files / COCO image info; other files list names
 
 
-class DetectStageError(ValueError):
+class DetectStageError(HoiError, ValueError):
     """A detector run that cannot go on as asked; the message names the file and the fix."""
 
 
@@ -135,7 +136,7 @@ def _differing(a: dict, b: dict) -> list[str]:
 
 # -- running ------------------------------------------------------------------------------
 
-def _decoded_batches(paths: list[Path], expected: np.ndarray, batch_size: int, workers: int):
+def decoded_batches(paths: list[Path], expected: np.ndarray, batch_size: int, workers: int):
     """Yield (positions, [uint8 [H, W, 3] array or error message]) per batch, decoding up to
     two batches ahead in ``workers`` threads (PIL releases the GIL while it decodes)."""
     batches = [range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size)]
@@ -165,6 +166,17 @@ def _infer(model: torch.nn.Module, arrays: list[np.ndarray], device: torch.devic
         return model(x)
 
 
+def detect_images(det: LoadedDetector, arrays: list[np.ndarray], opts: DetectOptions, device: torch.device,
+                  precision: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per uint8 [H, W, 3] image: (boxes float32 [k, 4] coord, scores float32 [k], labels int64
+    [k] objects of the label space), after the mapping, threshold, NMS and cap of ``opts``."""
+    if not arrays:
+        return []
+    outputs = _infer(det.model, arrays, device, precision)
+    return [filter_image(out["boxes"], out["scores"], out["labels"], det.label_to_object, (a.shape[1], a.shape[0]),
+                         opts.score_threshold, opts.nms_iou, opts.max_per_image) for a, out in zip(arrays, outputs)]
+
+
 def detect_chunk(det: LoadedDetector, root: Path, names: list[str], expected: np.ndarray, opts: DetectOptions,
                  device: torch.device, precision: str, bar=None) -> dict[str, np.ndarray]:
     """Detections of ``names`` as one chunk's arrays: sizes int64 [n, 2], counts int64 [n],
@@ -173,7 +185,7 @@ def detect_chunk(det: LoadedDetector, root: Path, names: list[str], expected: np
     sizes, skipped = np.where(expected > 0, expected, -1).astype(np.int64), np.zeros(n, bool)
     per_image: list[tuple] = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))] * n
     paths = [root / name for name in names]
-    for positions, decoded in _decoded_batches(paths, expected, opts.batch_size, opts.workers):
+    for positions, decoded in decoded_batches(paths, expected, opts.batch_size, opts.workers):
         ok = []
         for pos, got in zip(positions, decoded):
             if isinstance(got, str):
@@ -183,12 +195,9 @@ def detect_chunk(det: LoadedDetector, root: Path, names: list[str], expected: np
                 skipped[pos] = True
             else:
                 ok.append((pos, got))
-        outputs = _infer(det.model, [a for _, a in ok], device, precision) if ok else []
-        for (pos, arr), out in zip(ok, outputs):
+        for (pos, arr), found in zip(ok, detect_images(det, [a for _, a in ok], opts, device, precision)):
             sizes[pos] = (arr.shape[1], arr.shape[0])
-            per_image[pos] = filter_image(out["boxes"], out["scores"], out["labels"], det.label_to_object,
-                                          (arr.shape[1], arr.shape[0]), opts.score_threshold, opts.nms_iou,
-                                          opts.max_per_image)
+            per_image[pos] = found
         if bar is not None:
             bar.update(len(positions))
     return {"sizes": sizes, "counts": np.array([len(s) for _, s, _ in per_image], np.int64),

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from hoidata import boxes as B
+from hoidata.errors import HoiError
 from hoidata.labelspace import LabelSpace
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ _OWN_SETTINGS = (("roi_heads", ("score_thresh", "nms_thresh", "detections_per_im
                  ("transform", ("min_size", "max_size", "fixed_size", "size_divisible")))
 
 
-class DetectorError(ValueError):
+class DetectorError(HoiError, ValueError):
     """A detector that cannot be loaded as asked; the message names the model or file and the fix."""
 
 

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from hoidata.errors import RunError
+
 
 @dataclass(frozen=True)
 class BatchSpec:
@@ -195,7 +197,7 @@ class Decoder:
             except RuntimeError as e:
                 if "worker" not in str(e).lower():
                     raise
-                raise RuntimeError(f"a decoder worker process failed ({e}); rerun to resume. Worker processes "
+                raise RunError(f"a decoder worker process failed ({e}); rerun to resume. Worker processes "
                                    "pass images through shared memory: where /dev/shm is small, use "
                                    "--decode threads") from e
         elif self.workers <= 0:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from hoidata.errors import InputError
+
 
 @dataclass(frozen=True)
 class TeacherOptions:
@@ -61,6 +63,6 @@ class RunOptions:
         for f in fields(self):
             allowed, minimum, value = f.metadata["choices"], f.metadata["min"], getattr(self, f.name)
             if allowed and value not in allowed:
-                raise ValueError(f"{f.name} must be one of {', '.join(allowed)}, not {value!r}")
+                raise InputError(f"{f.name} must be one of {', '.join(allowed)}, not {value!r}")
             if minimum is not None and value < minimum:
-                raise ValueError(f"{f.name} must be at least {minimum}, not {value!r}")
+                raise InputError(f"{f.name} must be at least {minimum}, not {value!r}")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cache import store as cstore
+from hoidata.errors import InputError
 from hoidata.lock import exclusive
 from pipeline.clip import load_teacher, prompts_sha256, text_embeddings
 
@@ -39,7 +40,7 @@ def _rescore(src, dst: Path, prompts, templates, device) -> Path:
     teacher = dict(cache.attrs["teacher"])
     prompts = list(prompts or cache.attrs["dataset"]["labelspace"]["prompts"])
     if len(prompts) != cache.layout["num_classes"]:
-        raise ValueError(f"{len(prompts)} prompts for {cache.layout['num_classes']} HOI classes")
+        raise InputError(f"{len(prompts)} prompts for {cache.layout['num_classes']} HOI classes")
     t = load_teacher(teacher["model"], teacher["pretrained"], device=device)
     if t.weights_sha256 != teacher["weights_sha256"]:
         raise cstore.CacheError(f"{src} was made with weights {teacher['weights_sha256'][:12]}..., but "

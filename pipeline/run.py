@@ -30,9 +30,10 @@ from cache.layout import plan
 from hoidata import boxes as B
 from hoidata.annotations import Annotations, read_annotations
 from hoidata.detections import Detections, load_detections
+from hoidata.errors import InputError
 from hoidata.files import check_inside, image_size
-from hoidata.lock import exclusive
 from hoidata.labelspace import LabelSpace
+from hoidata.lock import exclusive
 from hoidata.pairs import PairRule, make_pairs
 from pipeline.clip import prompts_sha256, text_embeddings
 from pipeline.options import RunOptions, TeacherOptions
@@ -82,15 +83,15 @@ def _align_annotations(ann: Annotations, dets: Detections) -> Annotations:
                            (dets, ann, "the annotations have no entry for")):
             missing = sorted(set(a.file_names) - set(b.file_names))
             if missing:
-                raise ValueError(f"{what} {len(missing)} image(s), e.g. {missing[0]}; "
+                raise InputError(f"{what} {len(missing)} image(s), e.g. {missing[0]}; "
                                  "import detections for the annotation file's image list")
-        raise ValueError("the annotations and the detections list the images in a different order; "
+        raise InputError("the annotations and the detections list the images in a different order; "
                          "import the detections with the annotation file as --images")
     known = (ann.sizes > 0).all(1) & (dets.sizes > 0).all(1)
     differ = np.flatnonzero(known & (ann.sizes != dets.sizes).any(1))
     if len(differ):
         i = int(differ[0])
-        raise ValueError(f"image {ann.file_names[i]} is {tuple(ann.sizes[i])} (width, height) in the annotations "
+        raise InputError(f"image {ann.file_names[i]} is {tuple(ann.sizes[i])} (width, height) in the annotations "
                          f"but {tuple(dets.sizes[i])} in the detections ({len(differ)} image(s) differ)")
     return ann
 
@@ -117,12 +118,12 @@ def _fill_unknown_sizes(dets: Detections, ann: Annotations | None, root: Path) -
 def _check_images(root: Path, names: list[str], on_error: str) -> None:
     """Fail early (before a long run) when image files are missing."""
     if not root.is_dir():
-        raise ValueError(f"images folder {root} does not exist")
+        raise InputError(f"images folder {root} does not exist")
     missing = [n for n in names if not (root / n).is_file()]
     if missing and len(missing) == len(names):
-        raise ValueError(f"none of the {len(names)} images is under {root} (e.g. {missing[0]}); check --images")
+        raise InputError(f"none of the {len(names)} images is under {root} (e.g. {missing[0]}); check --images")
     if missing and on_error != "skip":
-        raise ValueError(f"{len(missing)} of {len(names)} images are missing under {root}, e.g. {missing[0]}; "
+        raise InputError(f"{len(missing)} of {len(names)} images are missing under {root}, e.g. {missing[0]}; "
                          "pass --on-error skip to record them as skipped")
     if missing:
         log.warning("%d images missing under %s; they will be recorded as skipped", len(missing), root)
@@ -148,7 +149,7 @@ def _build(out: Path, images: Path, detections, labelspace: LabelSpace, annotati
     t0 = time.perf_counter()
     dets = load_detections(detections, labelspace)
     if len(dets) == 0:
-        raise ValueError(f"{detections} lists no images; import detections for the split's image list")
+        raise InputError(f"{detections} lists no images; import detections for the split's image list")
     # before anything reads a file: a name must not reach outside --images
     check_inside(images, dets.file_names, source=str(detections))
     ann = read_annotations(annotations, labelspace) if annotations else None

@@ -24,9 +24,11 @@ import torch
 from cache import schema as S
 from cache.store import TeacherCache
 from hoidata import boxes as B
+from hoidata.errors import HoiError, InputError
 from pipeline import crops
 from pipeline.clip import Teacher, load_teacher, register_model_configs
 from pipeline.encoder import Encoder
+from pipeline.global_pass import may_leave_image, whole_image_rois
 from pipeline.images import BatchSpec, ImageBatch, borrowed_decoder
 from pipeline.options import RunOptions, TeacherOptions
 from pipeline.writer import ChunkFlusher, ShardWriter
@@ -34,7 +36,7 @@ from pipeline.writer import ChunkFlusher, ShardWriter
 log = logging.getLogger(__name__)
 
 
-class ShardError(RuntimeError):
+class ShardError(HoiError, RuntimeError):
     """A shard that cannot finish (an unreadable image with --on-error fail)."""
 
 
@@ -73,9 +75,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from e
+        raise InputError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r} was asked for but CUDA is not available; use --device auto or cpu")
+        raise InputError(f"--device {device!r} was asked for but CUDA is not available; use --device auto or cpu")
     return dev
 
 
@@ -193,7 +195,7 @@ def _batch_specs(ctx: _ShardContext, root: str, batch_size: int) -> list[BatchSp
     boxes never clipped (image size unknown at preparation); the canvas then carries the
     on-image channel."""
     opts = ctx.job.teacher
-    may_leave = opts.crop_mode == "pad" or opts.union_margin > 0
+    may_leave = may_leave_image(opts)
     specs = []
     for a in range(0, len(ctx.names), batch_size):
         sizes = ctx.sizes[a:a + batch_size]
@@ -235,7 +237,7 @@ def _launch(ctx: _ShardContext, batch: ImageBatch) -> dict:
     else:
         counts, rows = np.zeros(n, np.int64), np.zeros(0, np.int64)
     wh = batch.sizes.astype(np.float64)
-    regions = np.concatenate([B.square(np.concatenate([np.zeros_like(wh), wh], 1), opts.crop_mode),  # whole images
+    regions = np.concatenate([whole_image_rois(wh, opts.crop_mode),
                               B.crop_region(ctx.union_box[rows], opts.union_margin, opts.crop_mode)])
     canvas_of = np.concatenate([np.arange(n), np.repeat(np.arange(n), counts)])
     rois = _upload(torch.from_numpy(np.concatenate([canvas_of[:, None], regions], 1).astype(np.float32)), device)

@@ -26,12 +26,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hoidata.errors import HoiError
+
 ARCH = "tiny-fcos"
 CONFIG_NAME = "detector_config.json"
 WEIGHTS_NAME = "detector.safetensors"
 
 
-class TinyFcosError(ValueError):
+class TinyFcosError(HoiError, ValueError):
     """A tiny-fcos config or checkpoint that cannot be used; the message names the file."""
 
 

@@ -24,6 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from cache.store import TeacherCache
+from hoidata.errors import RunError
 
 WRITER_MODES = ("thread", "process")
 
@@ -101,7 +102,7 @@ class ShardWriter:
             for f in self.futures:
                 f.result()
         except BrokenProcessPool as e:
-            raise RuntimeError(f"the writer process died while writing shard {self.k} ({e}); nothing of the "
+            raise RunError(f"the writer process died while writing shard {self.k} ({e}); nothing of the "
                                "shard is marked done: rerun to resume, or pass --writer thread") from e
 
     def __enter__(self) -> "ShardWriter":

@@ -29,6 +29,12 @@ CANDIDATES = {r.name: r for r in GRID + (
     Row("all-late-lme", "all levels, late fusion, log-mean-exp MIL", {**_ALL, "mil": "lme"}),
     Row("all-late-t0.02", "all levels, late fusion, soft labels at T = 0.02", {**_ALL, "temperature": 0.02}),
     Row("all-late-shared", "all levels, late fusion, one shared adapter", {**_ALL, "adapters": "shared"}),
+    Row("all-late-depthwise", "all levels, late fusion, depthwise context", {**_ALL, "context": "depthwise"}),
+    Row("all-late-nocontext", "all levels, late fusion, no context convolution", {**_ALL, "context": "none"}),
+    Row("all-early-depthwise", "all levels, early fusion, depthwise context", {**_ALL, "fusion": "early",
+                                                                               "context": "depthwise"}),
+    Row("all-early-nocontext", "all levels, early fusion, no context convolution", {**_ALL, "fusion": "early",
+                                                                                 "context": "none"}),
 )}
 UNION_WEIGHTS = (0.3, 0.5, 0.7)
 # (crop mode, union margin) of the teacher's union crops

@@ -11,7 +11,6 @@ from PIL import Image, ImageDraw
 from hoidata.annotations import read_hicodet_json, write_hicodet_json
 from hoidata.detections import load_detections, save_detections
 from hoidata.labelspace import LabelSpace
-
 from minibench import build, clip, clip_train, corpus, detector, labels, world
 
 C = labels.NUM_CLASSES

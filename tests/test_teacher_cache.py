@@ -329,9 +329,9 @@ def test_helper_processes_on_gpu_only_and_never_from_a_daemon(monkeypatch):
 
 
 def test_a_dead_writer_process_is_reported_and_nothing_marked_done(tmp_path):
-    from pipeline import writer as W
-    from cache.synthetic import make_synthetic_cache
     from cache.store import TeacherCache
+    from cache.synthetic import make_synthetic_cache
+    from pipeline import writer as W
 
     path = make_synthetic_cache(tmp_path / "c", num_images=16, pairs_per_image=2, num_classes=4, embed_dim=8,
                                 grid=(2, 2), images_per_shard=16, image_chunk=8, pair_chunk=16)

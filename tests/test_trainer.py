@@ -12,14 +12,14 @@ from click.testing import CliRunner
 from cache.schema import STATUS_SKIPPED
 from cache.store import open_cache
 from cache.synthetic import make_synthetic_cache
-from hoi.cli_train import ablate_cmd, eval_cmd, predict_cmd, train_cmd
+from hoi.cli import main as hoi_main
+from hoidata.boxes import crop_region
 from hoidata.predictions import read_predictions
 from trainer import engine
 from trainer.ablate import GRID, format_ablation
 from trainer.bench import bench_trainer
 from trainer.checkpoint import CheckpointError, load_weights
 from trainer.config import ConfigError, TrainConfig
-from hoidata.boxes import crop_region
 from trainer.data import Block, CacheReader, TrainData, labelspace_of, object_class_mask, seen_classes, to_grid
 from trainer.engine import NonFiniteLossError, build_model, train
 from trainer.losses import DistillationLoss, mil_pool
@@ -415,21 +415,21 @@ def test_predict_then_evaluate_end_to_end(caches, reference, tmp_path):
 def test_cli_train_predict_eval(caches, reference, tmp_path):
     runner = CliRunner()
     out, _ = reference
-    r = runner.invoke(train_cmd, ["--cache", str(caches["train"]), "--out", str(tmp_path / "run"), "--epochs", "1",
+    r = runner.invoke(hoi_main, ["train", "--cache", str(caches["train"]), "--out", str(tmp_path / "run"), "--epochs", "1",
                                   "--hidden-dim", "16", "--no-global-branch", "--no-progress", "--threads", "1"])
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "run" / "checkpoint" / "checkpoint.json").read_text())
     assert meta["config"]["global_branch"] is False and meta["config"]["hidden_dim"] == 16
     assert meta["cache"]["fingerprint"] == open_cache(caches["train"]).fingerprint and meta["package_version"]
-    r = runner.invoke(train_cmd, ["--cache", str(caches["test"]), "--out", str(tmp_path / "run"), "--resume"])
+    r = runner.invoke(hoi_main, ["train", "--cache", str(caches["test"]), "--out", str(tmp_path / "run"), "--resume"])
     assert r.exit_code == 1 and "dataset.split" in r.output
-    r = runner.invoke(predict_cmd, ["--cache", str(caches["test"]), "--checkpoint", str(out / "checkpoint"),
+    r = runner.invoke(hoi_main, ["predict", "--cache", str(caches["test"]), "--checkpoint", str(out / "checkpoint"),
                                     "-o", str(tmp_path / "p.json.gz")])
     assert r.exit_code == 0 and "predictions (student)" in r.output, r.output
-    r = runner.invoke(eval_cmd, ["--cache", str(caches["test"]), "--model", "teacher", "--results",
+    r = runner.invoke(hoi_main, ["eval", "--cache", str(caches["test"]), "--model", "teacher", "--results",
                                  str(tmp_path / "r.json")])
     assert r.exit_code == 0 and "default" in r.output and (tmp_path / "r.json").exists(), r.output
-    r = runner.invoke(eval_cmd, ["--cache", str(caches["train"]), "--model", "teacher"])
+    r = runner.invoke(hoi_main, ["eval", "--cache", str(caches["train"]), "--model", "teacher"])
     assert r.exit_code == 1 and "no ground truth" in r.output
 
 
@@ -448,7 +448,7 @@ def test_eval_takes_known_object_images_from_anno_mat(caches, tmp_path):
         list_action[c, 0] = (ls.objects[o], ls.verbs[v])
     scipy.io.savemat(tmp_path / "anno.mat", {"anno_test": np.ones((ls.num_classes, len(names))), "list_test": cells,
                                              "list_action": list_action})
-    r = CliRunner().invoke(eval_cmd, ["--cache", str(caches["test"]), "--model", "teacher", "--image-labels",
+    r = CliRunner().invoke(hoi_main, ["eval", "--cache", str(caches["test"]), "--model", "teacher", "--image-labels",
                                       str(tmp_path / "anno.mat"), "--results", str(tmp_path / "labels.json")])
     assert r.exit_code == 0, r.output
     _, stand_in = run_eval(caches["test"], model="teacher")
@@ -460,7 +460,7 @@ def test_eval_takes_known_object_images_from_anno_mat(caches, tmp_path):
 
 
 def test_cli_ablate_prints_one_table(caches, tmp_path):
-    r = CliRunner().invoke(ablate_cmd, ["--train-cache", str(caches["train"]), "--test-cache", str(caches["test"]),
+    r = CliRunner().invoke(hoi_main, ["ablate", "--train-cache", str(caches["train"]), "--test-cache", str(caches["test"]),
                                         "--out", str(tmp_path), "--epochs", "1", "--hidden-dim", "16",
                                         "--no-progress", "--threads", "1"])
     assert r.exit_code == 0, r.output
@@ -597,3 +597,39 @@ def test_roi_align_as_a_matrix_product_equals_torchvision(grid, out):
     (g_ref,), (g_ours,) = torch.autograd.grad(ref, x, up), torch.autograd.grad(ours, x, up)
     assert torch.allclose(g_ours, g_ref, atol=1e-12)
     assert roi_align_bmm(x, rois[:0], out).shape == (0, 5, out, out)
+
+
+def test_global_only_caches_serve_students_and_refuse_what_needs_union_scores(caches, reference, tmp_path):
+    from cache.store import CacheError
+
+    kw = dict(num_images=40, pairs_per_image=6, split="test", levels=("global",), **WORLD)
+    test_global = make_synthetic_cache(tmp_path / "test_global", seed=1, **kw)
+    train_global = make_synthetic_cache(tmp_path / "train_global", seed=0, with_gt=False,
+                                        **{**kw, "split": "train"})
+    with pytest.raises(CacheError, match="holds no union level.*the union loss.*--levels all"):
+        train(train_global, tmp_path / "all", BASE.replace(epochs=1))
+    assert not (tmp_path / "all" / "checkpoint").exists()
+    out = train(train_global, tmp_path / "glob", BASE.replace(epochs=1, **GRID[0].overrides))  # no union level needed
+    assert out["epoch"] == 1
+    with pytest.raises(CacheError, match="holds no union level.*teacher baseline"):
+        predict(test_global, model="teacher")
+    ref_out, _ = reference  # a student trained with both levels predicts from the global level alone
+    pred, _ = predict(test_global, checkpoint=ref_out / "checkpoint")
+    assert len(pred) > 0
+
+
+def test_a_second_training_run_on_the_same_folder_is_refused_naming_the_holder(caches, tmp_path):
+    import os
+    import socket
+
+    from hoidata.lock import LockError, exclusive
+
+    with exclusive(tmp_path / "run", what="training run"):  # another run holds it
+        with pytest.raises(LockError, match=f"pid {os.getpid()}.*{socket.gethostname()}"):
+            train(caches["train"], tmp_path / "run", BASE.replace(epochs=1))
+        with pytest.raises(LockError):
+            engine.train_or_reuse(caches["train"], tmp_path / "run", BASE.replace(epochs=1))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    train(caches["train"], tmp_path / "run", BASE.replace(epochs=1))  # free again
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and not (tmp_path / "run.lock").exists()

@@ -27,12 +27,13 @@ from safetensors.torch import load_file, save_file
 from cache import schema as S
 from cache.store import TeacherCache
 from hoidata import __version__
+from hoidata.errors import HoiError
 
 FORMAT = "hoi-student/1"
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.safetensors", "checkpoint.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HoiError, ValueError):
     """A missing or malformed checkpoint, or one that does not belong with the cache given."""
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from hoidata.errors import HoiError
 
 # Scorers of cached pairs that `predict` knows (see trainer.predict).
 PREDICTION_MODELS = ("student", "teacher", "random")
 
 
-class ConfigError(ValueError):
+class ConfigError(HoiError, ValueError):
     """A configuration that cannot run; the message names the fields and the fix."""
 
 
@@ -37,6 +38,10 @@ class TrainConfig:
                                       "('per-level': the global branch and human/object boxes; union boxes), so "
                                       "one level's losses cannot bend the other's features, or one for all "
                                       "branches ('shared').", ("per-level", "shared"))
+    context: str = _opt("depthwise", "How each cell of the adapted map sees its neighbours: a residual 3 x 3 "
+                                "convolution ('conv'), a depthwise 3 x 3 then pointwise one ('depthwise', about "
+                                "a ninth of the cost), or not at all ('none': the cached tokens carry context "
+                                "already).", ("conv", "depthwise", "none"))
     fusion: str = _opt("late", "Pair scores: 'late' combines the human-object and union branches' scores; "
                                "'early' concatenates their features and scores once.", ("late", "early"))
     crop_mode: str = _opt("auto", "How the teacher made the whole image (dense map) and union boxes square: "

@@ -24,6 +24,7 @@ import torch
 from cache import schema as S
 from cache.store import TeacherCache
 from hoidata import boxes as B
+from hoidata.errors import InputError
 from hoidata.labelspace import LabelSpace
 
 from .config import ConfigError, TrainConfig
@@ -68,18 +69,24 @@ def seen_classes(cache: TeacherCache, split: str) -> np.ndarray:
 
 def resolve_crop_mode(setting: str, cache: TeacherCache) -> str:
     """The teacher's crop mode: the setting, or for 'auto' the cache's ``teacher.crop_mode``."""
-    mode = cache.attrs["teacher"].get("crop_mode")
+    return teacher_crop_mode(setting, cache.attrs["teacher"], str(cache.path))
+
+
+def teacher_crop_mode(setting: str, teacher: dict, where: str) -> str:
+    """The crop mode a student pools with: ``setting``, or for 'auto' the one the teacher (its
+    attributes ``teacher``, recorded in ``where``) cut with."""
+    mode = teacher.get("crop_mode")
     if setting != "auto":
         if mode is not None and setting != mode:
             log.warning("--crop-mode %s differs from the crop rule the teacher cut with (%s, in %s): the union "
-                        "branch pools other regions than its teacher saw", setting, mode, cache.path)
+                        "branch pools other regions than its teacher saw", setting, mode, where)
         return setting
     if mode is None:
         log.warning("%s does not record teacher.crop_mode; assuming 'squash' (pass --crop-mode to say otherwise)",
-                    cache.path)
+                    where)
         return "squash"
     if mode not in B.CROP_MODES:
-        raise ValueError(f"{cache.path}: teacher.crop_mode is {mode!r}; this version knows {', '.join(B.CROP_MODES)}")
+        raise InputError(f"{where}: teacher.crop_mode is {mode!r}; this version knows {', '.join(B.CROP_MODES)}")
     return mode
 
 

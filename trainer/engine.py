@@ -20,6 +20,8 @@ import torch
 from tqdm import tqdm
 
 from cache.store import TeacherCache, open_cache
+from hoidata.errors import HoiError
+from hoidata.lock import exclusive
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, runtime_fields
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 METRICS_FILE, CHECKPOINT_DIR = "metrics.jsonl", "checkpoint"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(HoiError, RuntimeError):
     """Training produced a NaN or infinite loss; the message says where and what to try."""
 
 
@@ -156,15 +158,16 @@ def train_or_reuse(cache_path, out_dir, config: TrainConfig) -> str:
     A run there with other settings or another cache is refused, naming what differs, so
     results are never reported for a configuration that was not trained."""
     ckpt_dir = Path(out_dir) / CHECKPOINT_DIR
-    if not (ckpt_dir / ckpt.META_FILE).exists():
-        return train(cache_path, out_dir, config)["checkpoint"]
-    meta = ckpt.read_meta(ckpt_dir)
-    ckpt.check_same_cache(meta, open_cache(cache_path), ckpt_dir)
-    _resumed_config(meta, config, {})  # raises when a setting differs or fewer epochs are asked
-    if meta["epoch"] == config.epochs:
-        log.info("%s: a finished run of this configuration; reusing it", ckpt_dir)
-        return str(ckpt_dir)
-    return train(cache_path, out_dir, config, resume=True)["checkpoint"]
+    with exclusive(out_dir, what="training run"):
+        if not (ckpt_dir / ckpt.META_FILE).exists():
+            return _train(cache_path, out_dir, config)["checkpoint"]
+        meta = ckpt.read_meta(ckpt_dir)
+        ckpt.check_same_cache(meta, open_cache(cache_path), ckpt_dir)
+        _resumed_config(meta, config, {})  # raises when a setting differs or fewer epochs are asked
+        if meta["epoch"] == config.epochs:
+            log.info("%s: a finished run of this configuration; reusing it", ckpt_dir)
+            return str(ckpt_dir)
+        return _train(cache_path, out_dir, config, resume=True)["checkpoint"]
 
 
 def train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bool = False, **overrides) -> dict:
@@ -172,8 +175,14 @@ def train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: boo
 
     config: the run's configuration (default: :class:`TrainConfig` defaults; when resuming,
     the checkpoint's). overrides: field values applied on top (what the command line gave).
-    resume: continue from ``out_dir/checkpoint``, on the same cache only.
+    resume: continue from ``out_dir/checkpoint``, on the same cache only. One run at a time
+    holds ``out_dir`` (a lock beside it, naming its holder).
     """
+    with exclusive(out_dir, what="training run"):
+        return _train(cache_path, out_dir, config, resume=resume, **overrides)
+
+
+def _train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bool = False, **overrides) -> dict:
     cache = open_cache(cache_path)
     out = Path(out_dir)
     ckpt_dir = out / CHECKPOINT_DIR
@@ -211,6 +220,8 @@ def train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: boo
 
     if cache.num_images == 0:
         raise ConfigError(f"{cache.path} holds no images; nothing to train on")
+    if "union" in config.active_losses:
+        cache.require_level("union", why="the union loss trains on union CLIP scores")
     data = TrainData(cache, config, crop_mode)
     if data.num_images == 0:
         raise ConfigError(f"{cache.path} has no usable image (all skipped or none); nothing to train on")

@@ -42,17 +42,24 @@ BOX_LEVEL = {0: "global", 1: "global", 2: "union"}
 
 class DenseAdapter(nn.Module):
     """[B, H, W, D] cached tokens -> [B, F, H, W] features: per-token norm and projection,
-    then a residual 3 x 3 convolution so that each cell sees its neighbours."""
+    then (``context``) a residual 3 x 3 convolution so that each cell sees its neighbours,
+    full ('conv') or depthwise then pointwise ('depthwise'), or none ('none')."""
 
-    def __init__(self, embed_dim: int, hidden: int):
+    def __init__(self, embed_dim: int, hidden: int, context: str = "conv"):
         super().__init__()
         self.norm = nn.LayerNorm(embed_dim)  # token norms vary with the teacher; the student should not care
         self.proj = nn.Linear(embed_dim, hidden)
-        self.context = nn.Conv2d(hidden, hidden, 3, padding=1)
+        if context == "conv":
+            self.context = nn.Conv2d(hidden, hidden, 3, padding=1)
+        elif context == "depthwise":
+            self.context = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden),
+                                         nn.Conv2d(hidden, hidden, 1))
+        else:
+            self.context = None
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         x = self.proj(self.norm(dense)).permute(0, 3, 1, 2)
-        return x + self.context(F.gelu(x))
+        return x if self.context is None else x + self.context(F.gelu(x))
 
 
 class RoIFeatures(nn.Module):
@@ -102,7 +109,8 @@ class Student(nn.Module):
         self.register_buffer("text", F.normalize(text.float(), dim=-1), persistent=False)
         cols = sorted({c for k in config.pair_branches for c in BOXES[k]})  # box columns pooled
         levels = sorted({BOX_LEVEL[c] for c in cols} | ({"global"} if config.global_branch else set()))
-        self.adapters = nn.ModuleDict({k: DenseAdapter(embed_dim, hidden) for k in map(self.feature_key, levels)})
+        self.adapters = nn.ModuleDict({k: DenseAdapter(embed_dim, hidden, config.context)
+                                       for k in map(self.feature_key, levels)})
         # the box columns each feature map pools: one RoI-align per map, all its columns at once
         self.cols_of = {k: [c for c in cols if self.feature_key(BOX_LEVEL[c]) == k]
                         for k in sorted({self.feature_key(BOX_LEVEL[c]) for c in cols})}
@@ -142,7 +150,10 @@ class Student(nn.Module):
             cols = self.cols_of[key]
             boxes = batch.grid_boxes[:, cols]  # [P, k, 4]
             idx = batch.pair_image[:, None, None].expand(-1, len(cols), 1).to(boxes.dtype)
-            feats = pool(maps[key], torch.cat([idx, boxes], 2).reshape(-1, 5)).view(batch.num_pairs, len(cols), -1)
+            # A detection takes part in many pairs (every human with every object): pool each
+            # distinct box of an image once and hand its features to every pair that has it.
+            rois, inverse = torch.unique(torch.cat([idx, boxes], 2).reshape(-1, 5), dim=0, return_inverse=True)
+            feats = pool(maps[key], rois)[inverse].view(batch.num_pairs, len(cols), -1)
             roi.update({c: feats[:, j] for j, c in enumerate(cols)})
         for name in pair:
             parts = [roi[c] for c in BOXES[name]]

@@ -147,6 +147,7 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
         def score_block(b: Block) -> np.ndarray:
             return student_scores(student, b, mask_t, dev, batch_size, config.amp, union_weight)
     elif model == "teacher":
+        cache.require_level("union", why="the teacher baseline scores union crops")
         temperature = TrainConfig().temperature if temperature is None else temperature
         info["temperature"] = temperature
         reader = CacheReader(cache, "squash", ("union_score",))  # the teacher needs no grid geometry
