@@ -1,0 +1,242 @@
+"""``hoi detect``: from a folder of photos and a trained student to HOI detections.
+
+The student's cheap inference path, streamed in batches of images so memory stays flat
+for any number of them::
+
+    decode -> detector (pipeline.detect_stage) -> pairs (the student's pair rule)
+           -> CLIP's global pass (pipeline.global_pass) -> student (trainer.predict) -> rows
+
+No union crop is encoded: that is the teacher's cost, which the student exists to avoid.
+The teacher, its prompts, the pair rule and the label space are the ones the checkpoint
+was trained with (its JSON records them); the detector is given, or for the bundled
+benchmark's label space the shipped one. Each stage's settings go into the output's
+``provenance``. The rows equal those of ``hoi teacher-cache --levels global`` on the same
+detections followed by ``hoi predict`` (tests/test_detect.py).
+
+This module is where detector, teacher and student meet, so it lives in ``hoi`` (the only
+package that imports both ``pipeline`` and ``trainer``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hoidata.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageSeconds:
+    """Wall seconds spent in each stage of ``hoi detect`` (decoding counted with the detector)."""
+
+    detector: float = 0.0
+    clip: float = 0.0
+    student: float = 0.0
+    images: int = 0
+    skipped: list = field(default_factory=list)
+
+    def images_per_s(self) -> dict[str, float]:
+        total = self.detector + self.clip + self.student
+        rate = lambda s: round(self.images / s, 2) if s else 0.0  # noqa: E731
+        return {"total": rate(total), "detector": rate(self.detector), "clip": rate(self.clip),
+                "student": rate(self.student)}
+
+
+def default_detector(labelspace) -> tuple[str, Path] | None:
+    """(model, weights) of the detector shipped for a label space: the bundled benchmark's."""
+    from minibench.clip import MODEL_DIR
+    from minibench.labels import NAME
+
+    folder = MODEL_DIR / "detector"
+    if labelspace.name == NAME and folder.is_dir():
+        return "tiny-fcos", folder
+    return None
+
+
+def _teacher_options(teacher: dict):
+    from pipeline.options import TeacherOptions
+
+    return TeacherOptions(model=teacher["model"], pretrained=teacher.get("pretrained"),
+                          templates=tuple(teacher["templates"]), crop_mode=teacher["crop_mode"],
+                          union_margin=float(teacher["union_margin"]), global_size=teacher["global_size"],
+                          mean=tuple(teacher["mean"]), std=tuple(teacher["std"]))
+
+
+def run_detect(images, checkpoint, output, *, detector: str | None = None, detector_weights=None,
+               images_list=None, draw=None, draw_count: int = 20, options=None, batch_size: int = 32,
+               union_weight: float = 0.5, det_exponent: float = 1.0, top_k: int = 0) -> dict:
+    """HOI detections of every image in ``images`` (or ``images_list``) by the student of
+    ``checkpoint``, written to ``output`` (.json, .json.gz or .npz) with their provenance;
+    pictures of the top detections of the first ``draw_count`` images in ``draw`` when given.
+    ``options``: the detector's :class:`pipeline.detect_options.DetectOptions` (its device and
+    on_error serve every stage). Returns the provenance, with images/s per stage."""
+    from tqdm import tqdm
+
+    from hoidata.labelspace import LabelSpace
+    from hoidata.pairs import PairRule
+    from hoidata.predictions import Predictions, write_predictions
+    from pipeline.detect_options import DetectOptions
+    from pipeline.detect_stage import decoded_batches, list_images, resolve_precision
+    from pipeline.detector import load_detector
+    from pipeline.global_pass import GlobalPass
+    from pipeline.shard import resolve_device
+    from trainer import checkpoint as ckpt
+    from trainer.predict import concat_rows, student_from
+
+    opts = options or DetectOptions()
+    meta = ckpt.read_meta(checkpoint)
+    trained_on = meta["cache"]
+    ls = LabelSpace.from_dict(trained_on["dataset"]["labelspace"], source=f"{checkpoint}: cache.dataset.labelspace")
+    if detector is None:
+        found = default_detector(ls)
+        if found is None:
+            raise InputError(f"no detector is shipped for label space {ls.name!r}: pass --detector NAME (a "
+                             "torchvision detection model) and --detector-weights FILE")
+        detector, detector_weights = found
+    device = resolve_device(opts.device)
+    precision = resolve_precision(opts.precision, device)
+    root = Path(images)
+    names, expected = list_images(root, images_list, ls)
+    det = load_detector(detector, detector_weights, ls)
+    det.model.to(device)
+    teacher_opts = _teacher_options(trained_on["teacher"])
+    clip = GlobalPass(teacher_opts, ls.prompts, device)
+    if clip.teacher.weights_sha256 != trained_on["teacher"]["weights_sha256"]:
+        raise ckpt.CheckpointError(f"{teacher_opts.model}: its weights are not those the student of {checkpoint} "
+                                   "was trained with (their sha256 differs); give the teacher it was trained with")
+    student = student_from(checkpoint, meta, clip.text, device)
+    scorer = _Scorer(student, ls, trained_on, teacher_opts, device, union_weight, det_exponent, top_k)
+    rule = PairRule(**trained_on["pair_rule"])
+
+    seconds, parts = StageSeconds(), []
+    batches = decoded_batches([root / n for n in names], expected, batch_size, opts.workers)  # decoded ahead
+    with tqdm(total=len(names), unit="img", desc="hoi detect", disable=not opts.progress, dynamic_ncols=True) as bar:
+        t_decode = time.perf_counter()
+        for positions, decoded in batches:
+            seconds.detector += time.perf_counter() - t_decode  # waiting for decoded images
+            parts.append(_detect_batch(det, clip, scorer, rule, ls, names, positions, decoded, opts, device,
+                                       precision, seconds))
+            bar.update(len(positions))
+            t_decode = time.perf_counter()
+
+    pred = Predictions.from_arrays(names, box_format="coord", **concat_rows(parts))
+    provenance = _provenance(det, opts, precision, teacher_opts, clip, checkpoint, meta, rule, seconds,
+                             union_weight, det_exponent, top_k, root, len(pred))
+    write_predictions(pred, output, provenance=provenance)
+    if draw:
+        _draw(root, pred, ls, Path(draw), draw_count)
+    log.info("%s: %d predictions on %d images (%s images/s)", output, len(pred), len(names),
+             provenance["images_per_s"]["total"])
+    return provenance
+
+
+@dataclass
+class _Scorer:
+    """The student and what it needs to turn a batch's detections into prediction rows."""
+
+    student: object
+    labelspace: object
+    trained_on: dict
+    teacher: object
+    device: object
+    union_weight: float
+    det_exponent: float
+    top_k: int
+
+    def __post_init__(self):
+        import torch
+
+        from trainer.data import teacher_crop_mode
+
+        self.crop_mode = teacher_crop_mode(self.student.config.crop_mode, self.trained_on["teacher"],
+                                           "the checkpoint's teacher")
+        self.grid = tuple(self.trained_on["layout"]["grid"])
+        self.mask = self.labelspace.object_class_mask
+        self.mask_t = torch.from_numpy(self.mask).to(self.device)
+
+    def rows(self, image: np.ndarray, sizes: np.ndarray, dense: np.ndarray, dets: tuple, pairs: tuple) -> dict:
+        from trainer.data import pair_block
+        from trainer.predict import block_rows, student_scores
+
+        box, score, label = dets
+        human, obj, offsets = pairs
+        block = pair_block(image, sizes.astype(np.float32), det_box=box, det_score=score, det_label=label,
+                           human=human, obj=obj, pair_offsets=offsets, grid=self.grid, crop_mode=self.crop_mode,
+                           union_margin=self.teacher.union_margin, dense=dense)
+        scores = student_scores(self.student, block, self.mask_t, self.device, 64, self.student.config.amp,
+                                self.union_weight)
+        return block_rows(block, scores, self.mask, self.det_exponent, self.top_k)
+
+
+def _detect_batch(det, clip, scorer: _Scorer, rule, ls, names, positions, decoded, opts, device, precision,
+                  seconds: StageSeconds) -> dict:
+    """Prediction rows of one batch of images (``positions`` into ``names``, ``decoded`` their
+    uint8 [H, W, 3] pixels or the message of a failure): detect, pair, encode, score."""
+    from hoidata.pairs import make_pairs
+    from pipeline.detect_stage import DetectStageError, detect_images
+
+    t0 = time.perf_counter()
+    ok, arrays = [], []
+    for i, got in zip(positions, decoded):
+        if isinstance(got, str):
+            if opts.on_error != "skip":
+                raise DetectStageError(f"{got} (pass --on-error skip to record it as skipped and go on)")
+            log.warning("skipping %s", got)
+            seconds.skipped.append(names[i])
+            continue
+        ok.append(i)
+        arrays.append(got)
+    found = detect_images(det, arrays, opts, device, precision)
+    counts = np.array([len(s) for _, s, _ in found], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    box = np.concatenate([b for b, _, _ in found]).reshape(-1, 4).astype(np.float32) if found else \
+        np.zeros((0, 4), np.float32)
+    score = np.concatenate([s for _, s, _ in found]).astype(np.float32) if found else np.zeros(0, np.float32)
+    label = np.concatenate([lab for _, _, lab in found]).astype(np.int64) if found else np.zeros(0, np.int64)
+    human, obj, pair_offsets = make_pairs(score, label, offsets, ls.human, rule)
+    t1 = time.perf_counter()
+    _, _, dense = clip(arrays)
+    t2 = time.perf_counter()
+    sizes = np.array([(a.shape[1], a.shape[0]) for a in arrays]).reshape(-1, 2)
+    rows = scorer.rows(np.array(ok, np.int64), sizes, dense, (box, score, label), (human, obj, pair_offsets))
+    seconds.detector += t1 - t0
+    seconds.clip += t2 - t1
+    seconds.student += time.perf_counter() - t2
+    seconds.images += len(ok)
+    return rows
+
+
+def _provenance(det, opts, precision, teacher_opts, clip, checkpoint, meta, rule, seconds: StageSeconds,
+                union_weight, det_exponent, top_k, root: Path, num_predictions: int) -> dict:
+    from hoidata import __version__
+
+    return {
+        "tool": "hoi detect", "package_version": __version__, "images": str(root.absolute()),
+        "detector": {"name": det.name, "weights": str(Path(det.weights).absolute()),
+                     "weights_sha256": det.weights_sha256, **{k: v for k, v in asdict(opts).items()
+                                                              if k not in ("overwrite", "progress", "chunk_size")},
+                     "precision": precision, "own_settings": det.own_settings},
+        "teacher": {**asdict(teacher_opts), "weights_sha256": clip.teacher.weights_sha256,
+                    "global_size": clip.teacher.global_size, "levels": ["global"]},
+        "student": {"checkpoint": str(Path(checkpoint).absolute()), "epoch": meta["epoch"],
+                    "config": meta["config"], "train_cache": meta["cache"]["path"]},
+        "pair_rule": rule.as_dict(), "union_weight": union_weight, "det_exponent": det_exponent, "top_k": top_k,
+        "num_images": seconds.images + len(seconds.skipped), "skipped_images": seconds.skipped,
+        "num_predictions": num_predictions,
+        "seconds": {k: round(getattr(seconds, k), 3) for k in ("detector", "clip", "student")},
+        "images_per_s": seconds.images_per_s(),
+    }
+
+
+def _draw(root: Path, pred, ls, folder: Path, count: int) -> None:
+    from hoidata.visualize import draw
+
+    for i in sorted(set(pred.image.tolist()))[:count]:  # images with at least one pair
+        name = pred.file_names[i]
+        draw(root / name, pred, ls, folder / (Path(name).stem + ".png"))

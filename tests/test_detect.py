@@ -1,0 +1,107 @@
+"""``hoi detect``: detector -> CLIP's global pass -> student, against the cache path on the
+same detections (``hoi detections run`` + ``teacher-cache --levels global`` + ``predict``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from tinyworld import MODEL, make_checkpoint, make_world
+
+from hoi.cli import main as hoi_main
+from hoi.detect import run_detect
+from hoidata.labelspace import LabelSpace
+from hoidata.pairs import PairRule
+from hoidata.predictions import read_predictions, read_provenance
+from pipeline.detect_options import DetectOptions
+from pipeline.detect_stage import run_detector
+from pipeline.options import RunOptions, TeacherOptions
+from pipeline.run import build_teacher_cache
+from pipeline.tiny_fcos import TinyFcosConfig, build_tiny_fcos, save_tiny_fcos
+from trainer.config import TrainConfig
+from trainer.engine import train
+from trainer.predict import predict
+
+BATCH = 4  # the same batches on both paths: a detector pads a batch's images to one size
+OPTS = DetectOptions(score_threshold=0.0, max_per_image=16, batch_size=BATCH, workers=0, progress=False)
+RULE = PairRule(human_score=0.0, object_score=0.0, max_humans=2, max_objects=3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A folder of images, a random tiny-fcos over them, caches of both levels from its
+    detections and a student trained on the full one."""
+    root = tmp_path_factory.mktemp("detect")
+    world = make_world(root, num_images=9)
+    ls = LabelSpace.load(world["labelspace"])
+    torch.manual_seed(0)
+    # (this random model scores its first two labels highest: people and balls, so pairs exist)
+    cfg = TinyFcosConfig(categories=("person", "ball", "cup"), min_size=64, max_size=96, score_thresh=0.0,
+                         detections_per_img=16)
+    save_tiny_fcos(build_tiny_fcos(cfg).eval(), cfg, root / "detector")
+    run_detector(root / "detected.h5", images=world["images"], model="tiny-fcos", weights=root / "detector",
+                 labelspace=ls, options=OPTS)
+    teacher = TeacherOptions(model=MODEL, pretrained=str(make_checkpoint(root / "clip")))
+    run = dict(images_per_shard=BATCH, batch_size=BATCH, workers=0, threads=1, progress=False)
+    caches = {levels: build_teacher_cache(root / f"{levels}.zarr", images=world["images"],
+                                          detections=root / "detected.h5", labelspace=ls, teacher=teacher,
+                                          pair_rule=RULE, run=RunOptions(levels=levels, **run))
+              for levels in ("all", "global")}
+    out = train(caches["all"], root / "student", TrainConfig(epochs=1, batch_size=4, hidden_dim=16, progress=False,
+                                                             threads=1, device="cpu"))
+    return {"root": root, "world": world, "caches": caches, "checkpoint": out["checkpoint"],
+            "detector": root / "detector"}
+
+
+def test_detect_equals_the_cache_path_on_the_same_detections(setup, tmp_path):
+    cached, _ = predict(setup["caches"]["global"], checkpoint=setup["checkpoint"])
+    info = run_detect(setup["world"]["images"], setup["checkpoint"], tmp_path / "preds.json", detector="tiny-fcos",
+                      detector_weights=setup["detector"], options=OPTS, batch_size=BATCH)
+    direct = read_predictions(tmp_path / "preds.json")
+    assert len(cached) > 20 and direct.file_names == cached.file_names
+    for key in ("image", "hoi"):
+        assert np.array_equal(getattr(direct, key), getattr(cached, key)), key
+    for key in ("boxes_h", "boxes_o"):
+        assert np.allclose(getattr(direct, key), getattr(cached, key), atol=1e-4), key  # JSON round trip
+    assert np.allclose(direct.score, cached.score, rtol=1e-5, atol=1e-7)
+    assert info["num_images"] == 9 and info["pair_rule"] == RULE.as_dict()
+    assert info["teacher"]["levels"] == ["global"] and info["detector"]["name"] == "tiny-fcos"
+
+
+def test_cli_detect_draws_records_provenance_and_skips_bad_images(setup, tmp_path):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(setup["world"]["images"], images)
+    (images / "zz_broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    args = ["detect", "--images", str(images), "--checkpoint", setup["checkpoint"], "-o", str(tmp_path / "p.npz"),
+            "--detector", "tiny-fcos", "--detector-weights", str(setup["detector"]), "--score-threshold", "0",
+            "--batch-size", "4", "--workers", "0", "--no-progress", "--draw", str(tmp_path / "pictures"),
+            "--draw-count", "3"]
+    r = CliRunner().invoke(hoi_main, args)
+    assert r.exit_code == 1 and "zz_broken.jpg" in r.output and "--on-error skip" in r.output
+    r = CliRunner().invoke(hoi_main, args + ["--on-error", "skip"])
+    assert r.exit_code == 0, r.output
+    assert "images/s" in r.output and len(list((tmp_path / "pictures").glob("*.png"))) == 3
+    prov = read_provenance(tmp_path / "p.npz")
+    assert prov["skipped_images"] == ["zz_broken.jpg"] and prov["num_images"] == 10
+    assert set(prov["images_per_s"]) == {"total", "detector", "clip", "student"}
+    assert prov["student"]["config"] == json.loads((setup["root"] / "student" / "checkpoint" / "checkpoint.json")
+                                                   .read_text())["config"]
+    assert len(read_predictions(tmp_path / "p.npz")) > 0
+
+
+def test_detect_needs_a_detector_for_a_label_space_without_one(setup, tmp_path):
+    with pytest.raises(ValueError, match="no detector is shipped for label space 'tiny'.*--detector"):
+        run_detect(setup["world"]["images"], setup["checkpoint"], tmp_path / "p.json", options=OPTS)
