@@ -41,7 +41,8 @@ def detections() -> None:
                    "coco80 for --folder.")
 @click.option("--score-threshold", type=float, default=0.0, help="Drop detections scoring below this.")
 @click.option("--detector", default="", show_default=False, help="Detector name, recorded in the file.")
-@click.option("--weights", default="", show_default=False, help="Detector weights (file name, URL or hash), recorded in the file.")
+@click.option("--weights", default="", show_default=False,
+              help="Detector weights (file name, URL or hash), recorded in the file.")
 @click.option("--nms", default="", show_default=False, help="NMS settings used by the detector, recorded in the file.")
 @click.option("--skip-unknown-images", is_flag=True,
               help="Skip results for image ids not in the image list instead of failing (--coco-results).")

@@ -98,9 +98,13 @@ class Annotations:
     def from_lists(cls, file_names, sizes, per_image: list[dict], labelspace_name: str = "") -> "Annotations":
         """Build from one dict per image with keys boxes_h, boxes_o (coord), hoi, verb, object."""
         counts = [len(p["hoi"]) for p in per_image]
-        cat = lambda k, shape: (np.concatenate([np.asarray(p[k], np.float64 if shape else np.int64).reshape((-1,) + shape)  # noqa: E731
-                                               for p in per_image]) if per_image else
-                                np.zeros((0,) + shape, np.float64 if shape else np.int64))
+
+        def cat(k, shape):
+            dtype = np.float64 if shape else np.int64
+            if not per_image:
+                return np.zeros((0,) + shape, dtype)
+            return np.concatenate([np.asarray(p[k], dtype).reshape((-1,) + shape) for p in per_image])
+
         return cls(
             file_names=list(file_names),
             sizes=np.asarray(sizes, dtype=np.int64).reshape(-1, 2),

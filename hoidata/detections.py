@@ -132,7 +132,8 @@ class Detections:
             (self.labels < 0, "label is negative"),
         ]
         if num_objects is not None:
-            checks.append((self.labels >= num_objects, f"label is not below {num_objects} (objects in the label space)"))
+            checks.append((self.labels >= num_objects,
+                           f"label is not below {num_objects} (objects in the label space)"))
         for mask, msg in checks:
             rows = np.flatnonzero(mask)
             if len(rows):
@@ -404,7 +405,8 @@ def import_coco_results(results_path: str | Path, images: Sequence[ImageRecord],
         if not skip_unknown_images:
             # Ids off by one (0-based index vs. file-name number) are the usual cause: show the range.
             hint = f" (its ids run {min(ids)}..{max(ids)})" if ids and all(isinstance(i, int) for i in ids) else ""
-            raise DetectionsError(f"{results_path}: entry {k}: image id {image_ids[k]!r} is not in the image list{hint}")
+            raise DetectionsError(f"{results_path}: entry {k}: image id {image_ids[k]!r} "
+                                  f"is not in the image list{hint}")
         log.warning("%s: skipped %d detections of %d image ids not in the image list (first: %r)", results_path,
                     int(unknown.sum()), int((pos < 0).sum()), image_ids[k])
     rows = np.flatnonzero(~unknown)

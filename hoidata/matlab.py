@@ -43,6 +43,7 @@ from .labelspace import LabelSpace
 from .lock import exclusive
 from .predictions import Predictions, PredictionsError, read_predictions
 
+
 class ExportExistsError(HoiError, FileExistsError):
     """The export folder exists (an earlier export without --overwrite, or another folder)."""
 

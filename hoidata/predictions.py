@@ -223,7 +223,7 @@ def _read_json_reference(path, box_format: str | None) -> Predictions:
         for name in names:
             if _rows_array(preds[name]) is None:
                 raise _rows_error(path, name, preds[name]) from None
-        raise PredictionsError(f"{path}: malformed rows")  # pragma: no cover
+        raise PredictionsError(f"{path}: malformed rows") from None  # pragma: no cover
     return _finish(path, names, counts, arr[:, 0:4].copy(), arr[:, 4:8].copy(), arr[:, 8], arr[:, 9].copy(), fmt)
 
 

@@ -146,7 +146,8 @@ def render_heldout(n_scenes: int, seed: int = 0, workers: int = 2, size: int = C
     no margin): ``unions`` uint8 [M, size, size, 3] of classes ``union_hoi`` int64 [M]."""
     jobs = [(seed, s, min(s + _CHUNK, n_scenes), size) for s in range(0, n_scenes, _CHUNK)]
     parts = _pool_map(_render_heldout_chunk, jobs, workers)
-    return {k: np.concatenate([p[j] for p in parts]) for j, k in enumerate(("scenes", "present", "unions", "union_hoi"))}
+    keys = ("scenes", "present", "unions", "union_hoi")
+    return {k: np.concatenate([p[j] for p in parts]) for j, k in enumerate(keys)}
 
 
 def save_corpus(corpus: dict, path: str | Path, seed: int) -> None:

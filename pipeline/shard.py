@@ -127,7 +127,8 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
     ctx = _ShardContext(
         job=job, teacher=teacher, device=device, names=cache.read("images/file_name", slice(lo_i, hi_i)).tolist(),
         sizes=cache.read("images/size", slice(lo_i, hi_i)),
-        begin=cache.read("pairs/begin", slice(lo_i, hi_i)) - lo_p, end=cache.read("pairs/end", slice(lo_i, hi_i)) - lo_p,
+        begin=cache.read("pairs/begin", slice(lo_i, hi_i)) - lo_p,
+        end=cache.read("pairs/end", slice(lo_i, hi_i)) - lo_p,
         union_box=cache.read("pairs/box", slice(lo_p, hi_p)) if union else np.zeros((0, 4), np.float32),
         union=union,
         enc=Encoder(teacher, torch.from_numpy(cache.read("text/embedding")).to(device), device),

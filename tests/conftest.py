@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hoidata.annotations import Annotations  # noqa: E402
 from hoidata.labelspace import SCHEMA, LabelSpace  # noqa: E402
+from hoidata.predictions import Predictions  # noqa: E402
 
 TINY = {
     "schema": SCHEMA,
@@ -31,6 +32,16 @@ TINY = {
 @pytest.fixture
 def tiny_ls() -> LabelSpace:
     return LabelSpace.from_dict(TINY)
+
+
+def make_preds(rows: dict, fmt="pixel1") -> Predictions:
+    """rows: {file name: [(box_h, box_o, hoi, score), ...]} in image order."""
+    names, image, bh, bo, hoi, score = [], [], [], [], [], []
+    for i, (name, rs) in enumerate(rows.items()):
+        names.append(name)
+        for r in rs:
+            image.append(i), bh.append(r[0]), bo.append(r[1]), hoi.append(r[2]), score.append(r[3])
+    return Predictions.from_arrays(names, image, bh, bo, hoi, score, fmt)
 
 
 def make_gt(images: dict, sizes=None, ls=None) -> Annotations:

@@ -209,7 +209,8 @@ def test_nan_score_names_file_image_and_entry(tmp_path):
     res = [dict(r) for r in RESULTS]
     res[6]["score"] = float("nan")  # json.dumps writes NaN, which Python's json reads back
     path = write_json(tmp_path / "r.json", res)
-    with pytest.raises(D.DetectionsError, match=r"r\.json: entry 6 \(image HICO_test2015_00000002\.jpg\): score is not finite"):
+    with pytest.raises(D.DetectionsError,
+                       match=r"r\.json: entry 6 \(image HICO_test2015_00000002\.jpg\): score is not finite"):
         D.import_coco_results(path, IMAGES, LS)
 
 
@@ -225,7 +226,8 @@ def test_infinite_box_in_folder_names_file_and_detection(tmp_path):
 def test_unknown_image_id_names_the_id(tmp_path):
     path = write_json(tmp_path / "r.json", RESULTS + [{"image_id": 42, "category_id": 1, "bbox": [0, 0, 1, 1],
                                                        "score": 0.5}])
-    with pytest.raises(D.DetectionsError, match=r"entry 8: image id 42 is not in the image list \(its ids run 1\.\.5\)"):
+    with pytest.raises(D.DetectionsError,
+                       match=r"entry 8: image id 42 is not in the image list \(its ids run 1\.\.5\)"):
         D.import_coco_results(path, IMAGES, LS)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import make_gt
+from conftest import make_preds as preds
 
 from hoidata.annotations import hico_test_annotations
 from hoidata.evaluation import THRESHOLDS, evaluate, evaluate_file, overlap_pixel1
@@ -16,16 +17,6 @@ from hoidata.reference_eval import reference_evaluate
 
 BOX = [1, 1, 10, 10]  # pixel1: 10 x 10 pixels
 OBJ = [21, 21, 40, 40]
-
-
-def preds(rows: dict, fmt="pixel1") -> Predictions:
-    """rows: {file name: [(box_h, box_o, hoi, score), ...]}"""
-    names, image, bh, bo, hoi, score = [], [], [], [], [], []
-    for i, (name, rs) in enumerate(rows.items()):
-        names.append(name)
-        for r in rs:
-            image.append(i), bh.append(r[0]), bo.append(r[1]), hoi.append(r[2]), score.append(r[3])
-    return Predictions.from_arrays(names, image, bh, bo, hoi, score, fmt)
 
 
 def ap_of(gt, p, ls, c=0, setting="default"):

@@ -135,7 +135,8 @@ def test_duplicate_keys_keep_the_last_rows_at_the_first_place(tmp_path):
 def test_nan_and_infinity_are_read_as_python_reads_them(tmp_path):
     f = tmp_path / "nan.json"
     f.write_text('{"box_format": "coord", "predictions": {"a": [[1, 1, 10, 10, 21, 21, 40, 40, 0, NaN]], '
-                 '"b": [[1, 1, Infinity, 10, 21, 21, 40, -Infinity, 0, 0.5], [1, 1, 10, 10, 21, 21, 40, 40, 0, 1e400]]}}')
+                 '"b": [[1, 1, Infinity, 10, 21, 21, 40, -Infinity, 0, 0.5], '
+                 '[1, 1, 10, 10, 21, 21, 40, 40, 0, 1e400]]}}')
     got = fast(f)
     assert_same(got, reference(f))
     assert np.isnan(got.score[0]) and got.boxes_h[1, 2] == np.inf and got.score[2] == np.inf

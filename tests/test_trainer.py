@@ -415,8 +415,9 @@ def test_predict_then_evaluate_end_to_end(caches, reference, tmp_path):
 def test_cli_train_predict_eval(caches, reference, tmp_path):
     runner = CliRunner()
     out, _ = reference
-    r = runner.invoke(hoi_main, ["train", "--cache", str(caches["train"]), "--out", str(tmp_path / "run"), "--epochs", "1",
-                                  "--hidden-dim", "16", "--no-global-branch", "--no-progress", "--threads", "1"])
+    r = runner.invoke(hoi_main, ["train", "--cache", str(caches["train"]), "--out", str(tmp_path / "run"),
+                                  "--epochs", "1", "--hidden-dim", "16", "--no-global-branch", "--no-progress",
+                                  "--threads", "1"])
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "run" / "checkpoint" / "checkpoint.json").read_text())
     assert meta["config"]["global_branch"] is False and meta["config"]["hidden_dim"] == 16
@@ -460,8 +461,9 @@ def test_eval_takes_known_object_images_from_anno_mat(caches, tmp_path):
 
 
 def test_cli_ablate_prints_one_table(caches, tmp_path):
-    r = CliRunner().invoke(hoi_main, ["ablate", "--train-cache", str(caches["train"]), "--test-cache", str(caches["test"]),
-                                        "--out", str(tmp_path), "--epochs", "1", "--hidden-dim", "16",
+    r = CliRunner().invoke(hoi_main, ["ablate", "--train-cache", str(caches["train"]),
+                                        "--test-cache", str(caches["test"]), "--out", str(tmp_path),
+                                        "--epochs", "1", "--hidden-dim", "16",
                                         "--no-progress", "--threads", "1"])
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "ablation.json").read_text())
