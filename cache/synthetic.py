@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hoidata import ragged
+
 from . import schema as S
 from .layout import plan
 from .store import create, finalize
@@ -226,7 +228,7 @@ def make_synthetic_cache(path, num_images: int = 64, pairs_per_image: int = 6, n
     counts = np.array([len(s[5]) for s in scenes], dtype=np.int64)
     lay = plan(counts, images_per_shard, image_chunk, pair_chunk)
     det_counts = np.array([len(s[1]) for s in scenes], dtype=np.int64)
-    det_off = np.concatenate([[0], np.cumsum(det_counts)]).astype(np.int64)
+    det_off = ragged.offsets(det_counts)
     sizes = np.array([s[0] for s in scenes], dtype=np.int32).reshape(-1, 2)
 
     R = lay.num_pair_rows
@@ -249,7 +251,7 @@ def make_synthetic_cache(path, num_images: int = 64, pairs_per_image: int = 6, n
 
     gt_per_image = [(s[2][s[5]], s[2][s[6]], s[7]) if with_gt else
                     (np.zeros((0, 4), np.float32),) * 2 + (np.zeros(0, np.int32),) for s in scenes]
-    gt_off = np.concatenate([[0], np.cumsum([len(g[2]) for g in gt_per_image])]).astype(np.int64)
+    gt_off = ragged.offsets([len(g[2]) for g in gt_per_image])
     cat = (lambda k, shape, dt: np.concatenate([g[k] for g in gt_per_image]).astype(dt)  # noqa: E731
            if num_images else np.zeros(shape, dt))
     gt_hoi = cat(2, (0,), np.int32)
@@ -285,7 +287,7 @@ def make_synthetic_cache(path, num_images: int = 64, pairs_per_image: int = 6, n
         rows = np.flatnonzero(pair_image[r0:r1] >= 0) + r0
         img = (pair_image[rows] - i0).astype(np.int64)
         dets = np.arange(det_off[i0], det_off[i1])
-        det_img = np.repeat(np.arange(n), det_counts[i0:i1])
+        det_img = ragged.owners(det_counts[i0:i1])
         dense = srng.standard_normal((n, *grid, embed_dim), dtype=np.float32) * (NOISE / np.sqrt(embed_dim))
         dense += _paint(n, grid, embed_dim, det_img, _cells(det_box[dets], sizes[i0 + det_img], grid),
                         identity[det_label[dets]])

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hoidata import ragged
+
 from . import schema as S
 
 BLOCK_BYTES = 64 << 20   # per array read at once
@@ -172,7 +174,7 @@ def _detections(cache, a: dict, ls) -> list[str]:
     problems = _csr(offs, cache.layout["num_detections"], "detections/offsets")
     if problems or not _have(a, "images/size", "detections/box"):
         return problems
-    img = np.repeat(np.arange(cache.num_images), np.diff(offs))
+    img = ragged.owners(np.diff(offs))
     bad = _outside(a["detections/box"], a["images/size"][img])
     if bad.any():
         problems.append(f"detections/box: {int(bad.sum())} box(es) empty or outside their image (first: detection "
@@ -242,7 +244,7 @@ def _ground_truth(cache, a: dict, ls) -> list[str]:
             and np.array_equal(a["gt/object"], a["text/object"][hoi])):
         problems.append("gt/verb or gt/object disagrees with the class in gt/hoi")
     if _have(a, "images/size"):
-        img = np.repeat(np.arange(cache.num_images), np.diff(g))
+        img = ragged.owners(np.diff(g))
         for name in ("gt/box_h", "gt/box_o"):
             if _have(a, name):
                 bad = _outside(a[name], a["images/size"][img], slack=GT_SLACK, strict=False)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hoidata import ragged
 from hoidata.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def _detect_batch(det, clip, scorer: _Scorer, rule, ls, names, positions, decode
         arrays.append(got)
     found = detect_images(det, arrays, opts, device, precision)
     counts = np.array([len(s) for _, s, _ in found], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    offsets = ragged.offsets(counts)
     box = np.concatenate([b for b, _, _ in found]).reshape(-1, 4).astype(np.float32) if found else \
         np.zeros((0, 4), np.float32)
     score = np.concatenate([s for _, s, _ in found]).astype(np.float32) if found else np.zeros(0, np.float32)

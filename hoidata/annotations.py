@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as B
+from . import ragged
 from .errors import HoiError
 from .files import image_size, load_json
 from .labelspace import LabelSpace
@@ -80,7 +81,7 @@ class Annotations:
     @property
     def image_of_pair(self) -> np.ndarray:
         """int64 [G]: image index of each pair."""
-        return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.offsets))
+        return ragged.owners(np.diff(self.offsets))
 
     @property
     def empty_images(self) -> np.ndarray:
@@ -108,7 +109,7 @@ class Annotations:
         return cls(
             file_names=list(file_names),
             sizes=np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
-            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            offsets=ragged.offsets(counts),
             boxes_h=cat("boxes_h", (4,)), boxes_o=cat("boxes_o", (4,)),
             hoi=cat("hoi", ()), verb=cat("verb", ()), object=cat("object", ()),
             labelspace_name=labelspace_name,

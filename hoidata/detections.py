@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, ragged
 from . import boxes as B
 from .annotations import Annotations
 from .errors import HoiError
@@ -155,7 +155,7 @@ class Detections:
     @property
     def image_of_detection(self) -> np.ndarray:
         """int64 [D]: image index of each detection."""
-        return np.repeat(np.arange(len(self), dtype=np.int64), self.counts)
+        return ragged.owners(self.counts)
 
     def of(self, i: int) -> dict[str, np.ndarray]:
         """Views of image ``i``: boxes float32 [k, 4], scores float32 [k], labels int64 [k]."""
@@ -170,9 +170,8 @@ class Detections:
         """The images ``indices`` (int array, in that order) with their detections; attrs copied."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         counts = self.counts[idx]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        # Flat source rows: each image's start, shifted to its new start, plus a running index.
-        rows = np.repeat(self.offsets[:-1][idx] - offsets[:-1], counts) + np.arange(offsets[-1])
+        offsets = ragged.offsets(counts)
+        rows = ragged.ranges(self.offsets[:-1][idx], counts)
         return Detections([self.file_names[i] for i in idx], self.sizes[idx], offsets,
                           self.boxes[rows], self.scores[rows], self.labels[rows], copy.deepcopy(self.attrs))
 
@@ -469,8 +468,7 @@ def import_per_image_folder(folder: str | Path, images, labelspace: LabelSpace, 
     boxes = np.concatenate([b for _, b, _, _ in parts]) if parts else np.zeros((0, 4))
     scores = np.concatenate([s for _, _, s, _ in parts]) if parts else np.zeros(0)
     raw = np.concatenate([lab for *_, lab in parts]) if parts else np.zeros(0, np.int64)
-    starts = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
-    local = np.arange(len(img)) - np.repeat(starts[:-1], count)  # index within its file
+    local = ragged.within(count)  # index within its file
     describe = lambda r: f"{files[img[r]]} (image {names[img[r]]}), detection {local[r]}"  # noqa: E731
     stats = {"entries": int(len(img)), "missing_files": missing}
     dets = _assemble(names, sizes, img, boxes, scores, raw, labels, labelspace, score_threshold, describe, stats)
@@ -557,7 +555,7 @@ def _assemble(names: list[str], sizes: np.ndarray, img: np.ndarray, boxes: np.nd
     rows = np.flatnonzero(keep)
     # lexsort is stable: equal scores keep the detector's order.
     rows = rows[np.lexsort((-scores[rows], img[rows]))]
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(img[rows], minlength=len(names)))]).astype(np.int64)
+    offsets = ragged.offsets(np.bincount(img[rows], minlength=len(names)))
     stats.update(unmapped_class=int(unmapped.sum()), below_threshold=int(below.sum()),
                  clipped=int(changed.sum()), zero_area=int(empty.sum()), kept=int(len(rows)))
     return Detections(names, sizes, offsets, clipped[rows], scores[rows].astype(np.float32), objects[rows])

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as B
+from . import ragged
 from .annotations import AnnotationError, Annotations
 from .labelspace import LabelSpace
 from .predictions import Predictions, PredictionsError
@@ -197,13 +198,11 @@ def _best_match(p_img, p_cls, p_h, p_o, g_img, g_cls, g_h, g_o, num_classes):
     total = int(cnt.sum())
     if total == 0:
         return best_ov, best_gt
-    seg_start = np.cumsum(cnt) - cnt
-    cand_p = np.repeat(np.arange(P), cnt)
-    within = np.arange(total) - np.repeat(seg_start, cnt)
-    cand_g = g_order[np.repeat(lo, cnt) + within]
+    cand_p = ragged.owners(cnt)
+    cand_g = g_order[ragged.ranges(lo, cnt)]
     ov = np.minimum(overlap_pixel1(p_h[cand_p], g_h[cand_g]), overlap_pixel1(p_o[cand_p], g_o[cand_g]))
     has = cnt > 0
-    seg_max = np.maximum.reduceat(ov, seg_start[has])
+    seg_max = np.maximum.reduceat(ov, (np.cumsum(cnt) - cnt)[has])
     is_max = ov == np.repeat(seg_max, cnt[has])
     pos = np.flatnonzero(is_max)
     first = np.r_[True, cand_p[pos[1:]] != cand_p[pos[:-1]]]

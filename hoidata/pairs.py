@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import ragged
 from .errors import InputError
 
 
@@ -56,4 +57,4 @@ def make_pairs(scores: np.ndarray, labels: np.ndarray, offsets: np.ndarray, huma
         obj.append(oo[keep])
         counts.append(int(keep.sum()))
     cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64)  # noqa: E731
-    return cat(hum), cat(obj), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return cat(hum), cat(obj), ragged.offsets(counts)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as B
-from . import json_rows
+from . import json_rows, ragged
 from .errors import HoiError
 from .files import atomic_write, load_json
 
@@ -161,7 +161,7 @@ def _check_document(path, d, box_format: str | None) -> str:
 
 def _finish(path, names, counts, boxes_h, boxes_o, hoi_f, score, fmt) -> Predictions:
     """Predictions from the rows' columns (the HOI column as read, in float64)."""
-    image = np.repeat(np.arange(len(names), dtype=np.int64), counts)
+    image = ragged.owners(counts)
     nonint = hoi_f != np.round(hoi_f)
     if nonint.any():
         k = int(np.flatnonzero(nonint)[0])
@@ -273,7 +273,7 @@ def _read_json_fast(path: Path, box_format: str | None) -> Predictions | None:
     rows_of = dict(zip(span_of, json_rows.span_rows(data, spans, list(span_of))))
     counts = np.array([rows_of[v.index] if isinstance(v, json_rows.Span) else len(v) if isinstance(v, list) else 0
                        for v in values], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
+    offsets = ragged.offsets(counts)
     total = int(offsets[-1])
     boxes_h, boxes_o = np.empty((total, 4)), np.empty((total, 4))
     hoi_f, score = np.empty(total), np.empty(total)

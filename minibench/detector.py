@@ -25,6 +25,7 @@ import numpy as np
 
 from hoidata import __version__ as hoidata_version
 from hoidata import boxes as B
+from hoidata import ragged
 from hoidata.annotations import Annotations
 from hoidata.detections import Detections
 from hoidata.labelspace import LabelSpace
@@ -123,6 +124,6 @@ def simulate(ann: Annotations, labelspace: LabelSpace, seed: int | list[int] = 0
              "score_threshold": cfg.score_threshold, "nms": "none (simulated)", "box_format": "coord",
              "labelspace": labelspace.name, "labelspace_fingerprint": labelspace.fingerprint,
              "source": source, "hoidata_version": hoidata_version, "seed": seed, "simulation": asdict(cfg)}
-    return Detections(ann.file_names, ann.sizes, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+    return Detections(ann.file_names, ann.sizes, ragged.offsets(counts),
                       np.concatenate(out_boxes).reshape(-1, 4), np.concatenate(out_scores),
                       np.concatenate(out_labels), attrs)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hoidata import __version__
+from hoidata import __version__, ragged
 from hoidata.detections import Detections, DetectionsError, load_detections, load_image_list, save_detections
 from hoidata.errors import HoiError
 from hoidata.files import UnsafeNameError, atomic_write, check_inside
@@ -348,5 +348,5 @@ def _run_chunks(det, root, names, expected, opts, device, precision, wip: Path) 
 def _assemble(names: list[str], chunks: list[dict]) -> Detections:
     cat = lambda key: np.concatenate([c[key] for c in chunks])  # noqa: E731
     counts = cat("counts")
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    offsets = ragged.offsets(counts)
     return Detections(names, cat("sizes"), offsets, cat("boxes").reshape(-1, 4), cat("scores"), cat("labels"))

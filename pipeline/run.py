@@ -28,6 +28,7 @@ from cache import schema as S
 from cache import store as cstore
 from cache.layout import plan
 from hoidata import boxes as B
+from hoidata import ragged
 from hoidata.annotations import Annotations, read_annotations
 from hoidata.detections import Detections, load_detections
 from hoidata.errors import InputError
@@ -71,7 +72,7 @@ def _clean_detections(dets: Detections) -> tuple[np.ndarray, np.ndarray, np.ndar
     clipped = int(np.any(box != dets.boxes, axis=1).sum())
     keep = B.area_coord(box) > 0
     counts = np.bincount(img[keep], minlength=len(dets))
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    offsets = ragged.offsets(counts)
     return (box[keep].astype(np.float32), dets.scores[keep], dets.labels[keep].astype(np.int32), offsets,
             clipped, int((~keep).sum()))
 
@@ -257,10 +258,8 @@ def _prepared_arrays(ls, dets, ann, text, box, score, label, det_offsets, hum, o
     pair_h = np.zeros(rows, np.int64)
     pair_o = np.zeros(rows, np.int64)
     counts = lay.pair_end - lay.pair_begin
-    dst = np.concatenate([np.arange(b, e) for b, e in zip(lay.pair_begin, lay.pair_end)]) if rows else \
-        np.zeros(0, np.int64)
-    dst = dst.astype(np.int64)
-    pair_image[dst] = np.repeat(np.arange(len(dets)), counts)
+    dst = ragged.ranges(lay.pair_begin, counts)
+    pair_image[dst] = ragged.owners(counts)
     pair_h[dst], pair_o[dst] = hum, obj
     pair_box = np.zeros((rows, 4), np.float32)
     pair_box[dst] = B.union_coord(box[hum], box[obj]) if len(hum) else np.zeros((0, 4), np.float32)

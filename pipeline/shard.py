@@ -24,6 +24,7 @@ import torch
 from cache import schema as S
 from cache.store import TeacherCache
 from hoidata import boxes as B
+from hoidata import ragged
 from hoidata.errors import HoiError, InputError
 from pipeline import crops
 from pipeline.clip import Teacher, load_teacher, register_model_configs
@@ -240,7 +241,7 @@ def _launch(ctx: _ShardContext, batch: ImageBatch) -> dict:
     wh = batch.sizes.astype(np.float64)
     regions = np.concatenate([whole_image_rois(wh, opts.crop_mode),
                               B.crop_region(ctx.union_box[rows], opts.union_margin, opts.crop_mode)])
-    canvas_of = np.concatenate([np.arange(n), np.repeat(np.arange(n), counts)])
+    canvas_of = np.concatenate([np.arange(n), ragged.owners(counts)])
     rois = _upload(torch.from_numpy(np.concatenate([canvas_of[:, None], regions], 1).astype(np.float32)), device)
     pixels = _upload(batch.pixels, device).float()
 

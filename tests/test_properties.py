@@ -9,9 +9,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cache.layout import plan
+from hoidata import ragged
 from hoidata.evaluation import evaluate
 from hoidata.labelspace import LabelSpace
 from hoidata.reference_eval import reference_evaluate
+
+# -- hoidata/ragged.py: the CSR idioms against their plain-Python meaning -----------------
+
+@given(st.lists(st.tuples(st.integers(-50, 50), st.integers(0, 6)), max_size=40))
+def test_ragged_helpers_mean_what_their_loops_mean(items):
+    starts = np.array([s for s, _ in items], np.int64)
+    counts = np.array([c for _, c in items], np.int64)
+    assert ragged.offsets(counts).tolist() == [sum(counts[:i]) for i in range(len(counts) + 1)]
+    assert ragged.owners(counts).tolist() == [i for i, c in enumerate(counts) for _ in range(c)]
+    assert ragged.within(counts).tolist() == [j for c in counts for j in range(c)]
+    assert ragged.ranges(starts, counts).tolist() == [s + j for s, c in items for j in range(c)]
+    assert all(a.dtype == np.int64 for a in (ragged.offsets(counts), ragged.owners(counts),
+                                             ragged.within(counts), ragged.ranges(starts, counts)))
+
 
 # -- cache/layout.py: every concurrent writer owns whole chunks ----------------------------
 

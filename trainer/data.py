@@ -24,6 +24,7 @@ import torch
 from cache import schema as S
 from cache.store import TeacherCache
 from hoidata import boxes as B
+from hoidata import ragged
 from hoidata.errors import InputError
 from hoidata.labelspace import LabelSpace
 
@@ -143,16 +144,16 @@ class Block:
     @property
     def pair_image(self) -> np.ndarray:
         """int64 [P]: index (within the block) of each pair's image."""
-        return np.repeat(np.arange(len(self)), np.diff(self.pair_offsets))
+        return ragged.owners(np.diff(self.pair_offsets))
 
     def select(self, idx: np.ndarray) -> "Block":
         """The block of images ``idx`` (block-local, in that order)."""
         idx = np.asarray(idx, dtype=np.int64)
         counts = np.diff(self.pair_offsets)[idx]
-        rows = _ranges(self.pair_offsets[idx], counts)
+        rows = ragged.ranges(self.pair_offsets[idx], counts)
         out = {k: None if getattr(self, k) is None else getattr(self, k)[idx] for k in self._PER_IMAGE}
         out.update({k: None if getattr(self, k) is None else getattr(self, k)[rows] for k in self._PER_PAIR})
-        return Block(pair_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), **out)
+        return Block(pair_offsets=ragged.offsets(counts), **out)
 
     @staticmethod
     def concat(blocks: list["Block"]) -> "Block":
@@ -209,15 +210,6 @@ class Batch:
         return self.pair_image.shape[0]
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """int64: concatenation of arange(s, s + c) for each (s, c), vectorised."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, np.int64)
-    ends = np.cumsum(counts)
-    return np.arange(total, dtype=np.int64) - np.repeat(ends - counts, counts) + np.repeat(starts, counts)
-
-
 class CacheReader:
     """Reads blocks of images from an open cache; holds only per-image index arrays.
 
@@ -269,7 +261,7 @@ class CacheReader:
         local = imgs - i0
         lo = int(self.begin[imgs].min()) if counts.sum() else 0
         hi = int(self.end[imgs].max()) if counts.sum() else 0
-        rows = _ranges(self.begin[imgs] - lo, counts)  # pair rows relative to lo, in image order
+        rows = ragged.ranges(self.begin[imgs] - lo, counts)  # pair rows relative to lo, in image order
         d0, d1 = int(self.det_offsets[i0]), int(self.det_offsets[i1])
 
         def image_array(name):  # whole chunks read, skipped images dropped after
@@ -279,7 +271,7 @@ class CacheReader:
             det_box=c.read("detections/box", slice(d0, d1)), det_score=c.read("detections/score", slice(d0, d1)),
             det_label=c.read("detections/label", slice(d0, d1)),
             human=c.read("pairs/human", slice(lo, hi))[rows] - d0, obj=c.read("pairs/object", slice(lo, hi))[rows] - d0,
-            pair_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), grid=self.grid,
+            pair_offsets=ragged.offsets(counts), grid=self.grid,
             crop_mode=self.crop_mode, union_margin=self.union_margin,
             dense=image_array("global/dense") if "dense" in self.what else None,
             union=c.read("pairs/box", slice(lo, hi))[rows])
