@@ -34,6 +34,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from hoidata import __version__
 from hoidata.errors import HoiError
+from hoidata.files import json_form
 
 from . import schema as S
 
@@ -237,8 +238,8 @@ class TeacherCache:
         for group, value in wanted.items():
             if value is None:
                 continue
-            stored = json.loads(json.dumps(self.attrs.get(group)))  # tuples -> lists, as stored
-            value = json.loads(json.dumps(value))
+            stored = json_form(self.attrs.get(group))  # tuples -> lists, as stored
+            value = json_form(value)
             diff = (S.teacher_difference if group == "teacher" else S.first_difference)(stored, value, group)
             if diff:
                 raise CacheError(

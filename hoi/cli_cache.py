@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import click
 
 from hoi.errors import HoiGroup
+from hoicore.options import click_options
 from hoidata.boxes import CROP_MODES
 from hoidata.errors import InputError
 from hoidata.pairs import PairRule
@@ -16,19 +15,8 @@ from pipeline.options import RunOptions, TeacherOptions
 _TEACHER, _PAIRS = TeacherOptions(model=""), PairRule()
 
 
-def run_options(f):
-    """One option per field of :class:`pipeline.options.RunOptions` (declared once, there)."""
-    for fld in reversed(fields(RunOptions)):
-        flag, choices = fld.name.replace("_", "-"), fld.metadata["choices"]
-        if isinstance(fld.default, bool):
-            f = click.option(f"--{flag}/--no-{flag}", fld.name, default=fld.default, help=fld.metadata["help"])(f)
-        else:
-            kind = click.Choice(choices) if choices else type(fld.default) if fld.default is not None else str
-            if fld.metadata["min"] is not None:
-                kind = click.IntRange(min=fld.metadata["min"])
-            f = click.option(f"--{flag}", fld.name, type=kind, default=fld.default, help=fld.metadata["help"],
-                             metavar="ADDRESS" if fld.name == "scheduler" else None)(f)
-    return f
+# One option per field of RunOptions, declared once there.
+run_options = click_options(RunOptions)
 
 
 @click.command("teacher-cache")

@@ -12,21 +12,12 @@ import json
 
 import click
 
-from trainer.config import PREDICTION_MODELS, field_specs
+from hoicore.options import click_options
+from trainer.config import PREDICTION_MODELS, TrainConfig
 
-
-def training_options(f):
-    """One option per training-config field. Defaults are None so that only the options
-    given override the config (the defaults, or a resumed run's own)."""
-    for name, default, help_text, choices, kind in reversed(field_specs()):
-        flag = name.replace("_", "-")
-        if kind is bool:
-            f = click.option(f"--{flag}/--no-{flag}", name, default=None, show_default=False,
-                             help=f"{help_text}  [default: {'on' if default else 'off'}]")(f)
-        else:
-            f = click.option(f"--{flag}", name, type=click.Choice(choices) if choices else kind, default=None,
-                             show_default=False, help=f"{help_text}  [default: {default}]")(f)
-    return f
+# One option per training-config field, declared once there. Defaults are None so that only
+# the options given override the config (the defaults, or a resumed run's own).
+training_options = click_options(TrainConfig, given_only=True)
 
 
 def _given(options: dict) -> dict:

@@ -79,6 +79,7 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     on_error serve every stage). Returns the provenance, with images/s per stage."""
     from tqdm import tqdm
 
+    from hoicore.device import resolve_device
     from hoidata.labelspace import LabelSpace
     from hoidata.pairs import PairRule
     from hoidata.predictions import Predictions, write_predictions
@@ -86,7 +87,6 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     from pipeline.detect_stage import decoded_batches, list_images, resolve_precision
     from pipeline.detector import load_detector
     from pipeline.global_pass import GlobalPass
-    from pipeline.shard import resolve_device
     from trainer import checkpoint as ckpt
     from trainer.predict import concat_rows, student_from
 

@@ -28,6 +28,12 @@ def load_json(path, error: type[Exception], what: str):
         raise error(f"{path}: nested too deeply to be a {what} file") from None
 
 
+def json_form(value):
+    """``value`` as it reads back from JSON (tuples become lists, keys strings): compare a
+    setting with its stored copy in this form."""
+    return json.loads(json.dumps(value))
+
+
 @contextmanager
 def atomic_write(path):
     """Yield a temporary path beside ``path``; on success it is synced and renamed to ``path``,

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from hoicore.device import resolve_device
 from hoidata.detections import Detections, load_detections, save_detections
 from hoidata.labelspace import hico_det
 from hoidata.pairs import PairRule, make_pairs
 from pipeline.clip import load_teacher
 from pipeline.options import RunOptions, TeacherOptions
 from pipeline.run import build_teacher_cache
-from pipeline.shard import helper_modes, resolve_device
+from pipeline.shard import helper_modes
 
 log = logging.getLogger(__name__)
 

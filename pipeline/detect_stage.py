@@ -36,7 +36,7 @@ import torch
 from hoidata import __version__, ragged
 from hoidata.detections import Detections, DetectionsError, load_detections, load_image_list, save_detections
 from hoidata.errors import HoiError
-from hoidata.files import UnsafeNameError, atomic_write, check_inside
+from hoidata.files import UnsafeNameError, atomic_write, check_inside, json_form
 from hoidata.labelspace import LabelSpace
 from pipeline.detect_options import DetectOptions
 from pipeline.detector import LoadedDetector, filter_image, load_detector
@@ -235,7 +235,7 @@ def _open_wip(wip: Path, settings: dict) -> None:
             old = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             old = {}
-        diff = _differing(old, json.loads(json.dumps(settings)))
+        diff = _differing(old, json_form(settings))
         if diff:
             raise DetectStageError(f"{wip}: made with other settings (differing: {', '.join(diff)}); rerun with "
                                    "those, or pass --overwrite to start afresh")
@@ -251,7 +251,7 @@ def _existing_output(out: Path, settings: dict, labelspace: LabelSpace) -> bool:
         old = load_detections(out, labelspace).attrs.get("run_settings")
     except DetectionsError:
         old = None
-    if old == json.loads(json.dumps(settings)):
+    if old == json_form(settings):
         return True
     raise DetectStageError(f"{out} exists and was not made by this run's settings; pass --overwrite to replace "
                            "it, or choose another -o")
@@ -285,7 +285,7 @@ def run_detector(out: str | Path, *, images: str | Path, model: str, labelspace:
                  options: DetectOptions = DetectOptions()) -> Detections:
     """Detect objects in every image of ``images`` (or of ``images_list``) into ``out`` (HDF5);
     resumes a ``.wip`` left by an interrupted run with the same settings. Returns the detections."""
-    from pipeline.shard import resolve_device
+    from hoicore.device import resolve_device
 
     out, root = Path(out), Path(images)
     names, expected = list_images(root, images_list, labelspace)

@@ -4,8 +4,9 @@ shard tasks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
+from hoicore.options import check_fields, option
 from hoidata.errors import InputError
 
 
@@ -23,46 +24,37 @@ class TeacherOptions:
     std: tuple | None = None
 
 
-def _opt(default, help: str, choices: tuple | None = None, minimum: int | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices, "min": minimum})
-
-
 @dataclass(frozen=True)
 class RunOptions:
     """How to run (not part of the store's identity). Each field's help and choices are the
     command line's (``hoi teacher-cache`` builds its run options from this table)."""
 
-    images_per_shard: int = _opt(256, "Images per shard (one dask task; also the unit of resuming).", minimum=1)
-    image_chunk: int = _opt(16, "Zarr chunk along images (lowered to a divisor of --images-per-shard).",
+    images_per_shard: int = option(256, "Images per shard (one dask task; also the unit of resuming).", minimum=1)
+    image_chunk: int = option(16, "Zarr chunk along images (lowered to a divisor of --images-per-shard).",
                             minimum=1)
-    pair_chunk: int = _opt(256, "Zarr chunk along pair rows.", minimum=1)
-    batch_size: int = _opt(32, "Images per encoder batch (global pass), decoded into one padded canvas.",
+    pair_chunk: int = option(256, "Zarr chunk along pair rows.", minimum=1)
+    batch_size: int = option(32, "Images per encoder batch (global pass), decoded into one padded canvas.",
                            minimum=1)
-    crop_batch: int = _opt(256, "Union crops per encoder batch.", minimum=1)
-    workers: int = _opt(4, "Threads or processes decoding images ahead of the encoder.", minimum=0)
-    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    threads: int = _opt(2, "Shards run at once by the local scheduler: with two, one shard's start and end "
+    crop_batch: int = option(256, "Union crops per encoder batch.", minimum=1)
+    workers: int = option(4, "Threads or processes decoding images ahead of the encoder.", minimum=0)
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    threads: int = option(2, "Shards run at once by the local scheduler: with two, one shard's start and end "
                            "(decoding its first batch, waiting for its last writes) overlap with the other's work.",
                        minimum=1)
-    scheduler: str | None = _opt(None, "A dask.distributed scheduler address (tcp://host:8786): run the shards "
-                                       "on that cluster.")
-    on_error: str = _opt("fail", "An unreadable image stops the run (fail) or is recorded as skipped (skip).",
+    scheduler: str | None = option(None, "A dask.distributed scheduler address (tcp://host:8786): run the shards "
+                                       "on that cluster.", metavar="ADDRESS")
+    on_error: str = option("fail", "An unreadable image stops the run (fail) or is recorded as skipped (skip).",
                          ("fail", "skip"))
-    decode: str = _opt("auto", "Decode in worker threads or processes (auto: processes on a GPU, threads on "
+    decode: str = option("auto", "Decode in worker threads or processes (auto: processes on a GPU, threads on "
                                "the CPU).", ("auto", "threads", "processes"))
-    writer: str = _opt("auto", "Write chunks from a thread or a writer process (auto: a process on a GPU, a "
+    writer: str = option("auto", "Write chunks from a thread or a writer process (auto: a process on a GPU, a "
                                "thread on the CPU), keeping Zarr's work away from the thread that feeds the GPU.",
                        ("auto", "thread", "process"))
-    levels: str = _opt("all", "What the store holds: all (the global pass per image and a CLIP pass per union box, "
+    levels: str = option("all", "What the store holds: all (the global pass per image and a CLIP pass per union box, "
                               "the teacher's supervision) or global (the global pass only: what a trained student "
                               "reads at test time; no union crops).", ("all", "global"))
-    overwrite: bool = _opt(False, "Start afresh instead of resuming an existing store.")
-    progress: bool = _opt(True, "Show a progress bar.")
+    overwrite: bool = option(False, "Start afresh instead of resuming an existing store.")
+    progress: bool = option(True, "Show a progress bar.")
 
     def __post_init__(self):
-        for f in fields(self):
-            allowed, minimum, value = f.metadata["choices"], f.metadata["min"], getattr(self, f.name)
-            if allowed and value not in allowed:
-                raise InputError(f"{f.name} must be one of {', '.join(allowed)}, not {value!r}")
-            if minimum is not None and value < minimum:
-                raise InputError(f"{f.name} must be at least {minimum}, not {value!r}")
+        check_fields(self, InputError)

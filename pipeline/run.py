@@ -16,7 +16,6 @@ fewer is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -27,18 +26,19 @@ import numpy as np
 from cache import schema as S
 from cache import store as cstore
 from cache.layout import plan
+from hoicore.device import resolve_device
 from hoidata import boxes as B
 from hoidata import ragged
 from hoidata.annotations import Annotations, read_annotations
 from hoidata.detections import Detections, load_detections
 from hoidata.errors import InputError
-from hoidata.files import check_inside, image_size
+from hoidata.files import check_inside, image_size, json_form
 from hoidata.labelspace import LabelSpace
 from hoidata.lock import exclusive
 from hoidata.pairs import PairRule, make_pairs
 from pipeline.clip import prompts_sha256, text_embeddings
 from pipeline.options import RunOptions, TeacherOptions
-from pipeline.shard import ShardJob, ShardStats, helper_modes, resolve_device, run_shard, teacher_for
+from pipeline.shard import ShardJob, ShardStats, helper_modes, run_shard, teacher_for
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _build(out: Path, images: Path, detections, labelspace: LabelSpace, annotati
         cache = cstore.TeacherCache(cstore.wip_path(out), mode="r+")
         cache.check_matches(**identity)
         cache.check_levels(levels)
-        if cache.layout != json.loads(json.dumps(layout)):
+        if cache.layout != json_form(layout):
             raise cstore.CacheError(f"{cache.path}: made with other shard settings "
                                     "(--images-per-shard, chunks); rerun with those, or --overwrite")
         log.info("resuming %s (levels %s): %d of %d shards done", cache.path, ", ".join(cache.levels),

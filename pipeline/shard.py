@@ -23,9 +23,10 @@ import torch
 
 from cache import schema as S
 from cache.store import TeacherCache
+from hoicore.device import resolve_device
 from hoidata import boxes as B
 from hoidata import ragged
-from hoidata.errors import HoiError, InputError
+from hoidata.errors import HoiError
 from pipeline import crops
 from pipeline.clip import Teacher, load_teacher, register_model_configs
 from pipeline.encoder import Encoder
@@ -67,19 +68,6 @@ class ShardStats:
 
 _TEACHERS: dict = {}
 _TEACHERS_LOCK = threading.Lock()
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto': the first CUDA device when there is one, else the CPU; ValueError on a typo."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device!r} was asked for but CUDA is not available; use --device auto or cpu")
-    return dev
 
 
 def helper_modes(run: RunOptions, device: torch.device) -> tuple[str, str]:

@@ -13,7 +13,9 @@ from cache.schema import STATUS_SKIPPED
 from cache.store import open_cache
 from cache.synthetic import make_synthetic_cache
 from hoi.cli import main as hoi_main
+from hoicore.device import resolve_device
 from hoidata.boxes import crop_region
+from hoidata.errors import InputError
 from hoidata.predictions import read_predictions
 from trainer import engine
 from trainer.ablate import GRID, format_ablation
@@ -352,9 +354,9 @@ def test_a_finished_run_is_reused_only_for_exactly_its_configuration(caches, ref
 
 
 @pytest.mark.parametrize("setting", ["tpu", "CPU", "cuda:x", "mps"])
-def test_a_device_typo_is_a_config_error(setting):
-    with pytest.raises(ConfigError, match="--device"):
-        engine.select_device(setting)
+def test_a_device_typo_is_an_input_error(setting):
+    with pytest.raises(InputError, match="--device"):
+        resolve_device(setting)
 
 
 def test_checkpoint_from_another_cache_is_refused(caches, reference):

@@ -32,11 +32,12 @@ from torchvision.ops import roi_align
 
 from cache.store import open_cache
 from cache.synthetic import make_synthetic_cache
+from hoicore.device import resolve_device
 from hoidata.labelspace import LabelSpace
 
 from .config import TrainConfig
 from .data import Block, TrainData, object_class_mask, resolve_crop_mode
-from .engine import autocast_for, build_model, make_optimizer, select_device, train_one_epoch
+from .engine import autocast_for, build_model, make_optimizer, train_one_epoch
 from .losses import DistillationLoss
 from .model import pair_scores
 
@@ -155,7 +156,7 @@ def bench_trainer(num_images: int = 256, pairs_per_image: int = 16, labelspace: 
     default), or None for ``num_classes`` synthetic ones. workdir: where the cache goes
     (default: a temporary folder, removed after).
     """
-    dev = select_device(device)
+    dev = resolve_device(device)
     name = encoder if encoder != "auto" else ("vit-b-16" if dev.type == "cuda" else "small")
     px, patch, layers, width = ENCODERS[name]
     amp = dev.type == "cuda"

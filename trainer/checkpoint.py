@@ -28,6 +28,7 @@ from cache import schema as S
 from cache.store import TeacherCache
 from hoidata import __version__
 from hoidata.errors import HoiError
+from hoidata.files import json_form
 
 FORMAT = "hoi-student/1"
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.safetensors", "checkpoint.json"
@@ -190,7 +191,7 @@ def check_same_cache(meta: dict, cache: TeacherCache, directory) -> None:
     stored = meta["cache"]
     if stored["fingerprint"] == cache.fingerprint:
         return
-    here = json.loads(json.dumps(cache_identity(cache)))
+    here = json_form(cache_identity(cache))
     ident = {k: stored[k] for k in (*S.IDENTITY_ATTRS, "layout")}
     diff = S.first_difference(ident, {k: here[k] for k in ident}) or "fingerprint"
     raise CheckpointError(
@@ -203,7 +204,7 @@ def check_teacher(meta: dict, cache: TeacherCache, directory) -> None:
     """Refuse to apply a student to a cache made by another teacher (other CLIP, weights or
     prompts: its text embeddings and dense maps would mean something else)."""
     stored = meta["cache"]["teacher"]
-    here = json.loads(json.dumps(cache.attrs["teacher"]))
+    here = json_form(cache.attrs["teacher"])
     diff = S.teacher_difference(stored, here)
     if diff:
         raise CheckpointError(

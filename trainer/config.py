@@ -10,8 +10,9 @@ may change them (and may raise ``epochs``), every other field must match the che
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
+from hoicore.options import check_fields, option
 from hoidata.errors import HoiError
 
 # Scorers of cached pairs that `predict` knows (see trainer.predict).
@@ -22,70 +23,66 @@ class ConfigError(HoiError, ValueError):
     """A configuration that cannot run; the message names the fields and the fix."""
 
 
-def _opt(default, help: str, choices: tuple | None = None, runtime: bool = False):
-    return field(default=default, metadata={"help": help, "choices": choices, "runtime": runtime})
-
-
 @dataclass
 class TrainConfig:
     # -- model ----------------------------------------------------------------------------
-    hidden_dim: int = _opt(256, "Width of the student's features.")
-    roi_size: int = _opt(3, "RoI-align output size (roi_size x roi_size cells per box).")
-    global_branch: bool = _opt(True, "Global branch: image-level HOI scores from the pooled map.")
-    ho_branch: bool = _opt(True, "Human-object branch: pair scores from human and object features and layout.")
-    union_branch: bool = _opt(True, "Union branch: pair scores from union-box features.")
-    adapters: str = _opt("per-level", "Features over the cached map: one adapter per supervision level "
+    hidden_dim: int = option(256, "Width of the student's features.")
+    roi_size: int = option(3, "RoI-align output size (roi_size x roi_size cells per box).")
+    global_branch: bool = option(True, "Global branch: image-level HOI scores from the pooled map.")
+    ho_branch: bool = option(True, "Human-object branch: pair scores from human and object features and layout.")
+    union_branch: bool = option(True, "Union branch: pair scores from union-box features.")
+    adapters: str = option("per-level", "Features over the cached map: one adapter per supervision level "
                                       "('per-level': the global branch and human/object boxes; union boxes), so "
                                       "one level's losses cannot bend the other's features, or one for all "
                                       "branches ('shared').", ("per-level", "shared"))
-    context: str = _opt("depthwise", "How each cell of the adapted map sees its neighbours: a residual 3 x 3 "
+    context: str = option("depthwise", "How each cell of the adapted map sees its neighbours: a residual 3 x 3 "
                                 "convolution ('conv'), a depthwise 3 x 3 then pointwise one ('depthwise', about "
                                 "a ninth of the cost), or not at all ('none': the cached tokens carry context "
                                 "already).", ("conv", "depthwise", "none"))
-    fusion: str = _opt("late", "Pair scores: 'late' combines the human-object and union branches' scores; "
+    fusion: str = option("late", "Pair scores: 'late' combines the human-object and union branches' scores; "
                                "'early' concatenates their features and scores once.", ("late", "early"))
-    crop_mode: str = _opt("auto", "How the teacher made the whole image (dense map) and union boxes square: "
+    crop_mode: str = option("auto", "How the teacher made the whole image (dense map) and union boxes square: "
                                   "'squash', 'pad' (grow to the long side) or 'center' (cut to the short side); "
                                   "'auto' reads the cache's teacher.crop_mode, else squash.",
                           ("auto", "squash", "pad", "center"))
     # -- soft labels and losses -----------------------------------------------------------
-    temperature: float = _opt(0.01, "Soft labels: softmax(raw cosine / temperature); CLIP's own is 0.01.")
-    label_support: str = _opt("object", "Pair soft labels (union and human-object) over the classes of the "
+    temperature: float = option(0.01, "Soft labels: softmax(raw cosine / temperature); CLIP's own is 0.01.")
+    label_support: str = option("object", "Pair soft labels (union and human-object) over the classes of the "
                                         "pair's detected object, or over all classes.", ("object", "all"))
-    mil: str = _opt("max", "Multiple-instance pooling of pair scores over an image: 'max', or 'lme' "
+    mil: str = option("max", "Multiple-instance pooling of pair scores over an image: 'max', or 'lme' "
                            "(log-mean-exp, a soft maximum).", ("max", "lme"))
-    mil_temperature: float = _opt(1.0, "Temperature of 'lme' pooling, in logit units (smaller: closer to max).")
-    w_global: float = _opt(1.0, "Weight of the global loss (global branch <- global CLIP scores); 0 disables it.")
-    w_mil: float = _opt(1.0, "Weight of the MIL loss (human-object pair scores pooled <- global CLIP "
+    mil_temperature: float = option(1.0, "Temperature of 'lme' pooling, in logit units (smaller: closer to max).")
+    w_global: float = option(1.0, "Weight of the global loss (global branch <- global CLIP scores); 0 disables it.")
+    w_mil: float = option(1.0, "Weight of the MIL loss (human-object pair scores pooled <- global CLIP "
                              "scores); 0 disables it.")
-    w_union: float = _opt(1.0, "Weight of the union loss (union pair scores <- union CLIP scores); 0 disables it.")
-    unseen: str = _opt("", "Zero-shot split of the cache's label space (e.g. rare_first, non_rare_first, "
+    w_union: float = option(1.0, "Weight of the union loss (union pair scores <- union CLIP scores); 0 disables it.")
+    unseen: str = option("", "Zero-shot split of the cache's label space (e.g. rare_first, non_rare_first, "
                            "unseen_object, unseen_verb) whose unseen classes are removed from every training "
                            "target: no soft label, no loss term, no text embedding in any loss. Test time still "
                            "scores every class through its text embedding. '' trains on all classes.")
     # -- optimisation ---------------------------------------------------------------------
-    epochs: int = _opt(20, "Epochs over the training cache.")
-    batch_size: int = _opt(32, "Images per step (all their pairs come along).")
-    lr: float = _opt(1e-3, "Peak learning rate (AdamW).")
-    weight_decay: float = _opt(0.05, "AdamW weight decay (not on biases, norms and logit scales).")
-    warmup: float = _opt(0.05, "Linear warm-up, as a fraction of all steps; then cosine decay.")
-    min_lr_ratio: float = _opt(0.01, "Final learning rate as a fraction of --lr.")
-    clip_grad: float = _opt(1.0, "Clip the gradient norm to this; 0 disables clipping.")
-    amp: bool = _opt(True, "Mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.")
-    seed: int = _opt(0, "Seed of the initial weights and the data order.")
+    epochs: int = option(20, "Epochs over the training cache.")
+    batch_size: int = option(32, "Images per step (all their pairs come along).")
+    lr: float = option(1e-3, "Peak learning rate (AdamW).")
+    weight_decay: float = option(0.05, "AdamW weight decay (not on biases, norms and logit scales).")
+    warmup: float = option(0.05, "Linear warm-up, as a fraction of all steps; then cosine decay.")
+    min_lr_ratio: float = option(0.01, "Final learning rate as a fraction of --lr.")
+    clip_grad: float = option(1.0, "Clip the gradient norm to this; 0 disables clipping.")
+    amp: bool = option(True, "Mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.")
+    seed: int = option(0, "Seed of the initial weights and the data order.")
     # -- data -----------------------------------------------------------------------------
-    in_memory: str = _opt("auto", "Hold the whole split in RAM ('yes'), stream it from Zarr in chunk-aligned "
+    in_memory: str = option("auto", "Hold the whole split in RAM ('yes'), stream it from Zarr in chunk-aligned "
                                   "blocks ('no'), or decide by --in-memory-limit-mb ('auto').",
                           ("auto", "yes", "no"))
-    in_memory_limit_mb: int = _opt(2048, "'auto' holds a split in RAM when it needs less than this.")
-    block_images: int = _opt(256, "Images per streamed block (rounded to whole image chunks of the cache).")
-    shuffle_blocks: int = _opt(4, "Streaming: blocks whose images are shuffled together (memory: this many "
+    in_memory_limit_mb: int = option(2048, "'auto' holds a split in RAM when it needs less than this.")
+    block_images: int = option(256, "Images per streamed block (rounded to whole image chunks of the cache).")
+    shuffle_blocks: int = option(4, "Streaming: blocks whose images are shuffled together (memory: this many "
                                   "blocks, plus --prefetch read ahead).")
-    prefetch: int = _opt(2, "Streaming: blocks read ahead by a background thread.", runtime=True)
+    prefetch: int = option(2, "Streaming: blocks read ahead by a background thread.", runtime=True)
     # -- runtime --------------------------------------------------------------------------
-    device: str = _opt("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.", runtime=True)
-    progress: bool = _opt(True, "Show a progress bar.", runtime=True)
-    threads: int = _opt(0, "CPU threads for torch; 0 keeps torch's default. On a CPU shared with other jobs, "
+    device: str = option("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.", runtime=True)
+    progress: bool = option(True, "Show a progress bar.", runtime=True)
+    threads: int = option(0, "CPU threads for torch; 0 keeps torch's default. On a CPU shared with other jobs, "
                            "1 avoids the slowdown of oversubscribed threads.", runtime=True)
 
     # -------------------------------------------------------------------------------------
@@ -127,10 +124,7 @@ class TrainConfig:
 
     def validated(self) -> "TrainConfig":
         """Check choices, ranges and that every branch has a loss that trains it; return self."""
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name} = {getattr(self, f.name)!r}; choose one of {', '.join(choices)}")
+        check_fields(self, ConfigError)
         for name in ("hidden_dim", "roi_size", "epochs", "batch_size", "block_images", "shuffle_blocks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -186,16 +180,6 @@ def _check_type(name: str, value, kind: type, source: str) -> None:
     if not ok:
         raise ConfigError(f"{source}: {name} is {value!r} ({type(value).__name__}); it must be a "
                           f"{'number' if kind is float else kind.__name__}")
-
-
-def field_specs() -> list[tuple[str, object, str, tuple | None, type]]:
-    """(name, default, help, choices, type) of every config field, in declaration order."""
-    out = []
-    for f in fields(TrainConfig):
-        assert f.default is not MISSING
-        kind = type(f.default)
-        out.append((f.name, f.default, f.metadata["help"], f.metadata["choices"], kind))
-    return out
 
 
 def runtime_fields() -> set[str]:

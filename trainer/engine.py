@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from cache.store import TeacherCache, open_cache
+from hoicore.device import resolve_device
 from hoidata.errors import HoiError
 from hoidata.lock import exclusive
 
@@ -36,21 +37,6 @@ METRICS_FILE, CHECKPOINT_DIR = "metrics.jsonl", "checkpoint"
 
 class NonFiniteLossError(HoiError, RuntimeError):
     """Training produced a NaN or infinite loss; the message says where and what to try."""
-
-
-def select_device(setting: str) -> torch.device:
-    """'auto': the first CUDA device when there is one, else the CPU."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(setting)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"--device {setting!r} is not a device: use auto, cpu, cuda or cuda:N") from e
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {setting!r}: the student runs on cpu or cuda only")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {setting!r} was asked for but CUDA is not available; use --device auto or cpu")
-    return device
 
 
 def build_model(config: TrainConfig, cache: TeacherCache, device: torch.device) -> Student:
@@ -196,7 +182,7 @@ def _train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bo
         if (ckpt_dir / ckpt.META_FILE).exists() or (old / ckpt.META_FILE).exists():
             raise ConfigError(f"{ckpt_dir} exists: pass --resume to continue that run, or choose another --out")
         config = (config or TrainConfig()).replace(**overrides)
-    device = select_device(config.device)  # before the run folder exists: a typo leaves nothing behind
+    device = resolve_device(config.device)  # before the run folder exists: a typo leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
 
     if config.threads:

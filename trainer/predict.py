@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from cache.store import TeacherCache, open_cache
+from hoicore.device import resolve_device
 from hoidata.annotations import Annotations
 from hoidata.evaluation import EvalResult, evaluate
 from hoidata.hico_mat import read_image_labels
@@ -36,7 +37,7 @@ from . import checkpoint as ckpt
 from .config import PREDICTION_MODELS as MODELS
 from .config import ConfigError, TrainConfig
 from .data import Block, CacheReader, labelspace_of, object_class_mask, prefetched, resolve_crop_mode
-from .engine import autocast_for, select_device
+from .engine import autocast_for
 from .model import Student, masked_softmax, pair_scores, state_shapes
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
     if (model == "student") != (checkpoint is not None):
         raise ConfigError("--checkpoint goes with --model student (and only with it)")
     cache = open_cache(cache_path)
-    dev = select_device(device)
+    dev = resolve_device(device)
     mask = object_class_mask(cache)
     info = {"model": model, "cache": {"path": str(cache.path), "fingerprint": cache.fingerprint},
             "det_exponent": det_exponent, "top_k": top_k}
