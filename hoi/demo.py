@@ -38,7 +38,7 @@ def demo_paths(out) -> dict[str, Path]:
     return {"world": out / "world", "train_cache": out / "cache" / "train.zarr",
             "val_cache": out / "cache" / "val.zarr", "test_cache": out / "cache" / "test.zarr",
             "train": out / "train", "eval": out / "eval", "ablation": out / "ablation",
-            "results": out / "results.json", "figures": out / "figures"}
+            "detected": out / "detected", "results": out / "results.json", "figures": out / "figures"}
 
 
 class _Stages:
@@ -77,6 +77,10 @@ def run_demo(out="runs/demo", *, until: str = "all", epochs: int | None = None, 
     if until in ("train", "eval"):
         return _default_student(p, config, evaluate=until == "eval", echo=echo)
     results = stages.run("students", _ablation, p, config, echo)
+    detected = stages.run("detected", _detected_row, p, w, ls, echo)
+    if detected is not None:
+        after = next(k for k, r in enumerate(results["rows"]) if r["name"] == "all-late") + 1
+        results["rows"].insert(after, detected)
     stages.run("figures", _figures, p, w, ls, figures, echo)
     results["stage_seconds"] = stages.seconds
     p["results"].write_text(json.dumps(results, indent=1) + "\n")
@@ -89,7 +93,7 @@ def world_step(p: dict, train_images: int, val_images: int, test_images: int, se
     from hoidata.labelspace import LabelSpace
     from minibench import build as world
 
-    echo(f"[1/4] minibench world -> {p['world']}")
+    echo(f"[1/5] minibench world -> {p['world']}")
     world.build(p["world"], seed=seed, n_train=train_images, n_val=val_images, n_test=test_images, web=False,
                 log=lambda m: echo(f"      {m}"))
     w = world.layout(p["world"])
@@ -110,7 +114,7 @@ def cache_step(p: dict, w: dict, ls, splits, echo) -> None:
     from pipeline.options import RunOptions
     from pipeline.run import build_teacher_cache
 
-    echo(f"[2/4] teacher cache of {', '.join(splits)} (the minibench CLIP; whole images at {GLOBAL_SIZE} px, "
+    echo(f"[2/5] teacher cache of {', '.join(splits)} (the minibench CLIP; whole images at {GLOBAL_SIZE} px, "
          "union boxes at its input size)")
     for split in splits:
         build_teacher_cache(p[f"{split}_cache"], images=w[f"images_{split}"], detections=w[f"detections_{split}"],
@@ -123,7 +127,7 @@ def _default_student(p: dict, config, evaluate: bool, echo) -> dict | None:
     from trainer.engine import train_or_reuse
     from trainer.predict import run_eval
 
-    echo(f"[3/4] student (default configuration) -> {p['train']}")
+    echo(f"[3/5] student (default configuration) -> {p['train']}")
     ckpt = train_or_reuse(p["train_cache"], p["train"], config)
     if not evaluate:
         return None
@@ -151,7 +155,7 @@ def _ablation(p: dict, config, echo) -> dict:
     )
 
     splits = tuple(LabelSpace.load(layout(p["world"])["labelspace"]).zero_shot_splits)
-    echo(f"[3/4] students: one per ablation row and one per zero-shot split ({', '.join(splits)}), each "
+    echo(f"[3/5] students: one per ablation row and one per zero-shot split ({', '.join(splits)}), each "
          "evaluated on the test split")
     rows = ablate(p["train_cache"], p["test_cache"], p["ablation"], config,
                   rows=tuple(r for r in GRID if r.name in DEMO_ROWS) + unseen_rows(splits))
@@ -178,13 +182,42 @@ def _ablation(p: dict, config, echo) -> dict:
     return results
 
 
+def _detected_row(p: dict, w: dict, ls, echo) -> dict | None:
+    """The all-late student on the shipped detector's boxes, the whole path from pixels
+    (``hoi detect``), evaluated on the test split; None when no detector is shipped."""
+    from hoi.detect import default_detector, run_detect
+    from hoidata.annotations import read_hicodet_json
+    from hoidata.evaluation import evaluate
+    from hoidata.predictions import read_predictions
+    from pipeline.detect_options import DetectOptions
+
+    if default_detector(ls) is None:
+        echo("[4/5] no detector is shipped for this label space: no all-late-detected row")
+        return None
+    checkpoint = p["ablation"] / "all-late" / "checkpoint"
+    out = p["detected"] / "predictions.json.gz"
+    command = f"hoi detect --images {w['images_test']} --checkpoint {checkpoint} -o {out}"
+    echo(f"[4/5] the all-late student from pixels, on the shipped detector's boxes: {command}")
+    info = run_detect(w["images_test"], checkpoint, out, options=DetectOptions(progress=False))
+    res = evaluate(read_hicodet_json(w["instances_test"], ls), read_predictions(out), ls, source=str(out))
+    summary = res.summary()
+    echo(f"      then: hoi eval-predictions --annotations {w['instances_test']} --labelspace {w['labelspace']} "
+         f"--predictions {out}  (Full {100 * summary['default']['full']:.2f})")
+    return {"name": "all-late-detected", "label": "all levels, late fusion, on the shipped detector's boxes",
+            "default": summary["default"], "known_object": summary["known_object"],
+            "zero_shot": summary.get("zero_shot"), "command": command,
+            "detector": {k: info["detector"][k] for k in ("name", "weights_sha256", "score_threshold", "nms_iou",
+                                                           "max_per_image")},
+            "images_per_s": info["images_per_s"]}
+
+
 def _figures(p: dict, w: dict, ls, count: int, echo) -> None:
     """Pictures of the all-late student's top detections on the first test images with pairs."""
     from hoidata.predictions import write_predictions
     from hoidata.visualize import draw
     from trainer.predict import predict
 
-    echo(f"[4/4] pictures of the all-late student's top detections -> {p['figures']}")
+    echo(f"[5/5] pictures of the all-late student's top detections -> {p['figures']}")
     pred, _ = predict(p["test_cache"], checkpoint=p["ablation"] / "all-late" / "checkpoint")
     write_predictions(pred, p["ablation"] / "all-late" / "predictions.json.gz")
     for old in p["figures"].glob("*.png"):

@@ -1,21 +1,61 @@
-"""The demo end to end at a tiny size: world, teacher cache, students, results.json, pictures."""
+"""The demo end to end at a tiny size: world, teacher cache, students, the row from pixels
+(shipped detector), the zero-shot table, results.json, pictures."""
 
 import json
+import shlex
 
+import pytest
+from click.testing import CliRunner
+
+from hoi.cli import main as hoi_main
 from hoi.demo import run_demo
 
-ROWS = ["chance", "teacher", "global-level", "union-level", "all-late", "all-early"]
+ROWS = ["chance", "teacher", "global-level", "union-level", "all-late", "all-late-detected", "all-early"]
+SPLITS = ["rare_first", "non_rare_first", "unseen_object", "unseen_verb"]
 
 
-def test_demo_writes_the_results_table(tmp_path):
-    lines = []
-    results = run_demo(tmp_path / "demo", epochs=1, train_images=40, test_images=40, figures=2, echo=lines.append)
-    written = json.loads((tmp_path / "demo" / "results.json").read_text())
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """(output folder, results, printed lines) of one tiny demo."""
+    lines, out = [], tmp_path_factory.mktemp("demo") / "demo"
+    results = run_demo(out, epochs=1, train_images=40, val_images=8, test_images=40, figures=2, echo=lines.append)
+    return out, results, lines
+
+
+def test_demo_writes_the_results_table(demo):
+    out, results, lines = demo
+    written = json.loads((out / "results.json").read_text())
     assert written == json.loads(json.dumps(results))
     assert [r["name"] for r in written["rows"]] == ROWS
     for row in written["rows"]:
         for setting in ("default", "known_object"):
             assert set(row[setting]) == {"full", "rare", "non_rare"}
             assert 0.0 <= row[setting]["full"] <= 1.0
-    assert len(list((tmp_path / "demo" / "figures").glob("*.png"))) == 2
+    # every zero-shot split: the student without its classes, with them, the teacher, chance
+    assert [u["split"] for u in written["unseen"]] == SPLITS
+    for u in written["unseen"]:
+        for who in ("trained_without", "trained_with", "teacher", "chance"):
+            assert 0.0 <= u[who]["unseen"] <= 1.0
+    assert set(written["stage_seconds"]) == {"world", "teacher_cache", "students", "detected", "figures"}
+    assert len(list((out / "figures").glob("*.png"))) == 2
     assert any("all-late" in line or "late fusion" in line for line in lines)
+
+
+def test_the_printed_detect_command_reproduces_the_detected_row(demo, tmp_path):
+    """What the demo prints for the row from pixels, run as printed, gives the row's mAP."""
+    out, results, lines = demo
+    row = next(r for r in results["rows"] if r["name"] == "all-late-detected")
+    assert row["detector"]["name"] == "tiny-fcos" and len(row["detector"]["weights_sha256"]) == 64
+    printed = next(line for line in lines if "hoi detect --images" in line)
+    assert row["command"] in printed
+    args = shlex.split(row["command"])[1:]
+    preds = tmp_path / "again.json"
+    args[args.index("-o") + 1] = str(preds)
+    r = CliRunner().invoke(hoi_main, args)
+    assert r.exit_code == 0, r.output
+    world = out / "world"
+    r = CliRunner().invoke(hoi_main, ["eval-predictions", "--annotations", str(world / "instances_test.json"),
+                                      "--labelspace", str(world / "labelspace.json"), "--predictions", str(preds),
+                                      "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["default"]["full"] == row["default"]["full"]
