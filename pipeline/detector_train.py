@@ -165,12 +165,12 @@ def test_ap(checkpoint: Path, images: Path, annotations: Path, labelspace: Label
 
 def format_ap_table(names, columns: dict[str, BoxAP]) -> str:
     """Per-category AP of each column, and their means, as text."""
-    heads = list(columns)
-    lines = [f"{'box AP@0.5':14s}" + "".join(f"{h:>14s}" for h in heads)]
+    width = max(14, *(len(h) + 2 for h in columns))  # a column never runs into the next
+    lines = [f"{'box AP@0.5':14s}" + "".join(f"{h:>{width}s}" for h in columns)]
     for c, name in enumerate(names):
         cells = ["—" if np.isnan(r.ap[c]) else f"{100 * r.ap[c]:.1f}" for r in columns.values()]
-        lines.append(f"{name:14s}" + "".join(f"{x:>14s}" for x in cells))
-    lines.append(f"{'mean':14s}" + "".join(f"{100 * r.mean:>14.1f}" for r in columns.values()))
+        lines.append(f"{name:14s}" + "".join(f"{x:>{width}s}" for x in cells))
+    lines.append(f"{'mean':14s}" + "".join(f"{100 * r.mean:>{width}.1f}" for r in columns.values()))
     return "\n".join(lines)
 
 
