@@ -40,6 +40,7 @@ class StageSeconds:
     clip: float = 0.0
     student: float = 0.0
     images: int = 0
+    pairs: int = 0
     skipped: list = field(default_factory=list)
 
     def images_per_s(self) -> dict[str, float]:
@@ -210,6 +211,7 @@ def _detect_batch(det, clip, scorer: _Scorer, rule, ls, names, positions, decode
     seconds.clip += t2 - t1
     seconds.student += time.perf_counter() - t2
     seconds.images += len(ok)
+    seconds.pairs += len(human)
     return rows
 
 
@@ -229,7 +231,7 @@ def _provenance(det, opts, precision, teacher_opts, clip, checkpoint, meta, rule
                     "config": meta["config"], "train_cache": meta["cache"]["path"]},
         "pair_rule": rule.as_dict(), "union_weight": union_weight, "det_exponent": det_exponent, "top_k": top_k,
         "num_images": seconds.images + len(seconds.skipped), "skipped_images": seconds.skipped,
-        "num_predictions": num_predictions,
+        "num_pairs": seconds.pairs, "num_predictions": num_predictions,
         "seconds": {k: round(getattr(seconds, k), 3) for k in ("detector", "clip", "student")},
         "images_per_s": seconds.images_per_s(),
     }
