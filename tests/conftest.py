@@ -34,6 +34,18 @@ def tiny_ls() -> LabelSpace:
     return LabelSpace.from_dict(TINY)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: two cores shared with other jobs, torch's
+    default threads would oversubscribe them (and some tests compare batches bit for bit)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_preds(rows: dict, fmt="pixel1") -> Predictions:
     """rows: {file name: [(box_h, box_o, hoi, score), ...]} in image order."""
     names, image, bh, bo, hoi, score = [], [], [], [], [], []

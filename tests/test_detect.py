@@ -30,12 +30,7 @@ OPTS = DetectOptions(score_threshold=0.0, max_per_image=16, batch_size=BATCH, wo
 RULE = PairRule(human_score=0.0, object_score=0.0, max_humans=2, max_objects=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

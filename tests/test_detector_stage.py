@@ -31,13 +31,7 @@ IMAGES = [("a.jpg", 64, 48, "RGB"), ("b.png", 80, 60, "RGB"), ("c.png", 50, 70, 
 OPTS = DetectOptions(progress=False, workers=1, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores shared with other jobs: torch's default threads would oversubscribe them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

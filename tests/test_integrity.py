@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from click.testing import CliRunner
 from tinyworld import MODEL, make_checkpoint, make_world
@@ -34,13 +33,7 @@ from pipeline.run import build_teacher_cache
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores shared with other jobs: torch's default threads would oversubscribe them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- fixtures ---------------------------------------------------------------------------------

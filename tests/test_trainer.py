@@ -32,13 +32,7 @@ WORLD = dict(num_classes=24, embed_dim=32, grid=(8, 8), images_per_shard=32, ima
 BASE = TrainConfig(epochs=6, batch_size=16, hidden_dim=32, lr=3e-3, progress=False, threads=1, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores shared with other jobs: torch's default threads would oversubscribe them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
