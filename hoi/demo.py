@@ -186,9 +186,7 @@ def _detected_row(p: dict, w: dict, ls, echo) -> dict | None:
     """The all-late student on the shipped detector's boxes, the whole path from pixels
     (``hoi detect``), evaluated on the test split; None when no detector is shipped."""
     from hoi.detect import default_detector, run_detect
-    from hoidata.annotations import read_hicodet_json
-    from hoidata.evaluation import evaluate
-    from hoidata.predictions import read_predictions
+    from hoidata.evaluation import evaluate_file
     from pipeline.detect_options import DetectOptions
 
     if default_detector(ls) is None:
@@ -199,8 +197,7 @@ def _detected_row(p: dict, w: dict, ls, echo) -> dict | None:
     command = f"hoi detect --images {w['images_test']} --checkpoint {checkpoint} -o {out}"
     echo(f"[4/5] the all-late student from pixels, on the shipped detector's boxes: {command}")
     info = run_detect(w["images_test"], checkpoint, out, options=DetectOptions(progress=False))
-    res = evaluate(read_hicodet_json(w["instances_test"], ls), read_predictions(out), ls, source=str(out))
-    summary = res.summary()
+    summary = evaluate_file(w["instances_test"], out, labelspace=ls).summary()  # as eval-predictions does
     echo(f"      then: hoi eval-predictions --annotations {w['instances_test']} --labelspace {w['labelspace']} "
          f"--predictions {out}  (Full {100 * summary['default']['full']:.2f})")
     return {"name": "all-late-detected", "label": "all levels, late fusion, on the shipped detector's boxes",
