@@ -162,16 +162,12 @@ def _check_document(path, d, box_format: str | None) -> str:
 def _finish(path, names, counts, boxes_h, boxes_o, hoi_f, score, fmt) -> Predictions:
     """Predictions from the rows' columns (the HOI column as read, in float64)."""
     image = ragged.owners(counts)
-    nonint = hoi_f != np.round(hoi_f)
-    if nonint.any():
-        k = int(np.flatnonzero(nonint)[0])
-        row = k - int(np.searchsorted(image, image[k]))
-        raise PredictionsError(f"{path}: image {names[image[k]]}, row {row}: HOI class {hoi_f[k]} is not an integer")
-    too_big = np.abs(hoi_f) >= 2 ** 62  # would wrap around as int64: report the value given
-    if too_big.any():
-        k = int(np.flatnonzero(too_big)[0])
-        row = k - int(np.searchsorted(image, image[k]))
-        raise PredictionsError(f"{path}: image {names[image[k]]}, row {row}: HOI class {hoi_f[k]:g} is out of range")
+    # the value given, before int64 would round it or (beyond 2^62) wrap it around
+    for bad, what in ((hoi_f != np.round(hoi_f), "is not an integer"), (np.abs(hoi_f) >= 2 ** 62, "is out of range")):
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            row = k - int(np.searchsorted(image, image[k]))
+            raise PredictionsError(f"{path}: image {names[image[k]]}, row {row}: HOI class {hoi_f[k]} {what}")
     return Predictions(names, image, boxes_h, boxes_o, hoi_f.astype(np.int64), score, fmt)
 
 
