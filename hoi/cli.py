@@ -144,6 +144,7 @@ def demo(out, until, epochs, train_images, val_images, test_images, seed, train_
 
 
 from hoi.cli_detections import detector_run_options, image_folder_options  # noqa: E402
+from hoi.cli_train import scoring_options  # noqa: E402
 
 
 @main.command("detect")
@@ -163,11 +164,7 @@ from hoi.cli_detections import detector_run_options, image_folder_options  # noq
 @click.option("--draw-count", type=click.IntRange(min=1), default=20, help="Images drawn with --draw.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32,
               help="Images per batch through detector, CLIP and student (memory stays flat).")
-@click.option("--union-weight", type=click.FloatRange(0, 1), default=0.5,
-              help="Late fusion: the union branch's share of the pair scores.")
-@click.option("--det-exponent", type=float, default=1.0,
-              help="Pair scores are multiplied by (human score x object score) to this power.")
-@click.option("--top-k", type=click.IntRange(min=0), default=0, help="Keep the k best rows per image; 0 keeps all.")
+@scoring_options
 @detector_run_options
 def detect(images, images_list, checkpoint, output, detector, detector_weights, draw, draw_count, batch_size,
            union_weight, det_exponent, top_k, **options):

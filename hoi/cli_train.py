@@ -24,6 +24,25 @@ def _given(options: dict) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+# How pair rows are scored from the student's branches: shared by every command that predicts
+# (on a cache here, from photos in ``hoi detect``).
+SCORING_OPTIONS = [
+    click.option("--det-exponent", type=float, default=1.0,
+                 help="Pair scores are multiplied by (human score x object score) to this power."),
+    click.option("--top-k", type=click.IntRange(min=0), default=0,
+                 help="Keep the k best rows per image; 0 keeps all."),
+    click.option("--union-weight", type=click.FloatRange(0, 1), default=0.5,
+                 help="Late fusion: the union branch's share of the pair scores, the human-object branch "
+                      "has the rest (0.5: their average). Choose it on a validation split, not the test."),
+]
+
+
+def scoring_options(f):
+    for opt in reversed(SCORING_OPTIONS):
+        f = opt(f)
+    return f
+
+
 def prediction_options(f):
     """What every command that predicts on a cache takes."""
     opts = [
@@ -33,19 +52,13 @@ def prediction_options(f):
                      help="A trained student, the teacher alone (CLIP on union boxes) or random scores."),
         click.option("--checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
                      help="The student's checkpoint folder (RUN/checkpoint); with --model student."),
-        click.option("--det-exponent", type=float, default=1.0,
-                     help="Pair scores are multiplied by (human score x object score) to this power."),
-        click.option("--top-k", type=click.IntRange(min=0), default=0,
-                     help="Keep the k best rows per image; 0 keeps all."),
         click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, show_default=False,
                      help="Softmax temperature of the teacher baseline's union scores.  [default: 0.01]"),
         click.option("--batch-size", type=click.IntRange(min=1), default=64,
                      help="Images per forward pass of the student."),
         click.option("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'."),
         click.option("--seed", type=int, default=0, help="Seed of the random baseline."),
-        click.option("--union-weight", type=click.FloatRange(0, 1), default=0.5,
-                     help="Late fusion: the union branch's share of the pair scores, the human-object branch "
-                          "has the rest (0.5: their average). Choose it on a validation split, not the test."),
+        *SCORING_OPTIONS,
     ]
     for opt in reversed(opts):
         f = opt(f)
