@@ -17,6 +17,7 @@ import multiprocessing
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -201,8 +202,34 @@ def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
 
 
-def _launch(ctx: _ShardContext, batch: ImageBatch) -> dict:
-    """Queue the global and union passes of one batch; returns device tensors and their rows.
+class _HostCopies(NamedTuple):
+    """One batch's encoder outputs on their way to the host: float16 CPU tensors, to be read
+    once the copies have landed (:attr:`_Launched.ready`)."""
+
+    global_embedding: torch.Tensor         # [n, D]
+    global_score: torch.Tensor             # [n, C]
+    global_dense: torch.Tensor             # [n, h, w, D]
+    union_embedding: torch.Tensor | None   # [rows, D]; None when the batch has no pair row
+    union_score: torch.Tensor | None       # [rows, C]
+
+
+@dataclass
+class _Launched:
+    """A batch queued on the device: where its results go and the copies that bring them back."""
+
+    image_rows: np.ndarray                 # int64 [n] positions within the shard of the images that decoded
+    pair_rows: np.ndarray                  # int64 [rows] pair rows, relative to the shard's first row
+    host: _HostCopies | None = None        # None when no image of the batch decoded
+    ready: torch.cuda.Event | None = None  # recorded behind the copies (CUDA only)
+
+
+def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Device -> host, queued behind the kernels already on the stream (asynchronous)."""
+    return None if t is None else t.to("cpu", non_blocking=True)
+
+
+def _launch(ctx: _ShardContext, batch: ImageBatch) -> _Launched:
+    """Queue the global and union passes of one batch; returns their rows and the copies back.
 
     Nothing here waits for the device: the canvas (pinned by the decoder) and the boxes go
     up in one asynchronous copy each, and every crop of the batch is cut by one roi_align
@@ -217,7 +244,7 @@ def _launch(ctx: _ShardContext, batch: ImageBatch) -> dict:
         ctx.img_out.bufs["images/status"][pos] = S.STATUS_SKIPPED
         ctx.stats.skipped.append(ctx.names[pos])
     idx = batch.index  # positions within the shard of the images that decoded
-    out = {"image_rows": idx, "pair_rows": np.zeros(0, np.int64)}
+    out = _Launched(image_rows=idx, pair_rows=np.zeros(0, np.int64))
     if not len(idx):
         return out
     n = len(idx)
@@ -236,37 +263,37 @@ def _launch(ctx: _ShardContext, batch: ImageBatch) -> dict:
     def cut(a: int, b: int, size: int) -> torch.Tensor:  # regions a..b-1 as normalised encoder inputs
         return crops.crop_normalised(pixels, rois[a:b], size, ctx.mean, ctx.std)
 
-    results = list(ctx.enc.global_pass(cut(0, n, teacher.global_size)))
+    g_emb, g_score, g_dense = ctx.enc.global_pass(cut(0, n, teacher.global_size))
+    u_emb = u_score = None
     if len(rows):
-        out["pair_rows"] = rows
+        out.pair_rows = rows
         union = [ctx.enc.union_pass(cut(n + a, n + min(a + run.crop_batch, len(rows)), teacher.image_size))
                  for a in range(0, len(rows), run.crop_batch)]
-        results += [torch.cat([e for e, _ in union]), torch.cat([s for _, s in union])]
+        u_emb, u_score = torch.cat([e for e, _ in union]), torch.cat([s for _, s in union])
     # Queue the copies back now, right behind this batch's kernels: a copy issued later
     # would wait for the next batch's kernels too. The event marks when they have landed.
-    out["host"] = [r.to("cpu", non_blocking=True) for r in results]
+    out.host = _HostCopies(*map(_to_host, (g_emb, g_score, g_dense, u_emb, u_score)))
     if device.type == "cuda":
-        out["ready"] = torch.cuda.Event()
-        out["ready"].record()
+        out.ready = torch.cuda.Event()
+        out.ready.record()
     return out
 
 
-def _collect(ctx: _ShardContext, batch: ImageBatch, out: dict, progress) -> None:
+def _collect(ctx: _ShardContext, batch: ImageBatch, out: _Launched, progress) -> None:
     """Put one launched batch's results into the shard buffers and flush finished chunks."""
-    if "ready" in out:
-        out["ready"].synchronize()  # this batch's copies only, not the batch queued after it
-    host = [t.numpy() for t in out.get("host", [])]
-    rows = out["image_rows"]
+    if out.ready is not None:
+        out.ready.synchronize()  # this batch's copies only, not the batch queued after it
+    host, rows = out.host, out.image_rows
     if len(rows):
-        ctx.img_out.bufs["global/embedding"][rows] = host[0]
-        ctx.img_out.bufs["global/score"][rows] = host[1]
-        ctx.img_out.bufs["global/dense"][rows] = host[2]
+        ctx.img_out.bufs["global/embedding"][rows] = host.global_embedding.numpy()
+        ctx.img_out.bufs["global/score"][rows] = host.global_score.numpy()
+        ctx.img_out.bufs["global/dense"][rows] = host.global_dense.numpy()
         ctx.img_out.bufs["images/status"][rows] = S.STATUS_OK
         ctx.stats.images += len(rows)
-    prow = out["pair_rows"]
+    prow = out.pair_rows
     if len(prow):
-        ctx.pair_out.bufs["union/embedding"][prow] = host[3]
-        ctx.pair_out.bufs["union/score"][prow] = host[4]
+        ctx.pair_out.bufs["union/embedding"][prow] = host.union_embedding.numpy()
+        ctx.pair_out.bufs["union/score"][prow] = host.union_score.numpy()
         ctx.stats.crops += len(prow)
     ctx.img_out.ready(ctx.img_out.lo + batch.last + 1)
     crops = 0
