@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,26 @@ def _teacher_world(ls: dict, embed_dim: int, teacher_seed: int) -> tuple[np.ndar
     return text, identity, _unit(shared)
 
 
-def _scene(rng, ls: dict, pairs_per_image: int, class_prob: np.ndarray):
+@dataclass(frozen=True)
+class _Scene:
+    """One synthetic image. Its k boxes are humans first, then objects; a detection is its
+    ground-truth box with jitter. Pairs index those boxes (0..k-1, within the image)."""
+
+    size: tuple[int, int]     # (w, h)
+    det: np.ndarray           # float32 [k, 4] detected boxes (coord)
+    gt: np.ndarray            # float32 [k, 4] ground-truth boxes (coord)
+    labels: np.ndarray        # int32 [k] object of each box (the human object for humans)
+    scores: np.ndarray        # float32 [k] detection scores
+    pair_h: np.ndarray        # int64 [p] box of each pair's human
+    pair_o: np.ndarray        # int64 [p] box of each pair's object
+    pair_class: np.ndarray    # int64 [p] hidden HOI class of each pair
+
+    def keep_pairs(self, keep: np.ndarray) -> _Scene:
+        """The scene with only the pairs where ``keep`` (bool [p]) holds; boxes unchanged."""
+        return replace(self, pair_h=self.pair_h[keep], pair_o=self.pair_o[keep], pair_class=self.pair_class[keep])
+
+
+def _scene(rng, ls: dict, pairs_per_image: int, class_prob: np.ndarray) -> _Scene:
     """One image: size, detections (boxes, labels, scores), GT boxes, pairs and their classes."""
     w, h = IMAGE_SIZES[rng.integers(len(IMAGE_SIZES))]
     if rng.random() < EMPTY_IMAGE_RATE:
@@ -116,7 +136,14 @@ def _scene(rng, ls: dict, pairs_per_image: int, class_prob: np.ndarray):
     ph, po = ph.ravel(), po.ravel()
     cdf = class_prob.cumsum(1)[labels[po]]  # inverse-CDF sampling, one draw per pair
     cls = np.minimum((rng.random(len(po))[:, None] > cdf).sum(1), class_prob.shape[1] - 1)
-    return (w, h), det.astype(np.float32), gt.astype(np.float32), labels, scores, ph, po, cls
+    return _Scene(size=(w, h), det=det.astype(np.float32), gt=gt.astype(np.float32), labels=labels, scores=scores,
+                  pair_h=ph, pair_o=po, pair_class=cls)
+
+
+def _concat(parts: list[np.ndarray], empty_shape: tuple, dtype) -> np.ndarray:
+    """The parts concatenated as ``dtype``; zeros of ``empty_shape`` when there are none
+    (``np.concatenate`` refuses an empty list)."""
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(empty_shape, dtype)
 
 
 def _cells(boxes: np.ndarray, sizes: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -221,15 +248,14 @@ def make_synthetic_cache(path, num_images: int = 64, pairs_per_image: int = 6, n
     for _ in range(num_images):
         s = _scene(rng, ls, pairs_per_image, class_prob)
         if len(no_class):  # drop pairs whose object has no HOI class (e.g. 'person' as object)
-            keep = ~np.isin(s[3][s[6]], no_class)
-            s = (*s[:5], s[5][keep], s[6][keep], s[7][keep])
+            s = s.keep_pairs(~np.isin(s.labels[s.pair_o], no_class))
         scenes.append(s)
 
-    counts = np.array([len(s[5]) for s in scenes], dtype=np.int64)
+    counts = np.array([len(s.pair_h) for s in scenes], dtype=np.int64)
     lay = plan(counts, images_per_shard, image_chunk, pair_chunk)
-    det_counts = np.array([len(s[1]) for s in scenes], dtype=np.int64)
+    det_counts = np.array([len(s.det) for s in scenes], dtype=np.int64)
     det_off = ragged.offsets(det_counts)
-    sizes = np.array([s[0] for s in scenes], dtype=np.int32).reshape(-1, 2)
+    sizes = np.array([s.size for s in scenes], dtype=np.int32).reshape(-1, 2)
 
     R = lay.num_pair_rows
     pair_image = np.full(R, -1, np.int32)
@@ -238,23 +264,23 @@ def make_synthetic_cache(path, num_images: int = 64, pairs_per_image: int = 6, n
     pair_cls = np.zeros(R, np.int64)
     for i, s in enumerate(scenes):
         b, e = lay.pair_begin[i], lay.pair_end[i]
-        det = s[1]
+        h_box, o_box = s.det[s.pair_h], s.det[s.pair_o]
         pair_image[b:e] = i
-        pair_h[b:e], pair_o[b:e] = det_off[i] + s[5], det_off[i] + s[6]
-        pair_box[b:e] = np.concatenate([np.minimum(det[s[5], :2], det[s[6], :2]),
-                                        np.maximum(det[s[5], 2:], det[s[6], 2:])], 1)
-        pair_cls[b:e] = s[7]
+        pair_h[b:e], pair_o[b:e] = det_off[i] + s.pair_h, det_off[i] + s.pair_o
+        pair_box[b:e] = np.concatenate([np.minimum(h_box[:, :2], o_box[:, :2]),
+                                        np.maximum(h_box[:, 2:], o_box[:, 2:])], 1)
+        pair_cls[b:e] = s.pair_class
 
-    det_box = np.concatenate([s[1] for s in scenes]) if num_images else np.zeros((0, 4), np.float32)
-    det_label = np.concatenate([s[3] for s in scenes]) if num_images else np.zeros(0, np.int32)
-    det_score = np.concatenate([s[4] for s in scenes]) if num_images else np.zeros(0, np.float32)
+    det_box = _concat([s.det for s in scenes], (0, 4), np.float32)
+    det_label = _concat([s.labels for s in scenes], (0,), np.int32)
+    det_score = _concat([s.scores for s in scenes], (0,), np.float32)
 
-    gt_per_image = [(s[2][s[5]], s[2][s[6]], s[7]) if with_gt else
-                    (np.zeros((0, 4), np.float32),) * 2 + (np.zeros(0, np.int32),) for s in scenes]
-    gt_off = ragged.offsets([len(g[2]) for g in gt_per_image])
-    cat = (lambda k, shape, dt: np.concatenate([g[k] for g in gt_per_image]).astype(dt)  # noqa: E731
-           if num_images else np.zeros(shape, dt))
-    gt_hoi = cat(2, (0,), np.int32)
+    # ground truth: every pair with its hidden class (none at all without with_gt)
+    gt_scenes = scenes if with_gt else []
+    gt_off = ragged.offsets([len(s.pair_class) if with_gt else 0 for s in scenes])
+    gt_box_h = _concat([s.gt[s.pair_h] for s in gt_scenes], (0, 4), np.float32)
+    gt_box_o = _concat([s.gt[s.pair_o] for s in gt_scenes], (0, 4), np.float32)
+    gt_hoi = _concat([s.pair_class for s in gt_scenes], (0,), np.int32)
 
     layout = {**lay.as_attrs(), "num_classes": num_classes, "embed_dim": embed_dim, "grid": list(grid),
               "num_detections": int(det_off[-1]), "num_gt": int(gt_off[-1])}
@@ -275,7 +301,7 @@ def make_synthetic_cache(path, num_images: int = 64, pairs_per_image: int = 6, n
         "detections/label": det_label,
         "pairs/begin": lay.pair_begin, "pairs/end": lay.pair_end, "pairs/image": pair_image,
         "pairs/human": pair_h, "pairs/object": pair_o, "pairs/box": pair_box,
-        "gt/offsets": gt_off, "gt/box_h": cat(0, (0, 4), np.float32), "gt/box_o": cat(1, (0, 4), np.float32),
+        "gt/offsets": gt_off, "gt/box_h": gt_box_h, "gt/box_o": gt_box_o,
         "gt/hoi": gt_hoi, "gt/verb": hoi[gt_hoi, 0].astype(np.int32), "gt/object": hoi[gt_hoi, 1].astype(np.int32),
     })
 
