@@ -20,12 +20,13 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from cache import schema as S
 from cache import store as cstore
-from cache.layout import plan
+from cache.layout import Layout, plan
 from hoicore.device import resolve_device
 from hoidata import boxes as B
 from hoidata import ragged
@@ -62,9 +63,28 @@ def _sha256_arrays(*arrays) -> str:
     return h.hexdigest()
 
 
-def _clean_detections(dets: Detections) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """Boxes clipped to their image, zero-area ones dropped. Returns (box, score, label, offsets,
-    clipped, dropped)."""
+class _CleanDetections(NamedTuple):
+    """The detections as the store holds them: boxes clipped to their image (where its size
+    is known), zero-area ones dropped; N images, d detections kept."""
+
+    box: np.ndarray       # float32 [d, 4] coord
+    score: np.ndarray     # float32 [d]
+    label: np.ndarray     # int32 [d] object of the label space
+    offsets: np.ndarray   # int64 [N + 1] each image's detections, CSR
+    clipped: int          # boxes that clipping changed
+    dropped: int          # zero-area boxes dropped
+
+
+class _Pairs(NamedTuple):
+    """Candidate pairs (:func:`hoidata.pairs.make_pairs`), grouped by image; P pairs."""
+
+    human: np.ndarray     # int64 [P] row of the human in the clean detections
+    object: np.ndarray    # int64 [P] row of the object
+    offsets: np.ndarray   # int64 [N + 1] each image's pairs, CSR
+
+
+def _clean_detections(dets: Detections) -> _CleanDetections:
+    """Boxes clipped to their image, zero-area ones dropped."""
     img = dets.image_of_detection
     wh = dets.sizes[img].astype(np.float64)
     known = wh[:, 0] > 0
@@ -73,8 +93,13 @@ def _clean_detections(dets: Detections) -> tuple[np.ndarray, np.ndarray, np.ndar
     keep = B.area_coord(box) > 0
     counts = np.bincount(img[keep], minlength=len(dets))
     offsets = ragged.offsets(counts)
-    return (box[keep].astype(np.float32), dets.scores[keep], dets.labels[keep].astype(np.int32), offsets,
-            clipped, int((~keep).sum()))
+    return _CleanDetections(box=box[keep].astype(np.float32), score=dets.scores[keep],
+                            label=dets.labels[keep].astype(np.int32), offsets=offsets, clipped=clipped,
+                            dropped=int((~keep).sum()))
+
+
+def _pairs_of(det: _CleanDetections, labelspace: LabelSpace, rule: PairRule) -> _Pairs:
+    return _Pairs(*make_pairs(det.score, det.label, det.offsets, labelspace.human, rule))
 
 
 def _align_annotations(ann: Annotations, dets: Detections) -> Annotations:
@@ -170,13 +195,13 @@ def _build(out: Path, images: Path, detections, labelspace: LabelSpace, annotati
                    model_configs=tuple(str(Path(p).absolute()) for p in model_configs))
     t = teacher_for(job)  # loaded once per process: the local shards reuse it
     teacher_attrs = _teacher_attrs(teacher, t, labelspace, device)
-    box, score, label, det_offsets, clipped, dropped = _clean_detections(dets)
-    hum, obj, pair_offsets = make_pairs(score, label, det_offsets, labelspace.human, pair_rule)
+    clean = _clean_detections(dets)
+    pairs = _pairs_of(clean, labelspace, pair_rule)
     dataset_attrs = _dataset_attrs(labelspace, dets, detections, annotations)
-    lay = plan(np.diff(pair_offsets), run.images_per_shard, run.image_chunk, run.pair_chunk)
+    lay = plan(np.diff(pairs.offsets), run.images_per_shard, run.image_chunk, run.pair_chunk)
     emb_dim = int(t.model.visual.proj.shape[1])
     layout = {**lay.as_attrs(), "num_classes": labelspace.num_classes, "embed_dim": emb_dim,
-              "grid": list(t.grid), "num_detections": int(len(box)),
+              "grid": list(t.grid), "num_detections": int(len(clean.box)),
               "num_gt": int(ann.num_pairs) if ann is not None else 0}
     identity = {"teacher": teacher_attrs, "pair_rule": pair_rule.as_dict(), "dataset": dataset_attrs}
     levels = S.LEVEL_CHOICES[run.levels]
@@ -203,10 +228,9 @@ def _build(out: Path, images: Path, detections, labelspace: LabelSpace, annotati
         cache = cstore.create(out, layout=layout, levels=levels, **identity)
     if not cache.attrs["prepared"]:
         text = text_embeddings(t, labelspace.prompts, teacher.templates, device=device)
-        cache.write_prepared(_prepared_arrays(labelspace, dets, ann, text, box, score, label, det_offsets,
-                                              hum, obj, lay))
+        cache.write_prepared(_prepared_arrays(labelspace, dets, ann, text, clean, pairs, lay))
         log.info("prepared %s: %d images, %d detections (%d clipped, %d zero-area dropped), %d pairs in %d shards",
-                 cache.path, n, len(box), clipped, dropped, layout["num_pairs"], lay.num_shards)
+                 cache.path, n, len(clean.box), clean.clipped, clean.dropped, layout["num_pairs"], lay.num_shards)
 
     todo = [k for k in range(lay.num_shards) if not cache.shards_done()[k]]
     t_shards = time.perf_counter()
@@ -252,7 +276,35 @@ def _dataset_attrs(labelspace: LabelSpace, dets: Detections, detections, annotat
     }
 
 
-def _prepared_arrays(ls, dets, ann, text, box, score, label, det_offsets, hum, obj, lay) -> dict:
+def _prepared_arrays(ls: LabelSpace, dets: Detections, ann: Annotations | None, text: np.ndarray,
+                     clean: _CleanDetections, pairs: _Pairs, lay: Layout) -> dict[str, np.ndarray]:
+    """The prepare-time arrays of the store, by name, in the dtypes :data:`cache.schema.ARRAYS`
+    declares (so the store casts nothing).
+
+    ls: C classes; dets: N images; ann: G ground-truth pairs, or None for none;
+    text: float32 [C, D] unit text embeddings; clean: the d detections kept; pairs: P pairs,
+    laid out by ``lay`` on R >= P pair rows. Returned: text/embedding float32 [C, D],
+    text/verb and text/object int32 [C], text/name str [C]; images/file_name str [N],
+    images/size int32 [N, 2]; detections/offsets int64 [N + 1], detections/box float32
+    [d, 4], detections/score float32 [d], detections/label int32 [d]; then the pairs/*
+    arrays of :func:`_pair_arrays` and the gt/* arrays of :func:`_gt_arrays`.
+    """
+    return {
+        "text/embedding": text, "text/verb": ls.hoi_verb.astype(np.int32),
+        "text/object": ls.hoi_object.astype(np.int32),
+        "text/name": np.array([ls.class_name(c) for c in range(ls.num_classes)]),
+        "images/file_name": np.array(dets.file_names), "images/size": dets.sizes.astype(np.int32),
+        "detections/offsets": clean.offsets, "detections/box": clean.box, "detections/score": clean.score,
+        "detections/label": clean.label,
+        **_pair_arrays(clean, pairs, lay),
+        **_gt_arrays(ann, len(dets), ls.name),
+    }
+
+
+def _pair_arrays(clean: _CleanDetections, pairs: _Pairs, lay: Layout) -> dict[str, np.ndarray]:
+    """pairs/* over the R pair rows of ``lay``: begin, end int64 [N]; image int32 [R] (-1 on
+    padding rows); human, object int64 [R] (0 on padding); box float32 [R, 4] the union of
+    the pair's two boxes (zeros on padding)."""
     rows = lay.num_pair_rows
     pair_image = np.full(rows, -1, np.int32)
     pair_h = np.zeros(rows, np.int64)
@@ -260,20 +312,21 @@ def _prepared_arrays(ls, dets, ann, text, box, score, label, det_offsets, hum, o
     counts = lay.pair_end - lay.pair_begin
     dst = ragged.ranges(lay.pair_begin, counts)
     pair_image[dst] = ragged.owners(counts)
-    pair_h[dst], pair_o[dst] = hum, obj
+    pair_h[dst], pair_o[dst] = pairs.human, pairs.object
     pair_box = np.zeros((rows, 4), np.float32)
-    pair_box[dst] = B.union_coord(box[hum], box[obj]) if len(hum) else np.zeros((0, 4), np.float32)
-    g = ann if ann is not None else Annotations.from_lists([], [], [], ls.name)
+    box = clean.box
+    pair_box[dst] = B.union_coord(box[pairs.human], box[pairs.object]) if len(pairs.human) else \
+        np.zeros((0, 4), np.float32)
+    return {"pairs/begin": lay.pair_begin, "pairs/end": lay.pair_end, "pairs/image": pair_image,
+            "pairs/human": pair_h, "pairs/object": pair_o, "pairs/box": pair_box}
+
+
+def _gt_arrays(ann: Annotations | None, num_images: int, labelspace_name: str) -> dict[str, np.ndarray]:
+    """gt/* of G ground-truth pairs (none without annotations): offsets int64 [N + 1]; box_h,
+    box_o float32 [G, 4]; hoi, verb, object int32 [G]."""
+    g = ann if ann is not None else Annotations.from_lists([], [], [], labelspace_name)
     return {
-        "text/embedding": text, "text/verb": ls.hoi_verb.astype(np.int32),
-        "text/object": ls.hoi_object.astype(np.int32),
-        "text/name": np.array([ls.class_name(c) for c in range(ls.num_classes)]),
-        "images/file_name": np.array(dets.file_names), "images/size": dets.sizes.astype(np.int32),
-        "detections/offsets": det_offsets, "detections/box": box, "detections/score": score,
-        "detections/label": label,
-        "pairs/begin": lay.pair_begin, "pairs/end": lay.pair_end, "pairs/image": pair_image,
-        "pairs/human": pair_h, "pairs/object": pair_o, "pairs/box": pair_box,
-        "gt/offsets": g.offsets if ann is not None else np.zeros(len(dets) + 1, np.int64),
+        "gt/offsets": g.offsets if ann is not None else np.zeros(num_images + 1, np.int64),
         "gt/box_h": g.boxes_h.astype(np.float32), "gt/box_o": g.boxes_o.astype(np.float32),
         "gt/hoi": g.hoi.astype(np.int32), "gt/verb": g.verb.astype(np.int32), "gt/object": g.object.astype(np.int32),
     }
