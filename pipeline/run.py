@@ -19,6 +19,7 @@ import hashlib
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,7 +38,7 @@ from hoidata.files import check_inside, image_size, json_form
 from hoidata.labelspace import LabelSpace
 from hoidata.lock import exclusive
 from hoidata.pairs import PairRule, make_pairs
-from pipeline.clip import prompts_sha256, text_embeddings
+from pipeline.clip import Teacher, prompts_sha256, text_embeddings
 from pipeline.options import RunOptions, TeacherOptions
 from pipeline.shard import ShardJob, ShardStats, helper_modes, run_shard, teacher_for
 
@@ -167,71 +168,147 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
     # absolute: dask workers may start in another directory
     out, images = Path(out).absolute(), Path(images).absolute()
     with exclusive(out, what="teacher-cache"):
-        return _build(out, images, detections, labelspace, annotations, teacher, pair_rule, run, model_configs)
+        return _build(_Request(out, images, detections, labelspace, annotations, teacher, pair_rule, run,
+                               model_configs))
 
 
-def _build(out: Path, images: Path, detections, labelspace: LabelSpace, annotations, teacher: TeacherOptions,
-           pair_rule: PairRule, run: RunOptions, model_configs: tuple) -> Path:
-    t0 = time.perf_counter()
-    dets = load_detections(detections, labelspace)
+@dataclass(frozen=True)
+class _Request:
+    """The arguments of :func:`build_teacher_cache`; ``out`` and ``images`` absolute."""
+
+    out: Path
+    images: Path
+    detections: str | Path
+    labelspace: LabelSpace
+    annotations: str | Path | None
+    teacher: TeacherOptions
+    pair_rule: PairRule
+    run: RunOptions
+    model_configs: tuple
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the store is to hold, settled before it is opened: a store found at OUT (or its
+    ``.wip``) is reused only when it matches."""
+
+    clean: _CleanDetections
+    pairs: _Pairs
+    lay: Layout
+    layout: dict             # the store's layout attribute: shards, chunks and sizes
+    identity: dict           # teacher, pair_rule and dataset attributes
+    levels: tuple[str, ...]  # the levels asked for (global, union)
+
+
+def _build(req: _Request) -> Path:
+    """The run under the lock: inputs, teacher, plan, store, preparation, shards, finish."""
+    t0 = time.perf_counter()  # the summary's rates count model loading and preparation too
+    dets, ann = _read_inputs(req)  # every input check comes before the model loads
+    device = resolve_device(req.run.device)
+    job = _shard_job(req)
+    t = teacher_for(job)  # loaded once per process: the local shards reuse it
+    p = _plan(req, t, device, dets, ann)
+    if req.run.overwrite:  # only now that the model loaded and the inputs checked out
+        cstore.remove(req.out)
+    if _complete_store_at(req.out, p):
+        return req.out
+    cache = _create_or_resume(req.out, p)
+    if not cache.attrs["prepared"]:
+        _prepare(cache, req, t, device, dets, ann, p)
+    summary = _run_remaining_shards(cache, job, p.lay, req.run, device, t0)
+    return _finish(cache, summary, dets.file_names, req.images)
+
+
+def _read_inputs(req: _Request) -> tuple[Detections, Annotations | None]:
+    """The detections and annotations, checked against each other and against ``--images``;
+    sizes the detections leave unknown filled in."""
+    dets = load_detections(req.detections, req.labelspace)
     if len(dets) == 0:
-        raise InputError(f"{detections} lists no images; import detections for the split's image list")
+        raise InputError(f"{req.detections} lists no images; import detections for the split's image list")
     # before anything reads a file: a name must not reach outside --images
-    check_inside(images, dets.file_names, source=str(detections))
-    ann = read_annotations(annotations, labelspace) if annotations else None
+    check_inside(req.images, dets.file_names, source=str(req.detections))
+    ann = read_annotations(req.annotations, req.labelspace) if req.annotations else None
     if ann is not None:
-        check_inside(images, ann.file_names, source=str(annotations))
+        check_inside(req.images, ann.file_names, source=str(req.annotations))
         ann = _align_annotations(ann, dets)
-    _check_images(images, dets.file_names, run.on_error)
-    _fill_unknown_sizes(dets, ann, images)
-    n = len(dets)
+    _check_images(req.images, dets.file_names, req.run.on_error)
+    _fill_unknown_sizes(dets, ann, req.images)
+    _warn_if_incomplete(req.labelspace, len(dets))
+    return dets, ann
+
+
+def _warn_if_incomplete(labelspace: LabelSpace, n: int) -> None:
+    """A warning when a known dataset's split has another number of images than it should."""
     expected = KNOWN_SPLIT_SIZES.get(labelspace.name)
     if expected and n not in expected:
         log.warning("%s has %d images; HICO-DET has %d (train) and %d (test): is the image list complete?",
                     labelspace.name, n, *expected)
 
-    device = resolve_device(run.device)
-    job = ShardJob(store=str(cstore.wip_path(out)), images_root=str(images), teacher=teacher, run=run,
-                   model_configs=tuple(str(Path(p).absolute()) for p in model_configs))
-    t = teacher_for(job)  # loaded once per process: the local shards reuse it
-    teacher_attrs = _teacher_attrs(teacher, t, labelspace, device)
+
+def _shard_job(req: _Request) -> ShardJob:
+    return ShardJob(store=str(cstore.wip_path(req.out)), images_root=str(req.images), teacher=req.teacher,
+                    run=req.run, model_configs=tuple(str(Path(p).absolute()) for p in req.model_configs))
+
+
+def _plan(req: _Request, t: Teacher, device, dets: Detections, ann: Annotations | None) -> _Plan:
+    """Clean detections, pairs, shard layout and identity of the store this run makes."""
+    teacher_attrs = _teacher_attrs(req.teacher, t, req.labelspace, device)
     clean = _clean_detections(dets)
-    pairs = _pairs_of(clean, labelspace, pair_rule)
-    dataset_attrs = _dataset_attrs(labelspace, dets, detections, annotations)
+    pairs = _pairs_of(clean, req.labelspace, req.pair_rule)
+    dataset_attrs = _dataset_attrs(req.labelspace, dets, req.detections, req.annotations)
+    run = req.run
     lay = plan(np.diff(pairs.offsets), run.images_per_shard, run.image_chunk, run.pair_chunk)
     emb_dim = int(t.model.visual.proj.shape[1])
-    layout = {**lay.as_attrs(), "num_classes": labelspace.num_classes, "embed_dim": emb_dim,
+    layout = {**lay.as_attrs(), "num_classes": req.labelspace.num_classes, "embed_dim": emb_dim,
               "grid": list(t.grid), "num_detections": int(len(clean.box)),
               "num_gt": int(ann.num_pairs) if ann is not None else 0}
-    identity = {"teacher": teacher_attrs, "pair_rule": pair_rule.as_dict(), "dataset": dataset_attrs}
-    levels = S.LEVEL_CHOICES[run.levels]
-    if run.overwrite:  # only now that the model loaded and the inputs checked out
-        cstore.remove(out)
+    identity = {"teacher": teacher_attrs, "pair_rule": req.pair_rule.as_dict(), "dataset": dataset_attrs}
+    return _Plan(clean, pairs, lay, layout, identity, S.LEVEL_CHOICES[run.levels])
 
-    if out.exists():
-        existing = cstore.TeacherCache(out)
-        existing.check_matches(**identity)
-        existing.check_levels(levels)  # a store holding more levels serves a run asking for fewer
-        if existing.complete:
-            log.info("%s is already complete (same teacher, pair rule and dataset); nothing to do", out)
-            return out
-    if cstore.wip_path(out).exists():
-        cache = cstore.TeacherCache(cstore.wip_path(out), mode="r+")
-        cache.check_matches(**identity)
-        cache.check_levels(levels)
-        if cache.layout != json_form(layout):
-            raise cstore.CacheError(f"{cache.path}: made with other shard settings "
-                                    "(--images-per-shard, chunks); rerun with those, or --overwrite")
-        log.info("resuming %s (levels %s): %d of %d shards done", cache.path, ", ".join(cache.levels),
-                 int(cache.shards_done().sum()), cache.num_shards)
-    else:
-        cache = cstore.create(out, layout=layout, levels=levels, **identity)
-    if not cache.attrs["prepared"]:
-        text = text_embeddings(t, labelspace.prompts, teacher.templates, device=device)
-        cache.write_prepared(_prepared_arrays(labelspace, dets, ann, text, clean, pairs, lay))
-        log.info("prepared %s: %d images, %d detections (%d clipped, %d zero-area dropped), %d pairs in %d shards",
-                 cache.path, n, len(clean.box), clean.clipped, clean.dropped, layout["num_pairs"], lay.num_shards)
 
+def _complete_store_at(out: Path, p: _Plan) -> bool:
+    """True when ``out`` is a finished store of this plan; a store made otherwise is refused."""
+    if not out.exists():
+        return False
+    existing = cstore.TeacherCache(out)
+    existing.check_matches(**p.identity)
+    existing.check_levels(p.levels)  # a store holding more levels serves a run asking for fewer
+    if not existing.complete:
+        return False
+    log.info("%s is already complete (same teacher, pair rule and dataset); nothing to do", out)
+    return True
+
+
+def _create_or_resume(out: Path, p: _Plan) -> cstore.TeacherCache:
+    """The ``.wip`` store of ``out``: the one left by an earlier run of this plan, or a new one."""
+    wip = cstore.wip_path(out)
+    if not wip.exists():
+        return cstore.create(out, layout=p.layout, levels=p.levels, **p.identity)
+    cache = cstore.TeacherCache(wip, mode="r+")
+    cache.check_matches(**p.identity)
+    cache.check_levels(p.levels)
+    if cache.layout != json_form(p.layout):
+        raise cstore.CacheError(f"{cache.path}: made with other shard settings "
+                                "(--images-per-shard, chunks); rerun with those, or --overwrite")
+    log.info("resuming %s (levels %s): %d of %d shards done", cache.path, ", ".join(cache.levels),
+             int(cache.shards_done().sum()), cache.num_shards)
+    return cache
+
+
+def _prepare(cache: cstore.TeacherCache, req: _Request, t: Teacher, device, dets: Detections, ann: Annotations | None,
+             p: _Plan) -> None:
+    """Write the prepare-time arrays (the coordinator alone: shards only read them)."""
+    ls = req.labelspace
+    text = text_embeddings(t, ls.prompts, req.teacher.templates, device=device)
+    cache.write_prepared(_prepared_arrays(ls, dets, ann, text, p.clean, p.pairs, p.lay))
+    log.info("prepared %s: %d images, %d detections (%d clipped, %d zero-area dropped), %d pairs in %d shards",
+             cache.path, len(dets), len(p.clean.box), p.clean.clipped, p.clean.dropped, p.layout["num_pairs"],
+             p.lay.num_shards)
+
+
+def _run_remaining_shards(cache: cstore.TeacherCache, job: ShardJob, lay: Layout, run: RunOptions, device,
+                          t0: float) -> dict:
+    """Run every shard not yet done; returns the run's summary, stored as ``last_run``."""
     todo = [k for k in range(lay.num_shards) if not cache.shards_done()[k]]
     t_shards = time.perf_counter()
     stats = _run_shards(job, todo, run, cache, lay)
@@ -240,9 +317,16 @@ def _build(out: Path, images: Path, detections, labelspace: LabelSpace, annotati
     if not run.scheduler:  # (a cluster's workers decide for themselves)
         summary.update(zip(("decode", "writer"), helper_modes(run, device)))
     cache.set_attr("last_run", summary)
+    return summary
+
+
+def _finish(cache: cstore.TeacherCache, summary: dict, names: list[str], images: Path) -> Path:
+    """Record the skipped images, finalise the store (unless every image was skipped) and
+    report. Returns the final store path."""
     status = cache.read("images/status")
-    skipped = [dets.file_names[i] for i in np.flatnonzero(status == S.STATUS_SKIPPED)]
+    skipped = [names[i] for i in np.flatnonzero(status == S.STATUS_SKIPPED)]
     cache.set_attr("skipped_images", skipped)
+    n = len(names)
     if len(skipped) == n:  # an empty store marked complete would train on nothing
         raise cstore.CacheError(f"none of the {n} images under {images} could be read (e.g. {skipped[0]}); "
                                 f"{cache.path} is left unfinished; fix --images and rerun with --overwrite")
