@@ -181,7 +181,7 @@ def _detect_batch(det, clip, scorer: _Scorer, rule, ls, names, positions, decode
     """Prediction rows of one batch of images (``positions`` into ``names``, ``decoded`` their
     uint8 [H, W, 3] pixels or the message of a failure): detect, pair, encode, score."""
     from hoidata.pairs import make_pairs
-    from pipeline.detect_stage import DetectStageError, detect_images
+    from pipeline.detect_stage import DetectStageError, concat_detections, detect_images
 
     t0 = time.perf_counter()
     ok, arrays = [], []
@@ -194,13 +194,9 @@ def _detect_batch(det, clip, scorer: _Scorer, rule, ls, names, positions, decode
             continue
         ok.append(i)
         arrays.append(got)
-    found = detect_images(det, arrays, opts, device, precision)
-    counts = np.array([len(s) for _, s, _ in found], np.int64)
-    offsets = ragged.offsets(counts)
-    box = np.concatenate([b for b, _, _ in found]).reshape(-1, 4).astype(np.float32) if found else \
-        np.zeros((0, 4), np.float32)
-    score = np.concatenate([s for _, s, _ in found]).astype(np.float32) if found else np.zeros(0, np.float32)
-    label = np.concatenate([lab for _, _, lab in found]).astype(np.int64) if found else np.zeros(0, np.int64)
+    found = concat_detections(detect_images(det, arrays, opts, device, precision))
+    offsets = ragged.offsets(found.counts)
+    box, score, label = found.boxes, found.scores, found.labels
     human, obj, pair_offsets = make_pairs(score, label, offsets, ls.human, rule)
     t1 = time.perf_counter()
     _, _, dense = clip(arrays)

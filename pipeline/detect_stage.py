@@ -29,6 +29,7 @@ from contextlib import nullcontext
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -177,6 +178,27 @@ def detect_images(det: LoadedDetector, arrays: list[np.ndarray], opts: DetectOpt
                          opts.score_threshold, opts.nms_iou, opts.max_per_image) for a, out in zip(arrays, outputs)]
 
 
+class DetectionBlock(NamedTuple):
+    """The detections of n images, one image's after another's, in image order."""
+
+    counts: np.ndarray   # int64 [n] detections of each image
+    boxes: np.ndarray    # float32 [d, 4] coord
+    scores: np.ndarray   # float32 [d]
+    labels: np.ndarray   # int64 [d] objects of the label space
+
+
+def concat_detections(per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> DetectionBlock:
+    """One block of the per-image (boxes, scores, labels) of :func:`detect_images`; empty
+    arrays for no image (``np.concatenate`` refuses an empty list)."""
+    if not per_image:
+        return DetectionBlock(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                              np.zeros(0, np.int64))
+    return DetectionBlock(counts=np.array([len(s) for _, s, _ in per_image], np.int64),
+                          boxes=np.concatenate([b for b, _, _ in per_image]).reshape(-1, 4).astype(np.float32),
+                          scores=np.concatenate([s for _, s, _ in per_image]).astype(np.float32),
+                          labels=np.concatenate([lab for _, _, lab in per_image]).astype(np.int64))
+
+
 def detect_chunk(det: LoadedDetector, root: Path, names: list[str], expected: np.ndarray, opts: DetectOptions,
                  device: torch.device, precision: str, bar=None) -> dict[str, np.ndarray]:
     """Detections of ``names`` as one chunk's arrays: sizes int64 [n, 2], counts int64 [n],
@@ -200,10 +222,7 @@ def detect_chunk(det: LoadedDetector, root: Path, names: list[str], expected: np
             per_image[pos] = found
         if bar is not None:
             bar.update(len(positions))
-    return {"sizes": sizes, "counts": np.array([len(s) for _, s, _ in per_image], np.int64),
-            "boxes": np.concatenate([b for b, _, _ in per_image]).reshape(-1, 4).astype(np.float32),
-            "scores": np.concatenate([s for _, s, _ in per_image]).astype(np.float32),
-            "labels": np.concatenate([lab for _, _, lab in per_image]).astype(np.int64), "skipped": skipped}
+    return {"sizes": sizes, **concat_detections(per_image)._asdict(), "skipped": skipped}
 
 
 def _save_chunk(path: Path, arrays: dict) -> None:
