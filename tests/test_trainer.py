@@ -572,13 +572,14 @@ def test_resume_after_an_interrupted_first_save_says_to_start_again(caches, tmp_
         train(caches["train"], tmp_path / "other", resume=True)
 
 
+@pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("grid, out", [((8, 8), 3), ((6, 10), 2)])
-def test_roi_align_as_a_matrix_product_equals_torchvision(grid, out):
+def test_roi_align_as_a_matrix_product_equals_torchvision(grid, out, sparse):
     """Values and gradients, for boxes inside, across and outside the map, degenerate ones,
-    and images without boxes."""
-    from torchvision.ops import roi_align
+    and images without boxes; the sparse (CPU) and dense (CUDA) products alike."""
+    from torchvision.ops import roi_align as reference
 
-    from trainer.roi import roi_align_bmm
+    from trainer.roi import roi_align, roi_pool
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 5, *grid, dtype=torch.float64, generator=g, requires_grad=True)
@@ -588,13 +589,18 @@ def test_roi_align_as_a_matrix_product_equals_torchvision(grid, out):
     boxes = torch.cat([lo, lo + torch.rand(k, 2, generator=g, dtype=torch.float64) * 7], 1)
     boxes[:4] = torch.tensor([[0.0, 0, grid[1], grid[0]], [3, 3, 3, 3], [-4, -4, -1.5, -1.2], [2, 1, 2.2, 9]])
     rois = torch.cat([image[:, None], boxes], 1)
-    ref = roi_align(x, rois, out, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    ours = roi_align_bmm(x, rois, out, sampling=2)
+    ref = reference(x, rois, out, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    ours = roi_align(x, rois, out, sampling=2, sparse=sparse)
     assert torch.allclose(ours, ref, atol=1e-12)
     up = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     (g_ref,), (g_ours,) = torch.autograd.grad(ref, x, up), torch.autograd.grad(ours, x, up)
     assert torch.allclose(g_ours, g_ref, atol=1e-12)
-    assert roi_align_bmm(x, rois[:0], out).shape == (0, 5, out, out)
+    assert roi_align(x, rois[:0], out, sparse=sparse).shape == (0, 5, out, out)
+    # coverage: what a map of ones pools to (1 inside the map, less where samples fall outside)
+    _, coverage = roi_pool(torch.ones(7, *grid, 1, dtype=torch.float64), rois, out, sparse=sparse)
+    ones = reference(torch.ones(7, 1, *grid, dtype=torch.float64), rois, out, 1.0, 2, aligned=True)
+    assert torch.allclose(coverage, ones.flatten(1), atol=1e-12)
+    assert coverage[0].eq(1).all() and coverage[2].eq(0).all()
 
 
 def test_global_only_caches_serve_students_and_refuse_what_needs_union_scores(caches, reference, tmp_path):
@@ -631,3 +637,25 @@ def test_a_second_training_run_on_the_same_folder_is_refused_naming_the_holder(c
     train(caches["train"], tmp_path / "run", BASE.replace(epochs=1))  # free again
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and not (tmp_path / "run.lock").exists()
+
+
+@pytest.mark.parametrize("context", ["conv", "depthwise", "none"])
+def test_adapted_map_pools_what_the_whole_map_pools(context):
+    """The student pools each term of the adapted map and mixes the pooled rows; the result
+    is the map ``x + context(gelu(x))`` itself, pooled by the mean and by RoI-align."""
+    from torchvision.ops import roi_align as reference
+
+    from trainer.model import DenseAdapter
+
+    torch.manual_seed(0)
+    adapter = DenseAdapter(6, 8, context).double()
+    dense = torch.randn(3, 5, 7, 6, dtype=torch.float64)
+    x = adapter.proj(adapter.norm(dense)).permute(0, 3, 1, 2)         # the map as first defined, [B, F, H, W]
+    whole = x if adapter.context is None else x + adapter.context(torch.nn.functional.gelu(x))
+    rois = torch.tensor([[0, 0.0, 0, 7, 5], [2, -2, 1, 3, 9], [1, 2.5, 1.5, 4, 3], [2, -5, -5, -2, -2]],
+                        dtype=torch.float64)
+    got = adapter(dense)
+    assert torch.allclose(got.full().permute(0, 3, 1, 2), whole, atol=1e-12)
+    assert torch.allclose(got.mean(), whole.mean((2, 3)), atol=1e-12)
+    want = reference(whole, rois, 3, spatial_scale=1.0, sampling_ratio=2, aligned=True)   # [K, F, 3, 3]
+    assert torch.allclose(got.pool(rois, 3, 2).transpose(1, 2), want.flatten(2), atol=1e-12)

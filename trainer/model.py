@@ -2,7 +2,7 @@
 
 ::
 
-    dense [B, H, W, D] --DenseAdapter--> x [B, F, H, W]
+    dense [B, H, W, D] --DenseAdapter--> map [B, H, W, F]
         global:        mean over the grid            -> head -> embedding [B, D]
         human-object:  RoI(human), RoI(object), layout -> head -> embedding [P, D]
         union:         RoI(union)                    -> head -> embedding [P, D]
@@ -14,6 +14,11 @@ object boxes the MIL loss trains) and the union level (union boxes). Losses of o
 then cannot bend the features of the other (with one shared adapter, the global losses cost
 the union branch several mAP on the bundled benchmark).
 
+The adapted map is ``x + mix(context)``, and every branch reads it through linear pooling
+only (the mean over the grid, RoI-align), so :class:`AdaptedMap` pools the two terms and
+applies the pointwise ``mix`` to the pooled rows: the same function, without mixing all
+B x H x W cells (that product was most of a training step's cost on the CPU).
+
 Every embedding is scored by cosine against the cached HOI text embeddings [C, D] times a
 learned logit scale per branch, so a class never seen in training is scored like any other.
 Branches that are switched off are not built: they contribute nothing, not even weights.
@@ -22,6 +27,7 @@ Branches that are switched off are not built: they contribute nothing, not even 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +35,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import Batch
-from .roi import roi_align_bmm
+from .roi import roi_pool
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial value
@@ -40,10 +46,44 @@ BOXES = {"ho": (0, 1), "union": (2,), "fused": (0, 1, 2)}
 BOX_LEVEL = {0: "global", 1: "global", 2: "union"}
 
 
+class AdaptedMap(NamedTuple):
+    """The adapted map ``base + mix(context)`` (each [B, H, W, F], channels-last), kept as
+    its two terms: ``mix`` is a pointwise affine map (a 1 x 1 convolution) or None (identity),
+    ``context`` None where there is none. Linear pooling commutes with ``mix``, so each term
+    is pooled first and ``mix`` applied to the few pooled rows."""
+
+    base: torch.Tensor
+    context: torch.Tensor | None
+    mix: nn.Conv2d | None
+
+    def _mixed(self, pooled: torch.Tensor, coverage: torch.Tensor | float) -> torch.Tensor:
+        """mix of pooled context rows [..., F]: its bias enters with the pooling weights' total."""
+        if self.mix is None:
+            return pooled
+        return F.linear(pooled, self.mix.weight[:, :, 0, 0]) + coverage * self.mix.bias
+
+    def mean(self) -> torch.Tensor:
+        """[B, F]: the map's mean over the grid."""
+        out = self.base.mean((1, 2))
+        return out if self.context is None else out + self._mixed(self.context.mean((1, 2)), 1.0)
+
+    def pool(self, rois: torch.Tensor, out: int, sampling: int) -> torch.Tensor:
+        """[K, out * out, F]: RoI-align of the map at rois [K, 5] (see :func:`trainer.roi.roi_pool`)."""
+        pooled, coverage = roi_pool(self.base, rois, out, sampling)
+        if self.context is None:
+            return pooled
+        ctx, _ = roi_pool(self.context, rois, out, sampling)
+        return pooled + self._mixed(ctx, coverage[..., None])
+
+    def full(self) -> torch.Tensor:
+        """[B, H, W, F]: the whole map (for checks; the branches never need it)."""
+        return self.base if self.context is None else self.base + self._mixed(self.context, 1.0)
+
+
 class DenseAdapter(nn.Module):
-    """[B, H, W, D] cached tokens -> [B, F, H, W] features: per-token norm and projection,
-    then (``context``) a residual 3 x 3 convolution so that each cell sees its neighbours,
-    full ('conv') or depthwise then pointwise ('depthwise'), or none ('none')."""
+    """[B, H, W, D] cached tokens -> :class:`AdaptedMap` [B, H, W, F]: per-token norm and
+    projection, then (``context``) a residual 3 x 3 convolution so that each cell sees its
+    neighbours, full ('conv') or depthwise then pointwise ('depthwise'), or none ('none')."""
 
     def __init__(self, embed_dim: int, hidden: int, context: str = "conv"):
         super().__init__()
@@ -57,26 +97,31 @@ class DenseAdapter(nn.Module):
         else:
             self.context = None
 
-    def forward(self, dense: torch.Tensor) -> torch.Tensor:
-        x = self.proj(self.norm(dense)).permute(0, 3, 1, 2)
-        return x if self.context is None else x + self.context(F.gelu(x))
+    def forward(self, dense: torch.Tensor) -> AdaptedMap:
+        x = self.proj(self.norm(dense))                    # [B, H, W, F]
+        if self.context is None:
+            return AdaptedMap(x, None, None)
+        spatial, mix = (self.context, None) if isinstance(self.context, nn.Conv2d) else self.context
+        ctx = spatial(F.gelu(x).permute(0, 3, 1, 2))      # [B, F, H, W], channels-last in memory
+        return AdaptedMap(x, ctx.permute(0, 2, 3, 1), mix)
 
 
 class RoIFeatures(nn.Module):
-    """RoI-align boxes [K, 5] (image index, x1, y1, x2, y2 in grid cells) on x [B, F, H, W]
-    into [K, F] features (roi_size x roi_size samples, flattened, projected)."""
+    """RoI-align boxes [K, 5] (image index, x1, y1, x2, y2 in grid cells) on an
+    :class:`AdaptedMap` into [K, F] features (roi_size x roi_size samples, flattened
+    channel-major, projected)."""
 
     def __init__(self, hidden: int, roi_size: int):
         super().__init__()
         self.roi_size = roi_size
         self.proj = nn.Linear(hidden * roi_size * roi_size, hidden)
 
-    def forward(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: AdaptedMap, rois: torch.Tensor) -> torch.Tensor:
         # aligned=True: a box [0, W] covers exactly the W cells; a fixed sampling ratio keeps
         # the cost independent of box size and the result deterministic. torchvision's
         # roi_align, computed as a matrix product (trainer.roi: same values, faster backward).
-        pooled = roi_align_bmm(x, rois, self.roi_size, sampling=2)
-        return F.gelu(self.proj(pooled.flatten(1)))
+        pooled = x.pool(rois, self.roi_size, sampling=2)  # [K, bins, F]
+        return F.gelu(self.proj(pooled.transpose(1, 2).flatten(1)))
 
 
 def spatial_features(boxes: torch.Tensor) -> torch.Tensor:
@@ -141,7 +186,7 @@ class Student(nn.Module):
         out = {}
         if "global" in self.heads:
             x = maps[self.feature_key("global")]
-            out["global"] = self.score("global", self.heads["global"](x.mean((2, 3))))
+            out["global"] = self.score("global", self.heads["global"](x.mean()))
         pair = self.config.pair_branches
         if batch.num_pairs == 0:
             return {**out, **{k: self.text.new_zeros(0, self.text.shape[0]) for k in pair}}

@@ -1,16 +1,23 @@
-"""RoI-align as one batched matrix product: the same numbers as torchvision's ``roi_align``
+"""RoI-align as a matrix product: the same numbers as torchvision's ``roi_align``
 (``aligned=True``, a fixed sampling ratio), a fraction of its cost on the CPU.
 
 torchvision's CPU ``roi_align`` backward scatters every sample's gradient in a scalar loop;
 on the student's small maps (8 x 8 to 24 x 24 cells) that loop was a third of a training
 step. Each output bin of ``roi_align`` is a fixed weighted sum of map cells: the mean of its
 samples' bilinear weights, which factor into a weight over rows times a weight over
-columns. So a box's pooled features are ``weights [bins, H*W] @ map [H*W, F]``, and every
-box of an image shares that image's map: one ``bmm`` over images (boxes padded to the
-image with most boxes) does the forward, and its backward is two more ``bmm``s.
+columns. So the pooled features of every box are ``weights [K * bins, B * H * W] @ map
+[B * H * W, F]`` for a map in channels-last layout, and the backward is one more product,
+with the transpose.
+
+A bin touches a handful of cells (about 6 to 16 of the map's H * W), so on the CPU the
+weights are a sparse CSR matrix: the product costs what the nonzero weights cost, whatever
+the number of boxes per image. Elsewhere (CUDA) a dense batched product over images (boxes
+padded to the image with most boxes) is the faster kernel.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -46,21 +53,57 @@ def roi_weights(rois: torch.Tensor, height: int, width: int, out: int, sampling:
     return (wy[:, :, None, :, None] * wx[:, None, :, None, :]).reshape(len(rois), out * out, height * width)
 
 
-def roi_align_bmm(x: torch.Tensor, rois: torch.Tensor, out: int, sampling: int = 2) -> torch.Tensor:
-    """float [K, F, out, out]: ``roi_align(x, rois, out, 1.0, sampling, aligned=True)`` for
-    x float [B, F, H, W] and rois float [K, 5] (image index, x1, y1, x2, y2 in cells)."""
-    B, F, H, W = x.shape
-    K = rois.shape[0]
-    if K == 0:
-        return x.new_zeros(0, F, out, out)
-    weights = roi_weights(rois.to(x.dtype), H, W, out, sampling)
-    image = rois[:, 0].long()
+def _pool_sparse(x: torch.Tensor, image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[K, bins, F] = weights of each box over its image's cells, applied to x [B, H*W, F]."""
+    B, HW, F = x.shape
+    K, bins, _ = weights.shape
+    k, b, cell = torch.nonzero(weights, as_tuple=True)  # row-major: CSR rows come sorted
+    rows = k * bins + b
+    crow = torch.zeros(K * bins + 1, dtype=torch.int64, device=x.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=K * bins), 0)
+    with warnings.catch_warnings():  # torch calls its CSR support beta; the product is all this needs of it
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        # the indices are valid by construction: torch's invariant checks would only cost time
+        matrix = torch.sparse_csr_tensor(crow, image[k] * HW + cell, weights[k, b, cell], (K * bins, B * HW),
+                                         check_invariants=False)
+    return torch.sparse.mm(matrix, x.reshape(B * HW, F)).view(K, bins, F)
+
+
+def _pool_dense(x: torch.Tensor, image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """As :func:`_pool_sparse`, as one dense ``bmm`` over images (boxes padded per image)."""
+    B, HW, F = x.shape
+    K, bins, _ = weights.shape
     counts = torch.bincount(image, minlength=B)
     order = torch.argsort(image, stable=True)
     slot = torch.empty_like(image)
     slot[order] = torch.arange(K, device=x.device) - (torch.cumsum(counts, 0) - counts)[image[order]]
-    padded = weights.new_zeros(B, int(counts.max()), out * out, H * W)
+    padded = weights.new_zeros(B, int(counts.max()), bins, HW)
     padded[image, slot] = weights
-    pooled = torch.bmm(padded.flatten(1, 2), x.flatten(2).transpose(1, 2))   # [B, slots * bins, F]
-    pooled = pooled.view(B, -1, out * out, F)[image, slot]                    # [K, bins, F]
-    return pooled.transpose(1, 2).reshape(K, F, out, out)
+    pooled = torch.bmm(padded.flatten(1, 2), x)                # [B, slots * bins, F]
+    return pooled.view(B, -1, bins, F)[image, slot]             # [K, bins, F]
+
+
+def roi_pool(x: torch.Tensor, rois: torch.Tensor, out: int, sampling: int = 2,
+             sparse: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoI-align of a channels-last map x float [B, H, W, F] at rois float [K, 5] (image
+    index, x1, y1, x2, y2 in cells). Returns (pooled float [K, out * out, F], bins row-major;
+    coverage float [K, out * out]: each bin's total weight, 1 where all its samples fall on the
+    map, less where some fall outside; what a constant map would pool to).
+
+    sparse: the CSR product (default on the CPU) or the dense batched one (default elsewhere)."""
+    B, H, W, F = x.shape
+    K = rois.shape[0]
+    if K == 0:
+        return x.new_zeros(0, out * out, F), x.new_zeros(0, out * out)
+    weights = roi_weights(rois.to(x.dtype), H, W, out, sampling)
+    image = rois[:, 0].long()
+    pool = _pool_sparse if (x.device.type == "cpu" if sparse is None else sparse) else _pool_dense
+    return pool(x.reshape(B, H * W, F), image, weights), weights.sum(2)
+
+
+def roi_align(x: torch.Tensor, rois: torch.Tensor, out: int, sampling: int = 2,
+              sparse: bool | None = None) -> torch.Tensor:
+    """float [K, F, out, out]: ``torchvision.ops.roi_align(x, rois, out, 1.0, sampling,
+    aligned=True)`` for x float [B, F, H, W] and rois float [K, 5]."""
+    pooled, _ = roi_pool(x.permute(0, 2, 3, 1), rois, out, sampling, sparse)
+    return pooled.transpose(1, 2).reshape(len(rois), x.shape[1], out, out)
