@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m hoi.bench
+	$(BIN)/python -m bench
 
 demo: $(STAMP)
 	$(BIN)/hoi demo --out $(OUT)

@@ -107,7 +107,7 @@ def test_same_predictions_as_json_load_on_random_files(tmp_path, monkeypatch, se
 
 
 def test_written_files_and_edge_layouts(tmp_path):
-    from hoi.bench import synthetic_hico_predictions
+    from bench.predictions import synthetic_hico_predictions
 
     _, pred = synthetic_hico_predictions(3000, seed=1)
     for name in ("p.json", "p.json.gz"):

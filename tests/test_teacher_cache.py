@@ -346,7 +346,7 @@ def test_a_dead_writer_process_is_reported_and_nothing_marked_done(tmp_path):
 def test_bench_teacher_compares_the_same_work_even_on_few_images():
     """Fewer images than the naive loop's sample used to crash; the baselines run first and
     must have encoded what the pipeline encodes (the bench asserts it)."""
-    from pipeline.bench import bench_teacher
+    from bench.teacher import bench_teacher
 
     lines = []
     res = bench_teacher(num_images=3, run={"workers": 0, "threads": 1}, echo=lines.append)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from bench.trainer import bench_trainer
 from cache.schema import STATUS_SKIPPED
 from cache.store import open_cache
 from cache.synthetic import make_synthetic_cache
@@ -19,7 +20,6 @@ from hoidata.errors import InputError
 from hoidata.predictions import read_predictions
 from trainer import engine
 from trainer.ablate import GRID, format_ablation
-from trainer.bench import bench_trainer
 from trainer.checkpoint import CheckpointError, load_weights
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import Block, CacheReader, TrainData, labelspace_of, object_class_mask, seen_classes, to_grid

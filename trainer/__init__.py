@@ -10,7 +10,7 @@ Modules (import what you use; this package imports nothing heavy by itself):
 - :mod:`trainer.checkpoint`: safetensors + JSON checkpoints, and the checks that refuse a wrong cache.
 - :mod:`trainer.predict`: predictions (student, teacher, random) and evaluation from the cache alone.
 - :mod:`trainer.ablate`: the paper's ablation grid as one table.
-- :mod:`trainer.bench`: what the cache buys, in pairs/s and ms per test image.
 
-Layering: imports ``cache`` and ``hoidata``, never ``pipeline`` or ``hoi``.
+Layering: imports ``cache`` and ``hoidata``, never ``pipeline`` or ``hoi``. What the cache
+buys, in pairs/s and ms per test image, is measured outside the package (``bench.trainer``).
 """

@@ -34,12 +34,11 @@ from cache.store import open_cache
 from cache.synthetic import make_synthetic_cache
 from hoicore.device import resolve_device
 from hoidata.labelspace import LabelSpace
-
-from .config import TrainConfig
-from .data import Block, TrainData, object_class_mask, resolve_crop_mode
-from .engine import autocast_for, build_model, make_optimizer, train_one_epoch
-from .losses import DistillationLoss
-from .model import pair_scores
+from trainer.config import TrainConfig
+from trainer.data import Block, TrainData, object_class_mask, resolve_crop_mode
+from trainer.engine import autocast_for, build_model, make_optimizer, train_one_epoch
+from trainer.losses import DistillationLoss
+from trainer.model import pair_scores
 
 # name: (input px, patch, layers, width)
 ENCODERS = {"vit-b-16": (224, 16, 12, 768), "small": (112, 16, 4, 256)}
