@@ -1,9 +1,10 @@
 """Settings declared once, as dataclass fields, and read from there by the command line.
 
-A field made with :func:`option` carries its help, choices and lower bound;
+A field made with :func:`option` carries its help, choices and bounds;
 :func:`check_fields` enforces them on a dataclass instance and :func:`click_options`
 turns the dataclass into click options, one per field, so a setting's name, help and
-default are written in one place (``pipeline.options.RunOptions``, ``trainer.config.TrainConfig``).
+default are written in one place (``pipeline.options.RunOptions``, ``trainer.config.TrainConfig``,
+``pipeline.detect_options.DetectOptions``).
 
 Two default semantics, chosen per command:
 - ``given_only=False``: each option defaults to the field's default (shown in the help),
@@ -21,37 +22,52 @@ import click
 
 
 def option(default, help: str, choices: tuple | None = None, *, minimum: int | float | None = None,
-           runtime: bool = False, metavar: str | None = None):
-    """A dataclass field with its command-line declaration. ``runtime``: how to run, not
-    what is computed (free to differ on resume)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "min": minimum, "runtime": runtime,
-                                            "metavar": metavar})
+           maximum: int | float | None = None, min_open: bool = False, runtime: bool = False,
+           metavar: str | None = None):
+    """A dataclass field with its command-line declaration. ``minimum`` and ``maximum``:
+    inclusive bounds, but ``min_open`` excludes the minimum itself. ``runtime``: how to run,
+    not what is computed (free to differ on resume)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "min": minimum, "max": maximum,
+                                            "min_open": min_open, "runtime": runtime, "metavar": metavar})
 
 
 def check_fields(obj, error: type[Exception]) -> None:
-    """Raise ``error`` naming the first field outside its choices or below its minimum."""
+    """Raise ``error`` naming the first field outside its choices or its bounds."""
     for f in fields(obj):
-        allowed, minimum, value = f.metadata.get("choices"), f.metadata.get("min"), getattr(obj, f.name)
+        allowed, value = f.metadata.get("choices"), getattr(obj, f.name)
+        minimum, maximum = f.metadata.get("min"), f.metadata.get("max")
         if allowed and value not in allowed:
             raise error(f"{f.name} must be one of {', '.join(allowed)}, not {value!r}")
+        if minimum is not None and f.metadata.get("min_open") and value <= minimum:
+            raise error(f"{f.name} must be above {minimum}, not {value!r}")
         if minimum is not None and value < minimum:
             raise error(f"{f.name} must be at least {minimum}, not {value!r}")
+        if maximum is not None and value > maximum:
+            raise error(f"{f.name} must be at most {maximum}, not {value!r}")
 
 
 def _click_type(f, kind: type):
     if f.metadata.get("choices"):
         return click.Choice(f.metadata["choices"])
-    minimum = f.metadata.get("min")
-    if minimum is not None:
-        return click.IntRange(min=minimum) if kind is int else click.FloatRange(min=minimum)
+    minimum, maximum = f.metadata.get("min"), f.metadata.get("max")
+    if minimum is not None or maximum is not None:
+        bounded = click.IntRange if kind is int else click.FloatRange
+        return bounded(min=minimum, max=maximum, min_open=f.metadata.get("min_open", False))
     return kind
 
 
-def click_options(cls, *, given_only: bool = False):
+def click_options(cls, *, given_only: bool = False, only: tuple[str, ...] | None = None,
+                  exclude: tuple[str, ...] = ()):
     """A decorator adding one click option per field of the dataclass ``cls``, in declaration
-    order: ``--name/--no-name`` for bools, typed (choices, lower bounds) for the rest."""
+    order: ``--name/--no-name`` for bools, typed (choices, bounds) for the rest. ``only`` /
+    ``exclude``: field names, for a command that takes some of the fields (the others then
+    keep their defaults, or the command declares them its own way)."""
+    unknown = (set(only or ()) | set(exclude)) - {f.name for f in fields(cls)}
+    assert not unknown, f"{cls.__name__} has no field {', '.join(sorted(unknown))}"
+    chosen = [f for f in fields(cls) if (only is None or f.name in only) and f.name not in exclude]
+
     def decorate(command):
-        for f in reversed(fields(cls)):
+        for f in reversed(chosen):
             assert f.default is not MISSING, f"{cls.__name__}.{f.name} needs a default to be an option"
             flag, help_text = f.name.replace("_", "-"), f.metadata["help"]
             kind = type(f.default) if f.default is not None else str
