@@ -1,6 +1,6 @@
 """How ``hoi detections run`` runs (:class:`DetectOptions`), declared once for the CLI and the stage.
 
-Kept apart from :mod:`pipeline.detect_stage` so that the command line reads its defaults
+Kept apart from :mod:`pipeline.detect_stage` so that the command line reads its fields
 without importing torch (``hoi --help`` stays instant).
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hoicore.options import check_fields, option
 from hoidata.errors import InputError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -15,28 +16,25 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 @dataclass(frozen=True)
 class DetectOptions:
-    """How to run the detector. Everything but ``workers``, ``overwrite`` and ``progress`` is
-    part of the run's identity (compared on resume)."""
+    """How to run the detector. Each field's help, choices and bounds are the command line's
+    (``hoi detections run`` and ``hoi detect`` build their detector options from this table).
+    The fields not marked ``runtime`` are the run's identity (compared on resume; device and
+    precision as resolved, ``cuda`` or ``cpu`` and the dtype)."""
 
-    score_threshold: float = 0.05   # drop detections scoring below this
-    nms_iou: float = 0.5            # class-wise NMS on top of the model's own; >= 1: none
-    max_per_image: int = 100        # the best this many per image
-    batch_size: int = 8             # images per model call
-    chunk_size: int = 256           # images per saved chunk (the unit of resuming)
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
-    precision: str = "auto"         # auto (fp16 on CUDA, fp32 on the CPU) | fp32 | fp16 | bf16
-    on_error: str = "fail"          # an unreadable image stops the run, or is recorded as skipped
-    workers: int = 2                # decoding threads
-    overwrite: bool = False         # start afresh instead of resuming or reusing
-    progress: bool = True
+    score_threshold: float = option(0.05, "Drop detections scoring below this.", minimum=0, maximum=1)
+    nms_iou: float = option(0.5, "Class-wise NMS at this IoU, on top of the model's own (1: none).",
+                            minimum=0, min_open=True, maximum=1)
+    max_per_image: int = option(100, "Keep the best this many detections per image.", minimum=1)
+    batch_size: int = option(8, "Images per model call.", minimum=1)
+    chunk_size: int = option(256, "Images per saved chunk in OUTPUT.wip/ (the unit of resuming).", minimum=1)
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    precision: str = option("auto", "Detector autocast dtype on CUDA (auto: fp16, whose boxes are finer than "
+                                    "bf16's); fp32 on the CPU.", PRECISIONS)
+    on_error: str = option("fail", "An unreadable image stops the run (fail) or is recorded as skipped (skip).",
+                           ("fail", "skip"))
+    workers: int = option(2, "Image decoding threads.", minimum=0, runtime=True)
+    overwrite: bool = option(False, "Start afresh: replace OUTPUT and drop OUTPUT.wip.", runtime=True)
+    progress: bool = option(True, "Show a progress bar.", runtime=True)
 
     def __post_init__(self):
-        if self.on_error not in ("fail", "skip"):
-            raise InputError(f"on_error must be fail or skip, not {self.on_error!r}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        for name in ("max_per_image", "batch_size", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.nms_iou <= 0:
-            raise InputError(f"nms_iou must be above 0 (1 turns our NMS off), not {self.nms_iou}")
+        check_fields(self, InputError)

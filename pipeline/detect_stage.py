@@ -26,7 +26,7 @@ import shutil
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
@@ -124,7 +124,8 @@ def _names_sha256(names: list[str], sizes: np.ndarray) -> str:
 def run_settings(det: LoadedDetector, labelspace: LabelSpace, root: Path, names: list[str], sizes: np.ndarray,
                  opts: DetectOptions, device: torch.device, precision: str) -> dict:
     """What decides the output (JSON-ready): compared with a ``.wip`` or an existing file on reuse."""
-    keep = ("score_threshold", "nms_iou", "max_per_image", "batch_size", "chunk_size", "on_error")
+    # the options not marked runtime; device and precision as resolved (after the others)
+    keep = {f.name for f in fields(opts) if not f.metadata["runtime"]} - {"device", "precision"}
     return {"schema": WIP_SCHEMA, "detector": det.name, "weights_sha256": det.weights_sha256,
             "detector_config": det.config, "labelspace_fingerprint": labelspace.fingerprint,
             "images": str(root.absolute()), "num_images": len(names), "images_sha256": _names_sha256(names, sizes),
