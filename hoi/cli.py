@@ -162,6 +162,7 @@ from hoi.cli_train import scoring_options  # noqa: E402
 @click.option("--draw", type=click.Path(file_okay=False), default=None,
               help="Also draw the top detections of the first --draw-count images into this folder.")
 @click.option("--draw-count", type=click.IntRange(min=1), default=20, help="Images drawn with --draw.")
+# not DetectOptions.batch_size: one batch size for the detector, CLIP and the student, with its own default
 @click.option("--batch-size", type=click.IntRange(min=1), default=32,
               help="Images per batch through detector, CLIP and student (memory stays flat).")
 @scoring_options

@@ -12,9 +12,8 @@ import json
 import click
 
 from hoi.errors import HoiGroup
-from pipeline.detect_options import PRECISIONS, DetectOptions
-
-_RUN = DetectOptions()  # the run's defaults are its dataclass's (declared once, there)
+from hoicore.options import click_options
+from pipeline.detect_options import DetectOptions
 
 
 @click.group(cls=HoiGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -103,28 +102,11 @@ def image_folder_options(f):
     return f
 
 
-def detector_run_options(f):
-    """How a detector runs (DetectOptions but chunking and overwriting), declared once for
-    ``hoi detections run`` and ``hoi detect``."""
-    opts = [
-        click.option("--score-threshold", type=click.FloatRange(0, 1), default=_RUN.score_threshold,
-                     help="Drop detections scoring below this."),
-        click.option("--nms-iou", type=click.FloatRange(0, 1, min_open=True), default=_RUN.nms_iou,
-                     help="Class-wise NMS at this IoU, on top of the model's own (1: none)."),
-        click.option("--max-per-image", type=click.IntRange(min=1), default=_RUN.max_per_image,
-                     help="Keep the best this many detections per image."),
-        click.option("--device", default=_RUN.device, help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default=_RUN.precision,
-                     help="Detector autocast dtype on CUDA (auto: fp16, whose boxes are finer than bf16's); fp32 "
-                          "on the CPU."),
-        click.option("--on-error", type=click.Choice(["fail", "skip"]), default=_RUN.on_error,
-                     help="An unreadable image stops the run (fail) or is recorded as skipped (skip)."),
-        click.option("--workers", type=click.IntRange(min=0), default=_RUN.workers, help="Image decoding threads."),
-        click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+# One option per field of DetectOptions, declared once there. How a detector runs is shared by
+# ``hoi detections run`` and ``hoi detect``; batching, chunking and overwriting are the run's own
+# (``hoi detect`` batches the detector, CLIP and the student alike, and neither chunks nor resumes).
+_RUN_OWN = ("batch_size", "chunk_size", "overwrite")
+detector_run_options = click_options(DetectOptions, exclude=_RUN_OWN)
 
 
 @detections.command("run")
@@ -138,10 +120,7 @@ def detector_run_options(f):
 @click.option("--labelspace", default="hico_det", metavar="NAME|FILE",
               help="Label space whose objects the detector's classes map to (COCO ids through its COCO map).")
 @detector_run_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=_RUN.batch_size, help="Images per model call.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=_RUN.chunk_size,
-              help="Images per saved chunk in OUTPUT.wip/ (the unit of resuming).")
-@click.option("--overwrite", is_flag=True, help="Start afresh: replace OUTPUT and drop OUTPUT.wip.")
+@click_options(DetectOptions, only=_RUN_OWN)
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
               help="The detections file to write (.h5); OUTPUT.wip/ while in progress.")
 def run_cmd(images, images_list, model, weights, labelspace, output, **options):

@@ -3,6 +3,7 @@ attributes, resuming, bad images, weights lookup; tiny-fcos; box AP@0.5; detecto
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -18,6 +19,7 @@ from hoi.cli_detections import detections as cli
 from hoidata.annotations import Annotations
 from hoidata.box_ap import average_precision, box_ap, ground_truth_boxes
 from hoidata.detections import Detections, load_detections
+from hoidata.errors import InputError
 from pipeline.detect_options import DetectOptions
 from pipeline.detector import DetectorError, hub_weights_path, load_detector
 from pipeline.detector_train import Sample, TrainSettings, train_detector
@@ -137,6 +139,30 @@ def test_attributes_record_the_run_and_load_detections_reads_it(tmp_path, files,
     assert a["hoidata_version"] and a["skipped_images"] == []
     assert a["run_settings"]["weights_sha256"] == a["weights_sha256"]
     assert not stage.wip_path(tmp_path / "out.h5").exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"on_error": "ignore"}, "on_error must be one of fail, skip, not 'ignore'"),
+    ({"precision": "fp8"}, "precision must be one of auto, fp32, fp16, bf16, not 'fp8'"),
+    ({"max_per_image": 0}, "max_per_image must be at least 1, not 0"),
+    ({"chunk_size": 0}, "chunk_size must be at least 1, not 0"),
+    ({"nms_iou": 0.0}, "nms_iou must be above 0, not 0.0"),
+    ({"score_threshold": 1.5}, "score_threshold must be at most 1, not 1.5"),
+])
+def test_a_bad_option_is_refused_naming_it(bad, message):
+    with pytest.raises(InputError, match=f"^{message}$"):
+        DetectOptions(**bad)
+
+
+def test_the_cli_options_are_the_dataclass_fields(tmp_path, files):
+    """Each DetectOptions field is an option of ``hoi detections run``, its default the field's,
+    its bounds enforced by click before anything runs."""
+    params = {p.name: p for p in cli.commands["run"].params}
+    for f in dataclasses.fields(DetectOptions):
+        assert params[f.name].default == f.default and params[f.name].help == f.metadata["help"]
+    res = CliRunner().invoke(cli, ["run", "--images", str(files["good"]), "--model", "tiny-fcos", "--nms-iou", "0",
+                                   "-o", str(tmp_path / "never.h5")])
+    assert res.exit_code == 2 and "--nms-iou" in res.output and "0<x<=1" in res.output
 
 
 def test_tiny_fcos_real_forward_through_the_cli(tmp_path, files, tiny_ls):
