@@ -597,10 +597,20 @@ def test_roi_align_as_a_matrix_product_equals_torchvision(grid, out, sparse):
     assert torch.allclose(g_ours, g_ref, atol=1e-12)
     assert roi_align(x, rois[:0], out, sparse=sparse).shape == (0, 5, out, out)
     # coverage: what a map of ones pools to (1 inside the map, less where samples fall outside)
-    _, coverage = roi_pool(torch.ones(7, *grid, 1, dtype=torch.float64), rois, out, sparse=sparse)
+    _, coverage, _ = roi_pool(torch.ones(7, *grid, 1, dtype=torch.float64), rois, out, sparse=sparse)
     ones = reference(torch.ones(7, 1, *grid, dtype=torch.float64), rois, out, 1.0, 2, aligned=True)
     assert torch.allclose(coverage, ones.flatten(1), atol=1e-12)
     assert coverage[0].eq(1).all() and coverage[2].eq(0).all()
+    # each image's mean over the grid, rows of the same product: values and gradients
+    cl = x.permute(0, 2, 3, 1)
+    for some in (rois, rois[:0]):
+        pooled, _, mean = roi_pool(cl, some, out, sparse=sparse, with_mean=True)
+        assert torch.allclose(mean, x.mean((2, 3)), atol=1e-12)
+        up_p, up_m = torch.randn(pooled.shape, dtype=torch.float64), torch.randn(mean.shape, dtype=torch.float64)
+        (g_ours,) = torch.autograd.grad((pooled * up_p).sum() + (mean * up_m).sum(), x)
+        want = reference(x, some, out, 1.0, 2, aligned=True).flatten(2).transpose(1, 2)
+        (g_want,) = torch.autograd.grad((want * up_p).sum() + (x.mean((2, 3)) * up_m).sum(), x)
+        assert torch.allclose(g_ours, g_want, atol=1e-12)
 
 
 def test_global_only_caches_serve_students_and_refuse_what_needs_union_scores(caches, reference, tmp_path):
@@ -656,6 +666,8 @@ def test_adapted_map_pools_what_the_whole_map_pools(context):
                         dtype=torch.float64)
     got = adapter(dense)
     assert torch.allclose(got.full().permute(0, 3, 1, 2), whole, atol=1e-12)
-    assert torch.allclose(got.mean(), whole.mean((2, 3)), atol=1e-12)
+    pooled, mean = got.pool(rois, 3, 2, with_mean=True)
+    assert torch.allclose(mean, whole.mean((2, 3)), atol=1e-12)
     want = reference(whole, rois, 3, spatial_scale=1.0, sampling_ratio=2, aligned=True)   # [K, F, 3, 3]
-    assert torch.allclose(got.pool(rois, 3, 2).transpose(1, 2), want.flatten(2), atol=1e-12)
+    assert torch.allclose(pooled.transpose(1, 2), want.flatten(2), atol=1e-12)
+    assert got.pool(rois, 3, 2)[1] is None

@@ -40,6 +40,9 @@ from .roi import roi_pool
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial value
 SPATIAL_FEATURES = 17
+# RoI-align samples 2 x 2 points per bin (aligned=True: a box [0, W] covers exactly the W
+# cells): a fixed ratio keeps the cost independent of box size and the result deterministic.
+ROI_SAMPLING = 2
 # Box columns of Batch.grid_boxes (0 human, 1 object, 2 union) that each pair branch pools,
 # and the supervision level whose features each column is pooled from.
 BOXES = {"ho": (0, 1), "union": (2,), "fused": (0, 1, 2)}
@@ -62,18 +65,16 @@ class AdaptedMap(NamedTuple):
             return pooled
         return F.linear(pooled, self.mix.weight[:, :, 0, 0]) + coverage * self.mix.bias
 
-    def mean(self) -> torch.Tensor:
-        """[B, F]: the map's mean over the grid."""
-        out = self.base.mean((1, 2))
-        return out if self.context is None else out + self._mixed(self.context.mean((1, 2)), 1.0)
-
-    def pool(self, rois: torch.Tensor, out: int, sampling: int) -> torch.Tensor:
-        """[K, out * out, F]: RoI-align of the map at rois [K, 5] (see :func:`trainer.roi.roi_pool`)."""
-        pooled, coverage = roi_pool(self.base, rois, out, sampling)
+    def pool(self, rois: torch.Tensor, out: int, sampling: int,
+             with_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(RoI-align of the map at rois [K, 5]: [K, out * out, F]; with_mean: the map's mean
+        over the grid [B, F], else None). See :func:`trainer.roi.roi_pool`."""
+        pooled, coverage, mean = roi_pool(self.base, rois, out, sampling, with_mean=with_mean)
         if self.context is None:
-            return pooled
-        ctx, _ = roi_pool(self.context, rois, out, sampling)
-        return pooled + self._mixed(ctx, coverage[..., None])
+            return pooled, mean
+        ctx, _, ctx_mean = roi_pool(self.context, rois, out, sampling, with_mean=with_mean)
+        pooled = pooled + self._mixed(ctx, coverage[..., None])
+        return pooled, (mean + self._mixed(ctx_mean, 1.0) if with_mean else None)
 
     def full(self) -> torch.Tensor:
         """[B, H, W, F]: the whole map (for checks; the branches never need it)."""
@@ -97,8 +98,16 @@ class DenseAdapter(nn.Module):
         else:
             self.context = None
 
+    def tokens(self, dense: torch.Tensor) -> torch.Tensor:
+        """[B, H, W, F]: ``proj(norm(dense))``, with the norm's scale and shift folded into the
+        projection. The same function; but the cached tokens need no gradient, so the backward
+        skips the gradient of the norm's output (a product as large as the projection)."""
+        weight = self.proj.weight * self.norm.weight                       # [F, D]
+        bias = self.proj.bias + self.proj.weight @ self.norm.bias          # [F]
+        return F.linear(F.layer_norm(dense, dense.shape[-1:], eps=self.norm.eps), weight, bias)
+
     def forward(self, dense: torch.Tensor) -> AdaptedMap:
-        x = self.proj(self.norm(dense))                    # [B, H, W, F]
+        x = self.tokens(dense)                             # [B, H, W, F]
         if self.context is None:
             return AdaptedMap(x, None, None)
         spatial, mix = (self.context, None) if isinstance(self.context, nn.Conv2d) else self.context
@@ -107,21 +116,28 @@ class DenseAdapter(nn.Module):
 
 
 class RoIFeatures(nn.Module):
-    """RoI-align boxes [K, 5] (image index, x1, y1, x2, y2 in grid cells) on an
-    :class:`AdaptedMap` into [K, F] features (roi_size x roi_size samples, flattened
-    channel-major, projected)."""
+    """Boxes RoI-aligned on an :class:`AdaptedMap` (roi_size x roi_size samples) to [K, F]
+    features: the samples flattened channel-major and projected."""
 
     def __init__(self, hidden: int, roi_size: int):
         super().__init__()
         self.roi_size = roi_size
         self.proj = nn.Linear(hidden * roi_size * roi_size, hidden)
 
-    def forward(self, x: AdaptedMap, rois: torch.Tensor) -> torch.Tensor:
-        # aligned=True: a box [0, W] covers exactly the W cells; a fixed sampling ratio keeps
-        # the cost independent of box size and the result deterministic. torchvision's
-        # roi_align, computed as a matrix product (trainer.roi: same values, faster backward).
-        pooled = x.pool(rois, self.roi_size, sampling=2)  # [K, bins, F]
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """[K, F] features of RoI-aligned boxes pooled [K, roi_size * roi_size, F]."""
         return F.gelu(self.proj(pooled.transpose(1, 2).flatten(1)))
+
+
+def distinct_boxes(batch: Batch, cols: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rois float [K, 5]: image index and grid box of each distinct box of columns ``cols``
+    of ``batch.grid_boxes``; inverse int64 [P * len(cols)]: each pair's box (pair-major) among them).
+
+    A detection takes part in many pairs (every human with every object): each distinct box
+    of an image is pooled once and its features handed to every pair that has it."""
+    boxes = batch.grid_boxes[:, cols]  # [P, k, 4]
+    idx = batch.pair_image[:, None, None].expand(-1, len(cols), 1).to(boxes.dtype)
+    return torch.unique(torch.cat([idx, boxes], 2).reshape(-1, 5), dim=0, return_inverse=True)
 
 
 def spatial_features(boxes: torch.Tensor) -> torch.Tensor:
@@ -182,24 +198,23 @@ class Student(nn.Module):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Logits float32 per branch, over all classes (restricting them is the caller's
         choice): 'global' [B, C]; per pair [P, C]: 'ho' and 'union' (late fusion) or 'fused'."""
-        maps = {k: adapter(batch.dense) for k, adapter in self.adapters.items()}
+        P = batch.num_pairs
+        global_key = self.feature_key("global") if "global" in self.heads else None
+        roi, mean = {}, {}
+        for key, adapter in self.adapters.items():
+            cols = self.cols_of.get(key, []) if P else []
+            rois, inverse = distinct_boxes(batch, cols)
+            pooled, mean[key] = adapter(batch.dense).pool(rois, self.config.roi_size, ROI_SAMPLING,
+                                                          with_mean=key == global_key)
+            if cols:
+                feats = self.rois[key](pooled)[inverse].view(P, len(cols), -1)
+                roi.update({c: feats[:, j] for j, c in enumerate(cols)})
         out = {}
-        if "global" in self.heads:
-            x = maps[self.feature_key("global")]
-            out["global"] = self.score("global", self.heads["global"](x.mean()))
+        if global_key is not None:
+            out["global"] = self.score("global", self.heads["global"](mean[global_key]))
         pair = self.config.pair_branches
-        if batch.num_pairs == 0:
+        if P == 0:
             return {**out, **{k: self.text.new_zeros(0, self.text.shape[0]) for k in pair}}
-        roi = {}
-        for key, pool in self.rois.items():
-            cols = self.cols_of[key]
-            boxes = batch.grid_boxes[:, cols]  # [P, k, 4]
-            idx = batch.pair_image[:, None, None].expand(-1, len(cols), 1).to(boxes.dtype)
-            # A detection takes part in many pairs (every human with every object): pool each
-            # distinct box of an image once and hand its features to every pair that has it.
-            rois, inverse = torch.unique(torch.cat([idx, boxes], 2).reshape(-1, 5), dim=0, return_inverse=True)
-            feats = pool(maps[key], rois)[inverse].view(batch.num_pairs, len(cols), -1)
-            roi.update({c: feats[:, j] for j, c in enumerate(cols)})
         for name in pair:
             parts = [roi[c] for c in BOXES[name]]
             if name in ("ho", "fused"):

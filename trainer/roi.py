@@ -53,23 +53,58 @@ def roi_weights(rois: torch.Tensor, height: int, width: int, out: int, sampling:
     return (wy[:, :, None, :, None] * wx[:, None, :, None, :]).reshape(len(rois), out * out, height * width)
 
 
-def _pool_sparse(x: torch.Tensor, image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """[K, bins, F] = weights of each box over its image's cells, applied to x [B, H*W, F]."""
-    B, HW, F = x.shape
-    K, bins, _ = weights.shape
-    k, b, cell = torch.nonzero(weights, as_tuple=True)  # row-major: CSR rows come sorted
-    rows = k * bins + b
-    crow = torch.zeros(K * bins + 1, dtype=torch.int64, device=x.device)
-    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=K * bins), 0)
+def _csr_mm(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix @ x`` written into a new tensor: ``torch.sparse.mm`` computes into zeros and
+    copies the result out, two passes over the output that cost about as much as the product."""
+    out = x.new_empty(matrix.shape[0], x.shape[1])
+    return torch.addmm(out, matrix, x, beta=0, out=out)  # beta 0: out's contents are never read
+
+
+class _CSRProduct(torch.autograd.Function):
+    """``matrix @ x`` for a CSR matrix and a dense x, whose backward is one more CSR product
+    with the transpose (built with the matrix), written straight into the gradient."""
+
+    @staticmethod
+    def forward(ctx, matrix: torch.Tensor, transpose: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.transpose = transpose
+        return _csr_mm(matrix, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None, _csr_mm(ctx.transpose, grad.contiguous())
+
+
+def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A CSR matrix of ``shape`` from entries sorted by row."""
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=rows.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0)
     with warnings.catch_warnings():  # torch calls its CSR support beta; the product is all this needs of it
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
         # the indices are valid by construction: torch's invariant checks would only cost time
-        matrix = torch.sparse_csr_tensor(crow, image[k] * HW + cell, weights[k, b, cell], (K * bins, B * HW),
-                                         check_invariants=False)
-    return torch.sparse.mm(matrix, x.reshape(B * HW, F)).view(K, bins, F)
+        return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
 
 
-def _pool_dense(x: torch.Tensor, image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _pool_sparse(x: torch.Tensor, image: torch.Tensor, weights: torch.Tensor,
+                 with_mean: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """([K, bins, F], [B, F] | None): the weights of each box over its image's cells applied
+    to x [B, H*W, F], and each image's mean over its cells (rows of the same product)."""
+    B, HW, F = x.shape
+    K, bins, _ = weights.shape
+    k, b, cell = torch.nonzero(weights, as_tuple=True)  # row-major: rows come sorted
+    rows, cols, values = k * bins + b, image[k] * HW + cell, weights[k, b, cell]
+    if with_mean:  # B more rows, after the boxes': 1 / (H * W) on each cell of their image
+        every = torch.arange(B * HW, device=x.device)
+        rows = torch.cat([rows, K * bins + every // HW])
+        cols, values = torch.cat([cols, every]), torch.cat([values, values.new_full((B * HW,), 1.0 / HW)])
+    shape = (K * bins + (B if with_mean else 0), B * HW)
+    order = torch.argsort(cols, stable=True)
+    matrix, transpose = _csr(rows, cols, values, shape), _csr(cols[order], rows[order], values[order], shape[::-1])
+    out = _CSRProduct.apply(matrix, transpose, x.reshape(B * HW, F))
+    return out[:K * bins].view(K, bins, F), (out[K * bins:] if with_mean else None)
+
+
+def _pool_dense(x: torch.Tensor, image: torch.Tensor, weights: torch.Tensor,
+                with_mean: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """As :func:`_pool_sparse`, as one dense ``bmm`` over images (boxes padded per image)."""
     B, HW, F = x.shape
     K, bins, _ = weights.shape
@@ -80,30 +115,31 @@ def _pool_dense(x: torch.Tensor, image: torch.Tensor, weights: torch.Tensor) -> 
     padded = weights.new_zeros(B, int(counts.max()), bins, HW)
     padded[image, slot] = weights
     pooled = torch.bmm(padded.flatten(1, 2), x)                # [B, slots * bins, F]
-    return pooled.view(B, -1, bins, F)[image, slot]             # [K, bins, F]
+    return pooled.view(B, -1, bins, F)[image, slot], (x.mean(1) if with_mean else None)
 
 
-def roi_pool(x: torch.Tensor, rois: torch.Tensor, out: int, sampling: int = 2,
-             sparse: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def roi_pool(x: torch.Tensor, rois: torch.Tensor, out: int, sampling: int = 2, sparse: bool | None = None,
+             with_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """RoI-align of a channels-last map x float [B, H, W, F] at rois float [K, 5] (image
     index, x1, y1, x2, y2 in cells). Returns (pooled float [K, out * out, F], bins row-major;
     coverage float [K, out * out]: each bin's total weight, 1 where all its samples fall on the
-    map, less where some fall outside; what a constant map would pool to).
+    map, less where some fall outside, what a constant map would pool to; with_mean: float
+    [B, F], each image's mean over the grid, else None).
 
     sparse: the CSR product (default on the CPU) or the dense batched one (default elsewhere)."""
     B, H, W, F = x.shape
-    K = rois.shape[0]
-    if K == 0:
-        return x.new_zeros(0, out * out, F), x.new_zeros(0, out * out)
     weights = roi_weights(rois.to(x.dtype), H, W, out, sampling)
-    image = rois[:, 0].long()
     pool = _pool_sparse if (x.device.type == "cpu" if sparse is None else sparse) else _pool_dense
-    return pool(x.reshape(B, H * W, F), image, weights), weights.sum(2)
+    if len(rois) == 0:
+        pooled, mean = x.new_zeros(0, out * out, F), (x.mean((1, 2)) if with_mean else None)
+    else:
+        pooled, mean = pool(x.reshape(B, H * W, F), rois[:, 0].long(), weights, with_mean)
+    return pooled, weights.sum(2), mean
 
 
 def roi_align(x: torch.Tensor, rois: torch.Tensor, out: int, sampling: int = 2,
               sparse: bool | None = None) -> torch.Tensor:
     """float [K, F, out, out]: ``torchvision.ops.roi_align(x, rois, out, 1.0, sampling,
     aligned=True)`` for x float [B, F, H, W] and rois float [K, 5]."""
-    pooled, _ = roi_pool(x.permute(0, 2, 3, 1), rois, out, sampling, sparse)
+    pooled, _, _ = roi_pool(x.permute(0, 2, 3, 1), rois, out, sampling, sparse)
     return pooled.transpose(1, 2).reshape(len(rois), x.shape[1], out, out)
