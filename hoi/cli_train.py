@@ -134,14 +134,17 @@ def eval_cmd(labelspace, image_labels, results, predictions, as_json, **options)
               help="Folder for one run per row, the results and ablation.json.")
 @click.option("--det-exponent", type=float, default=1.0,
               help="Pair scores are multiplied by (human score x object score) to this power.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1,
+              help="Rows trained and evaluated at once, each in a process of its own. Give --threads too "
+                   "(e.g. 1 each): a row's numbers then do not depend on --jobs or on the machine's cores.")
 @labelspace_option
 @image_labels_option
 @training_options
-def ablate_cmd(train_cache, test_cache, out, det_exponent, labelspace, image_labels, **options):
+def ablate_cmd(train_cache, test_cache, out, det_exponent, labelspace, image_labels, jobs, **options):
     """Train and evaluate the paper's ablation grid; print one table."""
     from trainer.ablate import ablate, format_ablation
     from trainer.config import TrainConfig
 
     rows = ablate(train_cache, test_cache, out, TrainConfig().replace(**_given(options)),
-                  det_exponent=det_exponent, labelspace=labelspace, image_labels=image_labels)
+                  det_exponent=det_exponent, labelspace=labelspace, image_labels=image_labels, jobs=jobs)
     click.echo(format_ablation(rows))

@@ -8,6 +8,8 @@ INFO chatter (one line per loading step) is shown only with -v.
 import logging
 import os
 
+from hoicore.logs import basic_setup
+
 
 class _QuietOpenClip(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
@@ -16,8 +18,7 @@ class _QuietOpenClip(logging.Filter):
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", force=True)
+    basic_setup(level)
     if verbose == 0:
         for h in logging.getLogger().handlers:
             h.addFilter(_QuietOpenClip())

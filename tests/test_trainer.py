@@ -19,7 +19,7 @@ from hoidata.boxes import crop_region
 from hoidata.errors import InputError
 from hoidata.predictions import read_predictions
 from trainer import engine
-from trainer.ablate import GRID, format_ablation
+from trainer.ablate import GRID, ablate, format_ablation
 from trainer.checkpoint import CheckpointError, load_weights
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import Block, CacheReader, TrainData, labelspace_of, object_class_mask, seen_classes, to_grid
@@ -456,16 +456,24 @@ def test_eval_takes_known_object_images_from_anno_mat(caches, tmp_path):
     assert labels["num_predictions"] == stand_in["results"]["num_predictions"]
 
 
-def test_cli_ablate_prints_one_table(caches, tmp_path):
+def test_cli_ablate_prints_one_table_and_rows_in_parallel_give_the_same_numbers(caches, tmp_path):
+    """Two rows at a time, each in a worker process on one thread: the same table as one
+    row after the other in this process."""
     r = CliRunner().invoke(hoi_main, ["ablate", "--train-cache", str(caches["train"]),
-                                        "--test-cache", str(caches["test"]), "--out", str(tmp_path),
+                                        "--test-cache", str(caches["test"]), "--out", str(tmp_path / "par"),
                                         "--epochs", "1", "--hidden-dim", "16",
-                                        "--no-progress", "--threads", "1"])
+                                        "--no-progress", "--threads", "1", "--jobs", "2"])
     assert r.exit_code == 0, r.output
-    rows = json.loads((tmp_path / "ablation.json").read_text())
+    rows = json.loads((tmp_path / "par" / "ablation.json").read_text())
     assert len(rows) == 2 + len(GRID) and format_ablation(rows) in r.output
     for row in GRID:
         assert row.label in r.output
+        assert (tmp_path / "par" / row.name / "checkpoint" / "checkpoint.json").exists()
+    threads = torch.get_num_threads()
+    serial = ablate(caches["train"], caches["test"], tmp_path / "serial",
+                    TrainConfig(epochs=1, hidden_dim=16, progress=False, threads=1), jobs=1)
+    assert torch.get_num_threads() == threads  # the caller's thread count is left as it was
+    assert [x["summary"] for x in serial] == [x["summary"] for x in rows]
 
 
 def test_grid_rows_set_every_switch_themselves():

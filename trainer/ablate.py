@@ -12,10 +12,15 @@ with them, the teacher and chance, on that split's seen and unseen classes.
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from hoidata.evaluation import EvalResult
+import torch
+
+from hoicore.logs import basic_setup
 
 from .config import TrainConfig
 from .engine import train_or_reuse
@@ -56,31 +61,61 @@ BASELINES = (("chance", "random", "chance: random scores"), ("teacher", "teacher
 
 
 def ablate(train_cache, test_cache, out_dir, config: TrainConfig | None = None, *, det_exponent: float = 1.0,
-           labelspace: str | None = None, rows: tuple[Row, ...] = GRID, image_labels=None) -> list[dict]:
+           labelspace: str | None = None, rows: tuple[Row, ...] = GRID, image_labels=None, jobs: int = 1) -> list[dict]:
     """Run the grid; return one dict per row (label, switches, summary) and write ablation.json.
-    ``image_labels``: an ``anno.mat`` for the Known-Object images (see :func:`run_eval`)."""
+    ``image_labels``: an ``anno.mat`` for the Known-Object images (see :func:`run_eval`).
+    ``jobs``: rows trained (and evaluated) at once, each in a process of its own; with
+    ``config.threads`` set, a row's numbers are the same whatever ``jobs`` is."""
     config = config or TrainConfig()
     out = Path(out_dir)
-    results = []
-
-    def add(name: str, label: str, switches: dict, res: EvalResult) -> None:
-        results.append({"name": name, "label": label, **switches, "summary": json.loads(res.summary_json())})
-
     configs = [config.replace(**row.overrides).validated() for row in rows]  # fail before any work
+    eval_kw = {"det_exponent": det_exponent, "labelspace": labelspace, "image_labels": image_labels}
+    results = []
     for name, model, label in BASELINES:
-        res, _ = run_eval(test_cache, model=model, det_exponent=det_exponent, labelspace=labelspace,
-                          results=out / name / "results.json", temperature=config.temperature,
-                          image_labels=image_labels)
-        add(name, label, {}, res)
-    for row, cfg in zip(rows, configs):
-        checkpoint = train_or_reuse(train_cache, out / row.name, cfg)
-        res, _ = run_eval(test_cache, model="student", checkpoint=checkpoint, det_exponent=det_exponent,
-                          labelspace=labelspace, results=out / row.name / "results.json", device=cfg.device,
-                          image_labels=image_labels)
-        add(row.name, row.label, {"global": cfg.global_branch, "ho": cfg.ho_branch, "union": cfg.union_branch,
-                                  "fusion": cfg.fusion, "unseen": cfg.unseen}, res)
+        res, _ = run_eval(test_cache, model=model, results=out / name / "results.json",
+                          temperature=config.temperature, **eval_kw)
+        results.append({"name": name, "label": label, "summary": json.loads(res.summary_json())})
+    tasks = [(train_cache, test_cache, out / row.name, cfg, eval_kw) for row, cfg in zip(rows, configs)]
+    for row, cfg, summary in zip(rows, configs, _run_rows(tasks, jobs)):
+        results.append({"name": row.name, "label": row.label, "global": cfg.global_branch, "ho": cfg.ho_branch,
+                        "union": cfg.union_branch, "fusion": cfg.fusion, "unseen": cfg.unseen, "summary": summary})
     (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def train_and_evaluate(train_cache, test_cache, out_dir, config: TrainConfig, eval_kw: dict) -> dict:
+    """Train one row into ``out_dir`` (or reuse its finished run), evaluate it on the test
+    cache and return the evaluator's summary. Training and evaluation both run on
+    ``config.threads`` threads when it is set (torch's threaded kernels sum in an order that
+    depends on the thread count, so this is what makes a row's numbers independent of the
+    machine); the caller's thread count is restored after."""
+    threads = torch.get_num_threads()
+    try:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        checkpoint = train_or_reuse(train_cache, out_dir, config)
+        res, _ = run_eval(test_cache, model="student", checkpoint=checkpoint, results=Path(out_dir) / "results.json",
+                          device=config.device, **eval_kw)
+        return json.loads(res.summary_json())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_rows(tasks: list[tuple], jobs: int):
+    """Each task's summary (:func:`train_and_evaluate`), in order; ``jobs`` > 1 runs that many
+    at once in worker processes (spawned: the parent may hold threads and CUDA state)."""
+    if jobs <= 1 or len(tasks) <= 1:
+        yield from (train_and_evaluate(*t) for t in tasks)
+        return
+    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=basic_setup, initargs=(logging.getLogger().getEffectiveLevel(),)) as pool:
+        futures = [pool.submit(train_and_evaluate, *t) for t in tasks]
+        try:
+            yield from (f.result() for f in futures)
+        except BaseException:
+            for f in futures:  # a failed row stops the grid: rows not started are not run
+                f.cancel()
+            raise
 
 
 def format_ablation(results: list[dict]) -> str:
