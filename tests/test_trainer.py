@@ -493,6 +493,17 @@ def test_bench_trainer_runs_and_reports_both_ratios(tmp_path):
     assert r["speedup"] > 0 and r["student_ms_per_image"] > 0 and r["teacher_ms_per_image"] > 0
 
 
+def test_bench_memory_streams_two_cache_sizes_in_children_and_reports_their_peaks(tmp_path):
+    from bench.memory import bench_memory
+
+    lines = []
+    rows = bench_memory(num_images=24, factor=2, embed_dim=16, grid=(4, 4), pairs_per_image=3, threads=1,
+                        workdir=tmp_path, echo=lines.append)
+    assert [r["images"] for r in rows] == [24, 48]
+    assert all(r["peak_mb"] > 0 and r["seconds"] > 0 and r["cache_mb"] > 0 for r in rows)
+    assert lines[-1].startswith("  peak RSS, 2x the images:")
+
+
 def test_checkpoint_of_the_earlier_one_adapter_student_is_refused_with_the_fix(reference, tmp_path):
     import shutil
 

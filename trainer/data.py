@@ -23,6 +23,7 @@ import torch
 
 from cache import schema as S
 from cache.store import TeacherCache
+from hoicore.memory import release_free_memory
 from hoidata import boxes as B
 from hoidata import ragged
 from hoidata.errors import InputError
@@ -407,13 +408,15 @@ class TrainData:
             group.append(block)
             if len(group) < self.config.shuffle_blocks and k < len(ranges) - 1:
                 continue
+            release_free_memory()  # the last pool's arrays are gone: give their pages back
             pool = Block.concat(([pending] if pending is not None else []) + group)
-            group = []
+            group, block = [], None  # the pool holds their rows now; the blocks themselves can go
             perm = rng.permutation(len(pool))
             full = len(perm) // bs * bs
             for s in range(0, full, bs):
                 yield pool.select(perm[s:s + bs])
             pending = pool.select(perm[full:]) if full < len(perm) else None
+            pool = None  # freed before the next group is read and joined, not after
         if pending is not None:
             yield pending
 
