@@ -36,10 +36,13 @@ def _train_in_child(cache: Path, out: Path, epochs: int, threads: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_memory(num_images: int = 1000, factor: int = 4, epochs: int = 1, embed_dim: int = 256,
+def bench_memory(num_images: int = 2000, factor: int = 3, epochs: int = 1, embed_dim: int = 256,
                  grid: tuple[int, int] = (12, 12), pairs_per_image: int = 20, threads: int = 2, workdir=None,
                  echo=print) -> list[dict]:
-    """Print and return, per cache size, the streamed epochs' seconds and the peak RSS."""
+    """Print and return, per cache size, the streamed epochs' seconds and the peak RSS.
+
+    The smaller cache should hold several shuffle windows already (the defaults: 8 blocks of
+    256 images, two windows of 4), so that both sizes reach the steady state of the pass."""
     from cache.synthetic import make_synthetic_cache
     from hoidata.labelspace import LabelSpace
 
