@@ -124,6 +124,26 @@ def test_every_image_once_per_epoch_with_its_pairs(caches, in_memory):
         assert i0 % cache.layout["image_chunk"] == 0 and i0 // 32 == (i1 - 1) // 32
 
 
+def test_a_window_selects_what_its_blocks_joined_would(caches):
+    """Streaming batches are gathered from the window's blocks in place: every array equal
+    to selecting the same images from the blocks joined, for any order (across blocks, one
+    block, none) and blocks with no image."""
+    from dataclasses import fields
+
+    from trainer.data import Window
+
+    reader = CacheReader(open_cache(caches["train"]), "squash")
+    blocks = [reader.read(0, 8), reader.read(8, 8), reader.read(8, 24), reader.read(24, 32)]
+    joined, window = Block.concat(blocks), Window(blocks)
+    rng = np.random.default_rng(0)
+    for idx in (rng.permutation(len(joined)), rng.permutation(len(joined))[:7], np.arange(3, 6),
+                np.array([30, 2, 17]), np.zeros(0, np.int64)):
+        want, got = joined.select(idx), window.select(idx)
+        for f in fields(Block):
+            a, b = getattr(want, f.name), getattr(got, f.name)
+            assert (a is None) == (b is None) and (a is None or (a.dtype == b.dtype and np.array_equal(a, b))), f.name
+
+
 def test_skipped_images_are_left_out(tmp_path):
     path = make_synthetic_cache(tmp_path / "c", num_images=16, pairs_per_image=2, seed=2, split="test", **WORLD)
     open_cache(path, mode="r+").array("images/status")[3:5] = STATUS_SKIPPED  # the teacher could not read them

@@ -316,6 +316,31 @@ def pair_block(image: np.ndarray, size: np.ndarray, *, det_box: np.ndarray, det_
                  union_score=None)
 
 
+class Window:
+    """Blocks shuffled together, read as if joined by :meth:`Block.concat` but never copied
+    whole: :meth:`select` gathers a batch's images from the blocks that hold them, so the
+    streaming pass holds each window once, not the blocks and their join side by side."""
+
+    def __init__(self, blocks: list[Block]):
+        self.blocks = blocks
+        self.starts = ragged.offsets(np.array([len(b) for b in blocks], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def select(self, idx: np.ndarray) -> Block:
+        """``Block.concat(self.blocks).select(idx)``, the same arrays: images ``idx`` (window-local) in that order."""
+        idx = np.asarray(idx, dtype=np.int64)
+        owner = np.searchsorted(self.starts, idx, side="right") - 1
+        used = np.unique(owner)
+        if len(used) <= 1:  # one block (or no image at all)
+            k = int(used[0]) if len(used) else 0
+            return self.blocks[k].select(idx - self.starts[k])
+        where = [np.flatnonzero(owner == k) for k in used]  # positions in idx of each block's images
+        joined = Block.concat([self.blocks[k].select(idx[w] - self.starts[k]) for k, w in zip(used, where)])
+        return joined.select(np.argsort(np.concatenate(where), kind="stable"))
+
+
 def object_class_mask(cache: TeacherCache) -> np.ndarray:
     """bool [O, C]: True where class c is an HOI class of object o, for every object that the
     text classes or the detections name (an object without classes gets an all-False row)."""
@@ -408,9 +433,9 @@ class TrainData:
             group.append(block)
             if len(group) < self.config.shuffle_blocks and k < len(ranges) - 1:
                 continue
-            release_free_memory()  # the last pool's arrays are gone: give their pages back
-            pool = Block.concat(([pending] if pending is not None else []) + group)
-            group, block = [], None  # the pool holds their rows now; the blocks themselves can go
+            release_free_memory()  # the last window's arrays are gone: give their pages back
+            pool = Window(([pending] if pending is not None else []) + group)
+            group, block = [], None  # the window holds the blocks now
             perm = rng.permutation(len(pool))
             full = len(perm) // bs * bs
             for s in range(0, full, bs):
