@@ -441,7 +441,7 @@ class TrainData:
             for s in range(0, full, bs):
                 yield pool.select(perm[s:s + bs])
             pending = pool.select(perm[full:]) if full < len(perm) else None
-            pool = None  # freed before the next group is read and joined, not after
+            pool = None  # the window's blocks freed before the next window is read, not after
         if pending is not None:
             yield pending
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import Batch
-from .roi import roi_pool
+from .roi import RoIPool
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial value
@@ -68,12 +68,13 @@ class AdaptedMap(NamedTuple):
     def pool(self, rois: torch.Tensor, out: int, sampling: int,
              with_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(RoI-align of the map at rois [K, 5]: [K, out * out, F]; with_mean: the map's mean
-        over the grid [B, F], else None). See :func:`trainer.roi.roi_pool`."""
-        pooled, coverage, mean = roi_pool(self.base, rois, out, sampling, with_mean=with_mean)
+        over the grid [B, F], else None). See :class:`trainer.roi.RoIPool`."""
+        pool = RoIPool(rois, self.base.shape[:3], out, sampling, dtype=self.base.dtype, with_mean=with_mean)
+        pooled, mean = pool(self.base)
         if self.context is None:
             return pooled, mean
-        ctx, _, ctx_mean = roi_pool(self.context, rois, out, sampling, with_mean=with_mean)
-        pooled = pooled + self._mixed(ctx, coverage[..., None])
+        ctx, ctx_mean = pool(self.context)  # the same boxes: the same weights, built once
+        pooled = pooled + self._mixed(ctx, pool.coverage[..., None])
         return pooled, (mean + self._mixed(ctx_mean, 1.0) if with_mean else None)
 
     def full(self) -> torch.Tensor:

@@ -84,28 +84,25 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tu
         return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
 
 
-def _pool_sparse(x: torch.Tensor, image: torch.Tensor, weights: torch.Tensor,
-                 with_mean: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """([K, bins, F], [B, F] | None): the weights of each box over its image's cells applied
-    to x [B, H*W, F], and each image's mean over its cells (rows of the same product)."""
-    B, HW, F = x.shape
-    K, bins, _ = weights.shape
+def _sparse_operator(image: torch.Tensor, weights: torch.Tensor, num_images: int, with_mean: bool):
+    """(matrix, transpose): the CSR matrix [K * bins (+ B), B * H*W] of each box's weights over
+    its image's cells (and with_mean, B more rows: 1 / (H * W) on each cell of their image),
+    and its transpose, for :class:`_CSRProduct`."""
+    K, bins, HW = weights.shape
     k, b, cell = torch.nonzero(weights, as_tuple=True)  # row-major: rows come sorted
     rows, cols, values = k * bins + b, image[k] * HW + cell, weights[k, b, cell]
-    if with_mean:  # B more rows, after the boxes': 1 / (H * W) on each cell of their image
-        every = torch.arange(B * HW, device=x.device)
+    if with_mean:
+        every = torch.arange(num_images * HW, device=weights.device)
         rows = torch.cat([rows, K * bins + every // HW])
-        cols, values = torch.cat([cols, every]), torch.cat([values, values.new_full((B * HW,), 1.0 / HW)])
-    shape = (K * bins + (B if with_mean else 0), B * HW)
+        cols, values = torch.cat([cols, every]), torch.cat([values, values.new_full((num_images * HW,), 1.0 / HW)])
+    shape = (K * bins + (num_images if with_mean else 0), num_images * HW)
     order = torch.argsort(cols, stable=True)
-    matrix, transpose = _csr(rows, cols, values, shape), _csr(cols[order], rows[order], values[order], shape[::-1])
-    out = _CSRProduct.apply(matrix, transpose, x.reshape(B * HW, F))
-    return out[:K * bins].view(K, bins, F), (out[K * bins:] if with_mean else None)
+    return _csr(rows, cols, values, shape), _csr(cols[order], rows[order], values[order], shape[::-1])
 
 
-def _pool_dense(x: torch.Tensor, image: torch.Tensor, weights: torch.Tensor,
-                with_mean: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """As :func:`_pool_sparse`, as one dense ``bmm`` over images (boxes padded per image)."""
+def _pool_dense(x: torch.Tensor, image: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[K, bins, F]: each box's weights over its image's cells applied to x [B, H*W, F], as one
+    dense ``bmm`` over images (boxes padded to the image with most boxes)."""
     B, HW, F = x.shape
     K, bins, _ = weights.shape
     counts = torch.bincount(image, minlength=B)
@@ -115,26 +112,51 @@ def _pool_dense(x: torch.Tensor, image: torch.Tensor, weights: torch.Tensor,
     padded = weights.new_zeros(B, int(counts.max()), bins, HW)
     padded[image, slot] = weights
     pooled = torch.bmm(padded.flatten(1, 2), x)                # [B, slots * bins, F]
-    return pooled.view(B, -1, bins, F)[image, slot], (x.mean(1) if with_mean else None)
+    return pooled.view(B, -1, bins, F)[image, slot]
+
+
+class RoIPool:
+    """RoI-align at rois float [K, 5] (image index, x1, y1, x2, y2 in cells) on channels-last
+    maps of one shape [B, H, W, F]: the weights (on the CPU, the sparse matrix and its
+    transpose) are built once and serve every map pooled at the same boxes.
+
+    coverage float [K, out * out]: each bin's total weight, 1 where all its samples fall on
+    the map, less where some fall outside (what a constant map pools to). with_mean: calls
+    also return each image's mean over the grid (rows of the same product). sparse: the CSR
+    product (default on the CPU) or the dense batched one (default elsewhere)."""
+
+    def __init__(self, rois: torch.Tensor, grid: tuple[int, int, int], out: int, sampling: int, *,
+                 dtype: torch.dtype, sparse: bool | None = None, with_mean: bool = False):
+        self.num_images, H, W = grid
+        self.out, self.with_mean = out, with_mean
+        self.weights = roi_weights(rois.to(dtype), H, W, out, sampling)     # [K, bins, H*W]
+        self.coverage = self.weights.sum(2)
+        self.image = rois[:, 0].long()
+        self.sparse = rois.device.type == "cpu" if sparse is None else sparse
+        self.operator = (_sparse_operator(self.image, self.weights, self.num_images, with_mean)
+                         if self.sparse and len(rois) else None)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pooled float [K, out * out, F], bins row-major; with_mean: [B, F], else None) of x [B, H, W, F]."""
+        B, H, W, F = x.shape
+        K, bins, _ = self.weights.shape
+        if K == 0:
+            return x.new_zeros(0, bins, F), (x.mean((1, 2)) if self.with_mean else None)
+        flat = x.reshape(B, H * W, F)
+        if self.operator is None:
+            return _pool_dense(flat, self.image, self.weights), (flat.mean(1) if self.with_mean else None)
+        rows = _CSRProduct.apply(*self.operator, flat.reshape(B * H * W, F))
+        return rows[:K * bins].view(K, bins, F), (rows[K * bins:] if self.with_mean else None)
 
 
 def roi_pool(x: torch.Tensor, rois: torch.Tensor, out: int, sampling: int = 2, sparse: bool | None = None,
              with_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """RoI-align of a channels-last map x float [B, H, W, F] at rois float [K, 5] (image
-    index, x1, y1, x2, y2 in cells). Returns (pooled float [K, out * out, F], bins row-major;
-    coverage float [K, out * out]: each bin's total weight, 1 where all its samples fall on the
-    map, less where some fall outside, what a constant map would pool to; with_mean: float
-    [B, F], each image's mean over the grid, else None).
-
-    sparse: the CSR product (default on the CPU) or the dense batched one (default elsewhere)."""
-    B, H, W, F = x.shape
-    weights = roi_weights(rois.to(x.dtype), H, W, out, sampling)
-    pool = _pool_sparse if (x.device.type == "cpu" if sparse is None else sparse) else _pool_dense
-    if len(rois) == 0:
-        pooled, mean = x.new_zeros(0, out * out, F), (x.mean((1, 2)) if with_mean else None)
-    else:
-        pooled, mean = pool(x.reshape(B, H * W, F), rois[:, 0].long(), weights, with_mean)
-    return pooled, weights.sum(2), mean
+    """RoI-align of one channels-last map x float [B, H, W, F] at rois float [K, 5]: (pooled
+    float [K, out * out, F], coverage float [K, out * out], mean float [B, F] | None); see
+    :class:`RoIPool`."""
+    pool = RoIPool(rois, x.shape[:3], out, sampling, dtype=x.dtype, sparse=sparse, with_mean=with_mean)
+    pooled, mean = pool(x)
+    return pooled, pool.coverage, mean
 
 
 def roi_align(x: torch.Tensor, rois: torch.Tensor, out: int, sampling: int = 2,
