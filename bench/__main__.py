@@ -52,8 +52,9 @@ def main(num: int, baseline_classes: int, only: str, teacher_images: int, model:
         from bench.memory import bench_memory
         bench_memory(echo=click.echo)
     if only in ("all", "detect"):
-        from bench.detect import bench_detect
+        from bench.detect import bench_detect, bench_paper_scale
         bench_detect()
+        bench_paper_scale(echo=click.echo)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from bench.timing import ms_per_call
 from cache.store import open_cache
 from cache.synthetic import make_synthetic_cache
 from hoicore.device import resolve_device
@@ -65,11 +66,6 @@ class StandInCLIP(nn.Module):
         x = self.blocks(torch.cat([self.cls.expand(len(x), -1, -1), x], 1) + self.pos)
         tokens = self.proj(x[:, 1:]).view(len(x), self.side, self.side, -1)
         return F.normalize(self.proj(x[:, 0]), dim=-1), tokens
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class OnlineTeacher:
@@ -133,17 +129,6 @@ def _epoch(config: TrainConfig, cache, batches, num_batches: int, device: torch.
     return metrics
 
 
-def _ms(fn, repeats: int, device: torch.device) -> float:
-    """Mean milliseconds of ``fn()`` after one warm-up call (kernels, allocator)."""
-    fn()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    _sync(device)
-    return 1000 * (time.perf_counter() - start) / repeats
-
-
 def bench_trainer(num_images: int = 256, pairs_per_image: int = 16, labelspace: str | None = "hico_det",
                   num_classes: int | None = None, embed_dim: int = 512, grid: tuple[int, int] = (14, 14),
                   batch_size: int = 32, encoder: str = "auto", online_batches: int = 2, inference_images: int = 32,
@@ -202,8 +187,8 @@ def bench_trainer(num_images: int = 256, pairs_per_image: int = 16, labelspace: 
                 with autocast_for(dev, amp):
                     pair_scores(student(batch), batch.class_mask)
 
-        ms_student = _ms(student_pass, 3, dev) / len(test)
-        ms_teacher = _ms(lambda: teacher.union(imgs, test), 3, dev) / len(test)
+        ms_student = ms_per_call(student_pass, dev, repeats=3) / len(test)
+        ms_teacher = ms_per_call(lambda: teacher.union(imgs, test), dev, repeats=3) / len(test)
         echo(f"  (b) inference per test image ({len(test)} images, {test.num_pairs / len(test):.0f} pairs each on "
              f"average): student {ms_student:,.2f} ms (one encoder pass + heads), teacher {ms_teacher:,.2f} ms "
              f"(one encoder pass per pair): {ms_teacher / ms_student:,.1f} x")

@@ -100,3 +100,20 @@ def test_cli_detect_draws_records_provenance_and_skips_bad_images(setup, tmp_pat
 def test_detect_needs_a_detector_for_a_label_space_without_one(setup, tmp_path):
     with pytest.raises(ValueError, match="no detector is shipped for label space 'tiny'.*--detector"):
         run_detect(setup["world"]["images"], setup["checkpoint"], tmp_path / "p.json", options=OPTS)
+
+
+def test_bench_paper_scale_times_both_paths_on_the_same_encoder_and_pairs(tmp_path):
+    """The paper-scale cost line: each path is the global pass plus its own part, measured
+    (not extrapolated), per image, and the ratio printed is the one returned."""
+    from tinyworld import register_model
+
+    from bench.detect import bench_paper_scale
+
+    register_model(tmp_path)
+    lines = []
+    ms = bench_paper_scale(num_images=2, pairs=6, model=MODEL, grid_px=32, device="cpu", echo=lines.append)
+    assert all(ms[k] > 0 for k in ("global", "crops", "student"))
+    assert ms["teacher_path"] == pytest.approx(ms["global"] + ms["crops"])
+    assert ms["student_path"] == pytest.approx(ms["global"] + ms["student"])
+    assert "6 pairs an image" in lines[0] and "2 images" in lines[0]
+    assert f"{ms['teacher_path'] / ms['student_path']:.1f}x cheaper" in lines[1]
