@@ -49,8 +49,9 @@ def main(num: int, baseline_classes: int, only: str, teacher_images: int, model:
         from bench.trainer import bench_trainer
         bench_trainer(echo=click.echo)
     if only in ("all", "memory"):
-        from bench.memory import bench_memory
+        from bench.memory import bench_memory, bench_teacher_memory
         bench_memory(echo=click.echo)
+        bench_teacher_memory(echo=click.echo)
     if only in ("all", "detect"):
         from bench.detect import bench_detect, bench_paper_scale
         bench_detect()

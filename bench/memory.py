@@ -1,10 +1,15 @@
-"""Peak memory of the streaming trainer against the images it streams.
+"""Peak memory of the streaming trainer and of the teacher cache against the images they go through.
 
-Two synthetic caches of HICO-DET's label space, one ``factor`` times the other's images;
-one child process per cache trains one epoch streamed from Zarr (``--in-memory no``) and
-reports its own peak RSS (``VmHWM``). A bounded pass peaks at the same RSS for both: the
-model, the shuffle window (``shuffle_blocks`` blocks), the blocks read ahead and the
-per-image index arrays, whatever the number of images.
+Trainer: two synthetic caches of HICO-DET's label space, one ``factor`` times the other's
+images; one child process per cache trains one epoch streamed from Zarr (``--in-memory
+no``) and reports its own peak RSS (``VmHWM``). A bounded pass peaks at the same RSS for
+both: the model, the shuffle window (``shuffle_blocks`` blocks), the blocks read ahead and
+the per-image index arrays, whatever the number of images.
+
+Teacher cache: the same for building a cache of synthetic photos of varying sizes with the
+bundled small CLIP, in shards of a fixed size; each child also reports glibc's heap figures
+at the end (bytes in use, free space held), which say what grew with the images: live
+data (per-image metadata: names, sizes, pair index) or holes left by freed buffers.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-_CHILD = """
+_TRAIN_CHILD = """
 import json, sys, time
 from trainer.engine import train
 t0 = time.perf_counter()
@@ -30,9 +35,24 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": peak}))
 """
 
 
-def _train_in_child(cache: Path, out: Path, epochs: int, threads: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(cache), str(out), str(epochs), str(threads)],
-                          capture_output=True, text=True, check=True)
+_TEACHER_CHILD = """
+import json, sys, time
+from hoicore.memory import heap_stats
+from hoi.demo import demo_teacher
+from hoidata.labelspace import hico_det
+from pipeline.options import RunOptions
+from pipeline.run import build_teacher_cache
+t0 = time.perf_counter()
+build_teacher_cache(sys.argv[1], images=sys.argv[2], detections=sys.argv[3], labelspace=hico_det(),
+                    teacher=demo_teacher(), run=RunOptions(images_per_shard=int(sys.argv[4]), progress=False))
+peak = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))) / 1024
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": peak, "heap": heap_stats()}))
+"""
+
+
+def _child(code: str, *args) -> dict:
+    """The JSON that ``code`` run in a fresh interpreter prints last (its peak RSS is its own)."""
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -58,10 +78,37 @@ def bench_memory(num_images: int = 2000, factor: int = 3, epochs: int = 1, embed
                                         images_per_shard=512, with_gt=False)
             made = time.perf_counter() - t0
             size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
-            got = _train_in_child(path, Path(tmp) / f"run{n}", epochs, threads)
+            got = _child(_TRAIN_CHILD, path, Path(tmp) / f"run{n}", epochs, threads)
             rows.append({"images": n, "cache_mb": size, **got})
             echo(f"  {n:>7,} images  cache {size:7,.0f} MB (written in {made:.0f} s)  "
                  f"training {got['seconds']:6.1f} s  peak RSS {got['peak_mb']:7,.0f} MB")
     if rows[0]["peak_mb"] > 0:
         echo(f"  peak RSS, {factor}x the images: {rows[1]['peak_mb'] / rows[0]['peak_mb']:.2f} x")
+    return rows
+
+
+def bench_teacher_memory(num_images: int = 256, factor: int = 4, images_per_shard: int = 128, workdir=None,
+                         echo=print) -> list[dict]:
+    """Print and return, per number of photos, the teacher cache's seconds, peak RSS and
+    glibc's heap figures at the end (see the module docstring)."""
+    from bench.teacher import make_images
+
+    rows = []
+    echo(f"teacher cache memory: synthetic photos of varying sizes (about 640 x 480), 2 people and 3 objects each, "
+         f"the bundled small CLIP, shards of {images_per_shard} images")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        for n in (num_images, num_images * factor):
+            dets = make_images(Path(tmp) / f"p{n}" / "images", n, humans=2, objects=3, vary_size=True)
+            got = _child(_TEACHER_CHILD, Path(tmp) / f"c{n}.zarr", dets.parent / "images", dets, images_per_shard)
+            rows.append({"images": n, **got})
+            heap = got["heap"]
+            held = (f"heap at the end: {heap['in_use']:5,.0f} MB in use, {heap['free']:5,.0f} MB free space held"
+                    if heap else "heap figures n/a")
+            echo(f"  {n:>7,} images  {got['seconds']:6.1f} s  peak RSS {got['peak_mb']:7,.0f} MB  ({held})")
+    if rows[0]["peak_mb"] > 0:
+        echo(f"  peak RSS, {factor}x the images: {rows[1]['peak_mb'] / rows[0]['peak_mb']:.2f} x")
+    if rows[0]["heap"] and rows[1]["heap"]:
+        grown = {k: rows[1]["heap"][k] - rows[0]["heap"][k] for k in ("in_use", "free")}
+        echo(f"  grown with the images: {grown['in_use']:+,.1f} MB in use (live: per-image metadata), "
+             f"{grown['free']:+,.1f} MB of free heap space (holes of freed buffers, not resident after a trim)")
     return rows

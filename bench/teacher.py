@@ -38,15 +38,19 @@ TINY_CONFIG = {"embed_dim": 256, "vision_cfg": {"image_size": 224, "layers": 4, 
                "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 2}}
 
 
-def make_images(folder: Path, n: int, humans: int, objects: int, seed: int = 0, size=(640, 480)) -> Path:
-    """n JPEG scenes and their detections (HICO-DET labels). Returns the detections file."""
+def make_images(folder: Path, n: int, humans: int, objects: int, seed: int = 0, size=(640, 480),
+                vary_size: bool = False) -> Path:
+    """n JPEG scenes and their detections (HICO-DET labels), each ``size`` (w, h) or, with
+    ``vary_size``, of a size drawn between half and 1.25 times it, as photos vary. Returns
+    the detections file."""
     rng = np.random.default_rng(seed)
     ls = hico_det()
     folder.mkdir(parents=True, exist_ok=True)
-    names, boxes, scores, labels = [], [], [], []
-    w, h = size
+    names, boxes, scores, labels, sizes = [], [], [], [], []
     for i in range(n):
-        im = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 255, 3)))
+        w, h = (rng.uniform(0.5, 1.25, 2) * size).astype(int) if vary_size else size
+        sizes.append((w, h))
+        im = Image.new("RGB", (int(w), int(h)), tuple(int(c) for c in rng.integers(0, 255, 3)))
         d = ImageDraw.Draw(im)
         k = humans + objects
         x1 = rng.uniform(0, w * 0.7, k)
@@ -60,7 +64,7 @@ def make_images(folder: Path, n: int, humans: int, objects: int, seed: int = 0, 
         boxes.append(b)
         scores.append(rng.uniform(0.5, 1.0, k))
         labels.append(np.r_[np.full(humans, ls.human), rng.choice([o for o in range(80) if o != ls.human], objects)])
-    dets = Detections(file_names=names, sizes=np.tile([w, h], (n, 1)),
+    dets = Detections(file_names=names, sizes=np.array(sizes, dtype=np.int64).reshape(-1, 2),
                       offsets=np.arange(n + 1) * (humans + objects),
                       boxes=np.concatenate(boxes).astype(np.float32), scores=np.concatenate(scores).astype(np.float32),
                       labels=np.concatenate(labels),

@@ -1,16 +1,14 @@
-"""Handing freed memory back to the operating system."""
+"""Handing freed memory back to the operating system, and what glibc's heaps hold."""
 
 import ctypes
 import ctypes.util
+import time
 
 _libc = None
 
 
-def release_free_memory() -> bool:
-    """Ask glibc's allocator to return the free pages of its heaps (``malloc_trim(0)``);
-    False where there is no glibc. A streaming pass frees and allocates arrays of varying
-    sizes block after block; without this the freed pages between live ones stay counted in
-    the process's RSS, which then creeps up with every block read."""
+def _glibc():
+    """The C library where it is glibc (has malloc_trim), else False; loaded once."""
     global _libc
     if _libc is None:
         name = ctypes.util.find_library("c")
@@ -20,4 +18,51 @@ def release_free_memory() -> bool:
             _libc = False
         if _libc is not False and not hasattr(_libc, "malloc_trim"):
             _libc = False
-    return bool(_libc) and bool(_libc.malloc_trim(0))
+    return _libc
+
+
+def release_free_memory() -> bool:
+    """Ask glibc's allocator to return the free pages of its heaps (``malloc_trim(0)``);
+    False where there is no glibc. A streaming pass frees and allocates arrays of varying
+    sizes block after block; without this the freed pages between live ones stay counted in
+    the process's RSS, which then creeps up with every block read."""
+    libc = _glibc()
+    return bool(libc) and bool(libc.malloc_trim(0))
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def heap_stats() -> dict[str, float] | None:
+    """glibc's view of its heaps in MB (``mallinfo2``, every arena): 'in_use' (bytes handed
+    out by malloc and not yet freed, mmapped blocks included), 'free' (free space held
+    inside the heaps, resident or not) and 'mmapped'; None where there is no glibc 2.33+.
+    Python's small-object arenas and the interpreter's own mappings are not in it."""
+    libc = _glibc()
+    if not libc or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    m = libc.mallinfo2()
+    mb = 2 ** 20
+    return {"in_use": (m.uordblks + m.hblkhd) / mb, "free": m.fordblks / mb, "mmapped": m.hblkhd / mb}
+
+
+class PeriodicRelease:
+    """:func:`release_free_memory` at most once every ``seconds`` (0: at every call), for a
+    loop whose iterations allocate and free buffers of varying sizes (decoded images,
+    crops, pair rows). Their holes in the allocator's heaps otherwise stay resident, so
+    the process's RSS grows with the iterations run though the bytes in use do not; a
+    trim gives them back, and its cost (the walk, then the pages touched again) is paid
+    at most once a period."""
+
+    def __init__(self, seconds: float = 1.0):
+        self.seconds, self._last = seconds, float("-inf")
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.seconds:
+            release_free_memory()
+            self._last = now

@@ -25,6 +25,7 @@ import torch
 from cache import schema as S
 from cache.store import TeacherCache
 from hoicore.device import resolve_device
+from hoicore.memory import PeriodicRelease
 from hoidata import boxes as B
 from hoidata import ragged
 from hoidata.errors import HoiError
@@ -135,7 +136,7 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
         if union:
             ctx.pair_out = ChunkFlusher(cache, ["union/embedding", "union/score"], lo_p, hi_p,
                                         cache.layout["pair_chunk"], writer)
-        previous = None
+        previous, release = None, PeriodicRelease()
         t_wait = time.perf_counter()
         for batch in decoder(_batch_specs(ctx, job.images_root, run.batch_size)):
             t_launch = time.perf_counter()
@@ -145,6 +146,7 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
             ctx.stats.launch_s += t_collect - t_launch
             if previous is not None:
                 _collect(ctx, *previous, progress)  # the batch before: waits for it, not for this one
+                release()  # that batch's pixels and crops are freed: give their pages back
             previous = (batch, launched)
             t_wait = time.perf_counter()
             ctx.stats.collect_s += t_wait - t_collect

@@ -353,3 +353,16 @@ def test_bench_teacher_compares_the_same_work_even_on_few_images():
     assert res["images"] == 3 and res["crops"] > 0
     assert res["ratio_to_bare"] > 0 and res["ratio_to_naive"] > 0
     assert any("goal >= 0.85" in line for line in lines) and any("warm-up" in line for line in lines)
+
+
+def test_bench_teacher_memory_builds_two_caches_in_children_and_reports_their_heaps(tmp_path):
+    from bench.memory import bench_teacher_memory
+
+    lines = []
+    rows = bench_teacher_memory(num_images=6, factor=2, images_per_shard=4, workdir=tmp_path, echo=lines.append)
+    assert [r["images"] for r in rows] == [6, 12]
+    assert all(r["peak_mb"] > 0 and r["seconds"] > 0 for r in rows)
+    if rows[0]["heap"] is not None:  # glibc 2.33+
+        assert all(r["heap"]["in_use"] > 0 and r["heap"]["free"] >= 0 for r in rows)
+        assert any(line.strip().startswith("grown with the images") for line in lines)
+    assert any("peak RSS, 2x the images" in line for line in lines)

@@ -710,3 +710,20 @@ def test_adapted_map_pools_what_the_whole_map_pools(context):
     want = reference(whole, rois, 3, spatial_scale=1.0, sampling_ratio=2, aligned=True)   # [K, F, 3, 3]
     assert torch.allclose(pooled.transpose(1, 2), want.flatten(2), atol=1e-12)
     assert got.pool(rois, 3, 2)[1] is None
+
+
+def test_periodic_release_trims_at_most_once_a_period(monkeypatch):
+    import hoicore.memory as M
+
+    clock, trims = [100.0], []
+    monkeypatch.setattr(M.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(M, "release_free_memory", lambda: trims.append(clock[0]) or True)
+    release = M.PeriodicRelease(1.0)
+    for t in (100.0, 100.4, 100.99, 101.0, 101.5, 103.2, 103.3):
+        clock[0] = t
+        release()
+    assert trims == [100.0, 101.0, 103.2]  # the first call trims; then once a second at most
+    every = M.PeriodicRelease(0.0)
+    every(), every()
+    assert len(trims) == 5
+
