@@ -145,4 +145,3 @@ def bench_paper_scale(num_images: int = 2, pairs: int = 40, model: str = "ViT-B-
     echo(f"  student path {student_path:.1f} ms, teacher path {teacher_path:.1f} ms per image: "
          f"{teacher_path / student_path:.1f}x cheaper")
     return {**ms, "student_path": student_path, "teacher_path": teacher_path}
-

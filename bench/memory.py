@@ -21,16 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
+# what each child ends with: its own peak RSS in MB (-1 where /proc is missing)
+_PEAK = """
+try:
+    peak = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))) / 1024
+except OSError:
+    peak = -1
+"""
+
 _TRAIN_CHILD = """
 import json, sys, time
 from trainer.engine import train
 t0 = time.perf_counter()
 train(sys.argv[1], sys.argv[2], epochs=int(sys.argv[3]), in_memory="no", device="cpu", progress=False,
       threads=int(sys.argv[4]))
-try:
-    peak = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))) / 1024
-except OSError:
-    peak = -1
+""" + _PEAK + """
 print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": peak}))
 """
 
@@ -45,7 +50,7 @@ from pipeline.run import build_teacher_cache
 t0 = time.perf_counter()
 build_teacher_cache(sys.argv[1], images=sys.argv[2], detections=sys.argv[3], labelspace=hico_det(),
                     teacher=demo_teacher(), run=RunOptions(images_per_shard=int(sys.argv[4]), progress=False))
-peak = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))) / 1024
+""" + _PEAK + """
 print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": peak, "heap": heap_stats()}))
 """
 
