@@ -14,20 +14,11 @@ data (per-image metadata: names, sizes, pair index) or holes left by freed buffe
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# what each child ends with: its own peak RSS in MB (-1 where /proc is missing)
-_PEAK = """
-try:
-    peak = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))) / 1024
-except OSError:
-    peak = -1
-"""
+from bench.child import PEAK_RSS, run_json
 
 _TRAIN_CHILD = """
 import json, sys, time
@@ -35,7 +26,7 @@ from trainer.engine import train
 t0 = time.perf_counter()
 train(sys.argv[1], sys.argv[2], epochs=int(sys.argv[3]), in_memory="no", device="cpu", progress=False,
       threads=int(sys.argv[4]))
-""" + _PEAK + """
+""" + PEAK_RSS + """
 print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": peak}))
 """
 
@@ -50,15 +41,9 @@ from pipeline.run import build_teacher_cache
 t0 = time.perf_counter()
 build_teacher_cache(sys.argv[1], images=sys.argv[2], detections=sys.argv[3], labelspace=hico_det(),
                     teacher=demo_teacher(), run=RunOptions(images_per_shard=int(sys.argv[4]), progress=False))
-""" + _PEAK + """
+""" + PEAK_RSS + """
 print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": peak, "heap": heap_stats()}))
 """
-
-
-def _child(code: str, *args) -> dict:
-    """The JSON that ``code`` run in a fresh interpreter prints last (its peak RSS is its own)."""
-    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def bench_memory(num_images: int = 2000, factor: int = 3, epochs: int = 1, embed_dim: int = 256,
@@ -83,7 +68,7 @@ def bench_memory(num_images: int = 2000, factor: int = 3, epochs: int = 1, embed
                                         images_per_shard=512, with_gt=False)
             made = time.perf_counter() - t0
             size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
-            got = _child(_TRAIN_CHILD, path, Path(tmp) / f"run{n}", epochs, threads)
+            got = run_json(_TRAIN_CHILD, path, Path(tmp) / f"run{n}", epochs, threads)
             rows.append({"images": n, "cache_mb": size, **got})
             echo(f"  {n:>7,} images  cache {size:7,.0f} MB (written in {made:.0f} s)  "
                  f"training {got['seconds']:6.1f} s  peak RSS {got['peak_mb']:7,.0f} MB")
@@ -104,7 +89,7 @@ def bench_teacher_memory(num_images: int = 256, factor: int = 4, images_per_shar
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for n in (num_images, num_images * factor):
             dets = make_images(Path(tmp) / f"p{n}" / "images", n, humans=2, objects=3, vary_size=True)
-            got = _child(_TEACHER_CHILD, Path(tmp) / f"c{n}.zarr", dets.parent / "images", dets, images_per_shard)
+            got = run_json(_TEACHER_CHILD, Path(tmp) / f"c{n}.zarr", dets.parent / "images", dets, images_per_shard)
             rows.append({"images": n, **got})
             heap = got["heap"]
             held = (f"heap at the end: {heap['in_use']:5,.0f} MB in use, {heap['free']:5,.0f} MB free space held"

@@ -3,8 +3,6 @@ for the HICO-DET test images (``python -m bench --only eval|read``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from bench.child import PEAK_RSS, run_json
 from hoidata.annotations import hico_test_annotations
 from hoidata.evaluation import evaluate
 from hoidata.labelspace import hico_det
@@ -60,27 +59,23 @@ def bench_evaluator(num: int, baseline_classes: int) -> None:
 
 
 _READ_ONE = """
-import sys, time
+import json, sys, time
 from hoidata import predictions as P
 if sys.argv[2] == "json.load":  # the reader kept for files the fast one does not take
     P._read_json_fast = lambda path, box_format: None
 t = time.perf_counter()
 pred = P.read_predictions(sys.argv[1])
 seconds = time.perf_counter() - t
-try:  # VmHWM: this process's own peak (ru_maxrss keeps the parent's across fork and exec)
-    peak = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-except OSError:
-    peak = -1
-print(seconds, peak, len(pred))
+""" + PEAK_RSS + """
+print(json.dumps({"seconds": seconds, "peak_mb": peak, "rows": len(pred)}))
 """
 
 
 def _read_in_child(path, how: str) -> tuple[float, float, int]:
     """(seconds, peak RSS in MB or a negative number where unknown, rows) of
     read_predictions(path) in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", _READ_ONE, str(path), how], check=True,
-                         capture_output=True, text=True).stdout.split()
-    return float(out[0]), int(out[1]) / 1024, int(out[2])
+    got = run_json(_READ_ONE, path, how)
+    return got["seconds"], got["peak_mb"], got["rows"]
 
 
 def bench_predictions_read(num: int) -> None:

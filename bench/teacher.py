@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from bench.timing import sync
 from hoicore.device import resolve_device
 from hoidata.detections import Detections, load_detections, save_detections
 from hoidata.labelspace import hico_det
@@ -85,15 +86,13 @@ def _bare(teacher, num_images: int, num_crops: int, batch_size: int, crop_batch:
     c = torch.randn(crop_batch, 3, teacher.image_size, teacher.image_size, device=device)
     with enc.session():
         enc.global_pass(g), enc.union_pass(c)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         t = time.perf_counter()
         for a in range(0, num_images, batch_size):
             enc.global_pass(g[: min(batch_size, num_images - a)])
         for a in range(0, num_crops, crop_batch):
             enc.union_pass(c[: min(crop_batch, num_crops - a)])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
     return time.perf_counter() - t
 
 
@@ -109,8 +108,7 @@ def _naive(teacher, images: Path, dets: Detections, pairs: tuple, num_images: in
     with torch.no_grad(), precision:
         first = Image.open(images / dets.file_names[0]).convert("RGB")
         teacher.model.encode_image(pre(first)[None].to(device))  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         crops, t = 0, time.perf_counter()
         for i in range(num_images):
             im = Image.open(images / dets.file_names[i]).convert("RGB")
@@ -120,8 +118,7 @@ def _naive(teacher, images: Path, dets: Detections, pairs: tuple, num_images: in
                 u = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
                 teacher.model.encode_image(pre(im.crop(u))[None].to(device))
                 crops += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return crops, time.perf_counter() - t
 
 

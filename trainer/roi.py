@@ -128,7 +128,7 @@ class RoIPool:
     def __init__(self, rois: torch.Tensor, grid: tuple[int, int, int], out: int, sampling: int, *,
                  dtype: torch.dtype, sparse: bool | None = None, with_mean: bool = False):
         self.num_images, H, W = grid
-        self.out, self.with_mean = out, with_mean
+        self.with_mean = with_mean
         self.weights = roi_weights(rois.to(dtype), H, W, out, sampling)     # [K, bins, H*W]
         self.coverage = self.weights.sum(2)
         self.image = rois[:, 0].long()
