@@ -16,7 +16,9 @@ except OSError:
 """
 
 
-def run_json(code: str, *args) -> dict:
-    """The JSON that ``code``, run as ``python -c code args...``, prints on its last line."""
-    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
+def run_json(code: str, *args, env: dict[str, str] | None = None) -> dict:
+    """The JSON that ``code``, run as ``python -c code args...`` (in environment ``env``,
+    else this one), prints on its last line."""
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True,
+                          env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -11,6 +11,7 @@ import click
 
 from hoi.errors import HoiGroup
 from hoi.logs import setup_logging
+from hoicore.memory import exec_with_heap_tunables
 from hoidata import __version__
 from hoidata.boxes import BOX_FORMATS
 from hoidata.matlab import LAYOUTS
@@ -191,5 +192,13 @@ for command in (detections, teacher_cache, rescore, cache_group, train_cmd, pred
     main.add_command(command)
 
 
+def run() -> None:
+    """The ``hoi`` program (its console script and ``python -m hoi``): restarted once with
+    glibc's heap tunables (:data:`hoicore.memory.HEAP_TUNABLES`: without them a long
+    training or teacher run's heap grows with the steps it has run), then :func:`main`."""
+    exec_with_heap_tunables([sys.executable, "-m", "hoi", *sys.argv[1:]])
+    main()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

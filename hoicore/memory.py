@@ -2,6 +2,8 @@
 
 import ctypes
 import ctypes.util
+import os
+import sys
 import time
 
 _libc = None
@@ -66,3 +68,49 @@ class PeriodicRelease:
         if now - self._last >= self.seconds:
             release_free_memory()
             self._last = now
+
+
+# glibc's per-thread cache and fast bins keep small freed chunks marked in use, so a chunk
+# parked there never merges with its free neighbours. torch asks for 64-byte-aligned memory,
+# which glibc cuts out of a larger chunk, freeing small pieces beside every tensor into
+# those caches: the holes that freed tensors leave stay split by them, a step's tensors
+# (sizes follow each batch's boxes and pairs) keep finding no hole that fits, and the heap
+# grows while the bytes in use stay flat. Without the two caches the pieces merge back.
+# glibc reads tunables only when a program starts.
+HEAP_TUNABLES = ("glibc.malloc.tcache_count=0", "glibc.malloc.mxfast=0")
+_TUNABLES_ENV = "GLIBC_TUNABLES"
+
+
+def with_heap_tunables(env: dict[str, str]) -> dict[str, str]:
+    """A copy of environment ``env`` whose ``GLIBC_TUNABLES`` has :data:`HEAP_TUNABLES`
+    (a value the environment already gives one of them is kept)."""
+    have = [t for t in env.get(_TUNABLES_ENV, "").split(":") if t]
+    names = {t.split("=")[0] for t in have}
+    add = [t for t in HEAP_TUNABLES if t.split("=")[0] not in names]
+    return {**env, _TUNABLES_ENV: ":".join(have + add)} if add else dict(env)
+
+
+def without_heap_tunables(env: dict[str, str]) -> dict[str, str]:
+    """A copy of ``env`` without :data:`HEAP_TUNABLES` (glibc's defaults: the baseline)."""
+    names = {t.split("=")[0] for t in HEAP_TUNABLES}
+    keep = [t for t in env.get(_TUNABLES_ENV, "").split(":") if t and t.split("=")[0] not in names]
+    out = {k: v for k, v in env.items() if k != _TUNABLES_ENV}
+    return {**out, _TUNABLES_ENV: ":".join(keep)} if keep else out
+
+
+def heap_tunables_set() -> bool:
+    """This process was started with :data:`HEAP_TUNABLES` (or its own value of each), or
+    its C library is not glibc."""
+    return not _glibc() or with_heap_tunables(dict(os.environ)) == dict(os.environ)
+
+
+def exec_with_heap_tunables(argv: list[str]) -> None:
+    """Replace this process by ``argv`` (a program and its arguments) started with
+    :data:`HEAP_TUNABLES`, so that glibc's heaps stop growing with the work done; returns,
+    doing nothing, where they are set already (this is the restarted process, or the user
+    set them) or the C library is not glibc."""
+    if heap_tunables_set():
+        return
+    env = with_heap_tunables(dict(os.environ))
+    sys.stdout.flush(), sys.stderr.flush()
+    os.execve(argv[0], argv, env)

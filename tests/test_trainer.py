@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -519,7 +520,7 @@ def test_bench_memory_streams_two_cache_sizes_in_children_and_reports_their_peak
     lines = []
     rows = bench_memory(num_images=24, factor=2, embed_dim=16, grid=(4, 4), pairs_per_image=3, threads=1,
                         workdir=tmp_path, echo=lines.append)
-    assert [r["images"] for r in rows] == [24, 48]
+    assert [(r["images"], r["heap"]) for r in rows] == [(24, "tuned"), (48, "tuned"), (48, "default")]
     assert all(r["peak_mb"] > 0 and r["seconds"] > 0 and r["cache_mb"] > 0 for r in rows)
     assert lines[-1].startswith("  peak RSS, 2x the images:")
 
@@ -727,3 +728,62 @@ def test_periodic_release_trims_at_most_once_a_period(monkeypatch):
     every(), every()
     assert len(trims) == 5
 
+
+
+def test_heap_tunables_are_added_once_and_a_users_own_value_wins():
+    from hoicore.memory import HEAP_TUNABLES, with_heap_tunables, without_heap_tunables
+
+    env = with_heap_tunables({"PATH": "/bin"})
+    assert env["GLIBC_TUNABLES"].split(":") == list(HEAP_TUNABLES) and env["PATH"] == "/bin"
+    assert with_heap_tunables(env) == env
+    mine = with_heap_tunables({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=3:glibc.pthread.rseq=0"})
+    assert mine["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=3:glibc.pthread.rseq=0:glibc.malloc.mxfast=0"
+    assert without_heap_tunables(mine) == {"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}
+    assert without_heap_tunables(env) == {"PATH": "/bin"}
+
+
+_EXEC_CHILD = """
+import os, sys
+from hoicore.memory import exec_with_heap_tunables
+exec_with_heap_tunables([sys.executable, "-c", "import os; print('restarted', os.environ['GLIBC_TUNABLES'])"])
+print('not restarted', os.environ.get('GLIBC_TUNABLES'))
+"""
+
+
+_TUNED = "glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0"
+
+
+@pytest.mark.parametrize("given, want", [(None, f"restarted {_TUNED}"), (_TUNED, f"not restarted {_TUNED}")])
+def test_the_program_restarts_itself_once_with_the_heap_tunables(given, want):
+    import subprocess
+    import sys
+
+    from hoicore.memory import without_heap_tunables
+
+    env = without_heap_tunables(dict(os.environ))
+    if given is not None:
+        env["GLIBC_TUNABLES"] = given
+    done = subprocess.run([sys.executable, "-c", _EXEC_CHILD], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == want
+
+
+def test_python_m_hoi_runs_through_the_restart(tmp_path):
+    import subprocess
+    import sys
+
+    from hoicore.memory import without_heap_tunables
+
+    done = subprocess.run([sys.executable, "-m", "hoi", "--version"], env=without_heap_tunables(dict(os.environ)),
+                          capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert done.stdout.startswith("hoi, version")
+
+
+@pytest.mark.parametrize("tuned", [True, False])
+def test_a_streamed_run_says_when_its_process_lacks_the_heap_tunables(caches, tmp_path, monkeypatch, caplog, tuned):
+    from hoicore.memory import with_heap_tunables, without_heap_tunables
+
+    env = (with_heap_tunables if tuned else without_heap_tunables)(dict(os.environ))
+    monkeypatch.setattr(os, "environ", env)
+    with caplog.at_level("INFO", logger="trainer.engine"):
+        train(caches["train"], tmp_path / "run", BASE.replace(epochs=1, in_memory="no"))
+    assert ("heap tunables" in caplog.text) is not tuned
