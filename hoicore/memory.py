@@ -1,4 +1,5 @@
-"""Handing freed memory back to the operating system, and what glibc's heaps hold."""
+"""Handing freed memory back to the operating system, what glibc's heaps hold, and the
+glibc tunables under which they stop growing with the work done."""
 
 import ctypes
 import ctypes.util
@@ -109,7 +110,7 @@ def exec_with_heap_tunables(argv: list[str]) -> None:
     :data:`HEAP_TUNABLES`, so that glibc's heaps stop growing with the work done; returns,
     doing nothing, where they are set already (this is the restarted process, or the user
     set them) or the C library is not glibc."""
-    if heap_tunables_set():
+    if heap_tunables_set() or not argv[0]:  # (an embedded interpreter may not know its executable)
         return
     env = with_heap_tunables(dict(os.environ))
     sys.stdout.flush(), sys.stderr.flush()
