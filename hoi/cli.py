@@ -192,13 +192,21 @@ for command in (detections, teacher_cache, rescore, cache_group, train_cmd, pred
     main.add_command(command)
 
 
+# Commands that run without the restart: the demo trains small students held in memory,
+# whose steps the tunables slow by about 10% (many small allocations) and whose heaps are
+# bounded by the world anyway.
+UNTUNED_COMMANDS = {"demo"}
+
+
 def run() -> None:
     """The ``hoi`` program (its console script and ``python -m hoi``): restarted once with
     glibc's heap tunables (:data:`hoicore.memory.HEAP_TUNABLES`: without them a long
     training or teacher run's heap grows with the steps it has run), then :func:`main`."""
-    exec_with_heap_tunables([sys.executable, "-m", "hoi", *sys.argv[1:]])
+    args = sys.argv[1:]
+    command = next((a for a in args if not a.startswith("-")), None)  # the group's own options take no value
+    if command not in UNTUNED_COMMANDS:
+        exec_with_heap_tunables([sys.executable, "-m", "hoi", *args])
     main()
-
 
 if __name__ == "__main__":  # pragma: no cover
     run()

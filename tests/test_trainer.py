@@ -787,3 +787,25 @@ def test_a_streamed_run_says_when_its_process_lacks_the_heap_tunables(caches, tm
     with caplog.at_level("INFO", logger="trainer.engine"):
         train(caches["train"], tmp_path / "run", BASE.replace(epochs=1, in_memory="no"))
     assert ("heap tunables" in caplog.text) is not tuned
+
+
+_RUN_CHILD = """
+import sys
+import hoi.cli
+hoi.cli.exec_with_heap_tunables = lambda argv: print("restart", argv[3:])
+hoi.cli.main = lambda: print("main")
+sys.argv = ["hoi", *sys.argv[1:]]
+hoi.cli.run()
+"""
+
+
+@pytest.mark.parametrize("args, restarted", [
+    (["-v", "train", "--cache", "demo"], True), (["demo", "--out", "x"], False), (["-q", "demo"], False),
+    (["--version"], True)])
+def test_every_command_but_the_demo_restarts_with_the_heap_tunables(args, restarted):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _RUN_CHILD, *args], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == ([f"restart {args}"] if restarted else []) + ["main"]
