@@ -208,5 +208,6 @@ def run() -> None:
         exec_with_heap_tunables([sys.executable, "-m", "hoi", *args])
     main()
 
+
 if __name__ == "__main__":  # pragma: no cover
     run()
