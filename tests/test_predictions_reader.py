@@ -36,6 +36,15 @@ def assert_same(a, b):
         assert np.array_equal(x.view(np.uint8), y.view(np.uint8)), k  # bit for bit: -0.0, NaN
 
 
+def assert_refused_as_reference_does(f, message: str) -> None:
+    """The fast reader refuses ``f`` with ``message``, word for word as the json-module reference does."""
+    with pytest.raises(PredictionsError, match=message) as got:
+        read_predictions(f)
+    with pytest.raises(PredictionsError) as ref_error:
+        reference(f)
+    assert str(got.value) == str(ref_error.value)
+
+
 def number(rng) -> str:
     kind = rng.integers(0, 9)
     if kind == 0:
@@ -188,11 +197,7 @@ def test_bad_rows_name_image_and_row_as_json_load_does(tmp_path, monkeypatch, ro
     many = json.dumps([GOOD] * 20)  # images before and after: several batches and pieces
     f = tmp_path / "bad.json"
     f.write_text('{"box_format": "coord", "predictions": {"z": %s, "a": %s, "y": %s}}' % (many, rows, many))
-    with pytest.raises(PredictionsError, match=message) as fast_error:
-        read_predictions(f)
-    with pytest.raises(PredictionsError) as ref_error:
-        reference(f)
-    assert str(fast_error.value) == str(ref_error.value)
+    assert_refused_as_reference_does(f, message)
 
 
 def test_the_first_bad_image_in_file_order_is_named(tmp_path):
@@ -240,11 +245,7 @@ def test_files_that_are_not_json_get_json_loads_error(tmp_path, text):
 def test_files_of_another_shape_get_the_same_message(tmp_path, text, message):
     f = tmp_path / "other.json"
     f.write_text(text)
-    with pytest.raises(PredictionsError, match=message) as got:
-        read_predictions(f)
-    with pytest.raises(PredictionsError) as ref_error:
-        reference(f)
-    assert str(got.value) == str(ref_error.value)
+    assert_refused_as_reference_does(f, message)
 
 
 def test_unreadable_files(tmp_path):
