@@ -228,11 +228,7 @@ def test_the_first_bad_image_in_file_order_is_named(tmp_path):
 def test_files_that_are_not_json_get_json_loads_error(tmp_path, text):
     f = tmp_path / "bad.json"
     f.write_text(text, encoding="utf-8")
-    with pytest.raises(PredictionsError, match="not a readable JSON file") as got:
-        read_predictions(f)
-    with pytest.raises(PredictionsError) as ref_error:
-        reference(f)
-    assert str(got.value) == str(ref_error.value)
+    assert_refused_as_reference_does(f, "not a readable JSON file")
 
 
 @pytest.mark.parametrize("text, message", [
