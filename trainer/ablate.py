@@ -49,15 +49,17 @@ GRID = (
 UNSEEN_PREFIX = "without-"
 
 
-def unseen_rows(splits, base: Row = GRID[3]) -> tuple[Row, ...]:
+def unseen_rows(splits, base: Row = GRID[3], prefix: str = UNSEEN_PREFIX) -> tuple[Row, ...]:
     """One row per zero-shot split: ``base`` (all levels, late fusion) trained without the
-    split's unseen classes, named ``without-<split>``."""
-    return tuple(Row(f"{UNSEEN_PREFIX}{s}", f"{base.label}, without {s}'s unseen classes",
+    split's unseen classes, named ``<prefix><split>``."""
+    return tuple(Row(f"{prefix}{s}", f"{base.label}, without {s}'s unseen classes",
                      {**base.overrides, "unseen": s}) for s in splits)
 
 
-# The two baselines, evaluated on the same pairs: chance is uniform random scores.
-BASELINES = (("chance", "random", "chance: random scores"), ("teacher", "teacher", "teacher: CLIP on union boxes"))
+# The baselines, evaluated on the same pairs: chance is uniform random scores; dense is
+# CLIP's dense map pooled over the union boxes (what a --residual student starts from).
+BASELINES = (("chance", "random", "chance: random scores"), ("teacher", "teacher", "teacher: CLIP on union boxes"),
+             ("clip-dense", "dense", "CLIP's dense map on union boxes"))
 
 
 def ablate(train_cache, test_cache, out_dir, config: TrainConfig | None = None, *, det_exponent: float = 1.0,
@@ -136,10 +138,12 @@ def format_ablation(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def zero_shot_table(results: list[dict], trained_with: str = GRID[3].name) -> list[dict]:
-    """Per zero-shot split with a ``without-<split>`` row in ``results``: Default mAP
+def zero_shot_table(results: list[dict], trained_with: str = GRID[3].name,
+                    prefix: str = UNSEEN_PREFIX) -> list[dict]:
+    """Per zero-shot split with a ``<prefix><split>`` row in ``results``: Default mAP
     {full, seen, unseen} of the student trained without the split's unseen classes, of the
-    same student trained with them (row ``trained_with``), of the teacher and of chance."""
+    same student trained with them (row ``trained_with``), of the teacher, of CLIP's dense
+    map and of chance."""
     by_name = {r["name"]: r for r in results}
 
     def zs(name: str, split: str) -> dict:
@@ -148,12 +152,13 @@ def zero_shot_table(results: list[dict], trained_with: str = GRID[3].name) -> li
 
     out = []
     for r in results:
-        if not r["name"].startswith(UNSEEN_PREFIX):
+        if not r["name"].startswith(prefix):
             continue
-        split = r["name"][len(UNSEEN_PREFIX):]
+        split = r["name"][len(prefix):]
         out.append({"split": split, "setting": r["summary"]["zero_shot"]["default"][split]["setting"],
                     "trained_without": zs(r["name"], split), "trained_with": zs(trained_with, split),
-                    "teacher": zs("teacher", split), "chance": zs("chance", split)})
+                    "teacher": zs("teacher", split), "clip_dense": zs("clip-dense", split),
+                    "chance": zs("chance", split)})
     return out
 
 
@@ -162,7 +167,7 @@ def format_zero_shot(table: list[dict]) -> str:
     def pct(x) -> str:
         return f"{'-':>9}" if x is None else f"{100 * x:9.2f}"
 
-    models = ("trained_without", "trained_with", "teacher", "chance")
+    models = ("trained_without", "trained_with", "teacher", "clip_dense", "chance")
     head = f"{'split':<24}" + "".join(f"{m.replace('_', ' '):>17}" for m in models)
     lines = ["unseen classes, Default mAP (%); in brackets the seen classes'", head, "-" * len(head)]
     for t in table:

@@ -16,7 +16,7 @@ from hoicore.options import check_fields, option
 from hoidata.errors import HoiError
 
 # Scorers of cached pairs that `predict` knows (see trainer.predict).
-PREDICTION_MODELS = ("student", "teacher", "random")
+PREDICTION_MODELS = ("student", "teacher", "dense", "random")
 
 
 class ConfigError(HoiError, ValueError):
@@ -41,6 +41,11 @@ class TrainConfig:
                                 "already).", ("conv", "depthwise", "none"))
     fusion: str = option("late", "Pair scores: 'late' combines the human-object and union branches' scores; "
                                "'early' concatenates their features and scores once.", ("late", "early"))
+    residual: bool = option(False, "Each branch's embedding is CLIP's own embedding of its region (the cached dense "
+                                   "map, already in the joint space, averaged over the grid or RoI-pooled over the "
+                                   "union box) plus a learned correction that starts at zero, with the logit scale "
+                                   "starting at 1 / --temperature: an untrained student is CLIP's dense zero-shot "
+                                   "scorer, and training bends it only where the seen classes ask.")
     crop_mode: str = option("auto", "How the teacher made the whole image (dense map) and union boxes square: "
                                   "'squash', 'pad' (grow to the long side) or 'center' (cut to the short side); "
                                   "'auto' reads the cache's teacher.crop_mode, else squash.",
@@ -56,6 +61,11 @@ class TrainConfig:
     w_mil: float = option(1.0, "Weight of the MIL loss (human-object pair scores pooled <- global CLIP "
                              "scores); 0 disables it.")
     w_union: float = option(1.0, "Weight of the union loss (union pair scores <- union CLIP scores); 0 disables it.")
+    w_feature: float = option(10.0, "Weight of the feature loss: 1 - cosine of each branch's embedding to CLIP's "
+                                   "embedding of the same region, the global branch's to the image's global "
+                                   "embedding and, where the union level supervises (a union or fused branch), "
+                                   "every pair branch's to the union crop's. It names no class, so it keeps the "
+                                   "whole embedding space, the directions of unseen classes included; 0 disables it.")
     unseen: str = option("", "Zero-shot split of the cache's label space (e.g. rare_first, non_rare_first, "
                            "unseen_object, unseen_verb) whose unseen classes are removed from every training "
                            "target: no soft label, no loss term, no text embedding in any loss. Test time still "
@@ -103,7 +113,7 @@ class TrainConfig:
         for f in fields(cls):
             if f.name in d:
                 _check_type(f.name, d[f.name], type(f.default), source)
-        return cls(**d).validated()
+        return cls(**{**ABSENT, **d}).validated()
 
     def replace(self, **changes) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
@@ -120,7 +130,20 @@ class TrainConfig:
         """Losses computed: those with a positive weight whose branch exists (global, mil, union)."""
         sources = {"global": self.global_branch, "mil": self.fusion == "early" or self.ho_branch,
                    "union": self.fusion == "early" or self.union_branch}
-        return tuple(k for k in ("global", "mil", "union") if sources[k] and getattr(self, f"w_{k}") > 0)
+        return tuple(k for k in ("global", "mil", "union") if sources[k] and getattr(self, f"w_{k}") > 0) + \
+            (("feature",) if self.w_feature > 0 else ())
+
+    @property
+    def feature_targets(self) -> dict[str, str]:
+        """Branch -> the CLIP embedding its feature loss pulls it towards: 'global' (the cached
+        global embedding) for the global branch; 'union' (the union crop's) for every pair
+        branch when the union level supervises the run; empty without the feature loss."""
+        if self.w_feature <= 0:
+            return {}
+        targets = {"global": "global"} if self.global_branch else {}
+        if self.fusion == "early" or self.union_branch:
+            targets.update({b: "union" for b in self.pair_branches})
+        return targets
 
     def validated(self) -> "TrainConfig":
         """Check choices, ranges and that every branch has a loss that trains it; return self."""
@@ -134,7 +157,7 @@ class TrainConfig:
         for name in ("temperature", "mil_temperature", "lr"):
             if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be a positive number, not {getattr(self, name)}")
-        for name in ("w_global", "w_mil", "w_union", "weight_decay", "clip_grad", "prefetch", "threads"):
+        for name in ("w_global", "w_mil", "w_union", "w_feature", "weight_decay", "clip_grad", "prefetch", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, not {getattr(self, name)}")
         if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
@@ -159,6 +182,10 @@ class TrainConfig:
                                       f"pass --no-{branch}-branch or --{weight.replace('_', '-')} > 0")
         return self
 
+
+# Switches added after checkpoints were first written: a stored config without one was
+# trained without it (whatever today's default), so it reads as off.
+ABSENT = {"residual": False, "w_feature": 0.0}
 
 # Upper bounds of sizes a config may ask for: beyond them a typo, not an experiment (a
 # hidden_dim of 10^7 would allocate gigabytes before anything else could refuse it).

@@ -117,7 +117,9 @@ class Block:
     grid_boxes: float32 [P, 3, 4] the regions to pool, in grid coordinates (the union as the
     teacher cut it: with its margin, made square);
     object: int64 [P] detected object class; det_score: float32 [P, 2] human, object;
-    union_score: float16 [P, C] | None (raw cosines).
+    union_score: float16 [P, C] | None (raw cosines);
+    global_embedding: float16 [n, D] | None, union_embedding: float16 [P, D] | None: CLIP's
+    L2-normalised embeddings of the whole image and of the union crop (feature distillation).
     """
 
     image: np.ndarray
@@ -131,9 +133,11 @@ class Block:
     object: np.ndarray
     det_score: np.ndarray
     union_score: np.ndarray | None
+    global_embedding: np.ndarray | None = None
+    union_embedding: np.ndarray | None = None
 
-    _PER_IMAGE = ("image", "size", "dense", "global_score")
-    _PER_PAIR = ("pair_row", "boxes", "grid_boxes", "object", "det_score", "union_score")
+    _PER_IMAGE = ("image", "size", "dense", "global_score", "global_embedding")
+    _PER_PAIR = ("pair_row", "boxes", "grid_boxes", "object", "det_score", "union_score", "union_embedding")
 
     def __len__(self) -> int:
         return len(self.image)
@@ -178,7 +182,8 @@ class Block:
         obj = t(self.object, torch.int64)
         return Batch(dense=t(self.dense), global_score=t(self.global_score), pair_image=t(self.pair_image, torch.int64),
                      grid_boxes=t(self.grid_boxes), norm_boxes=t(norm), object=obj, det_score=t(self.det_score),
-                     union_score=t(self.union_score), class_mask=object_class_mask[obj])
+                     union_score=t(self.union_score), class_mask=object_class_mask[obj],
+                     global_embedding=t(self.global_embedding), union_embedding=t(self.union_embedding))
 
 
 @dataclass
@@ -189,7 +194,8 @@ class Batch:
     grid_boxes: float32 [P, 3, 4] (human, object, union; grid coordinates);
     norm_boxes: float32 [P, 2, 4] (human, object; divided by the image size);
     object: int64 [P]; det_score: float32 [P, 2]; union_score: float32 [P, C] | None;
-    class_mask: bool [P, C], True on the HOI classes of each pair's object.
+    class_mask: bool [P, C], True on the HOI classes of each pair's object;
+    global_embedding: float32 [B, D] | None; union_embedding: float32 [P, D] | None (CLIP's own).
     """
 
     dense: torch.Tensor
@@ -201,6 +207,8 @@ class Batch:
     det_score: torch.Tensor
     union_score: torch.Tensor | None
     class_mask: torch.Tensor
+    global_embedding: torch.Tensor | None = None
+    union_embedding: torch.Tensor | None = None
 
     @property
     def num_images(self) -> int:
@@ -215,7 +223,7 @@ class CacheReader:
     """Reads blocks of images from an open cache; holds only per-image index arrays.
 
     crop_mode: the teacher's (see :func:`resolve_crop_mode`). what: which optional arrays to
-    read: any of 'dense', 'global_score', 'union_score'.
+    read: any of 'dense', 'global_score', 'union_score', 'global_embedding', 'union_embedding'.
     """
 
     def __init__(self, cache: TeacherCache, crop_mode: str,
@@ -252,6 +260,8 @@ class CacheReader:
         per_image = (gh * gw * lay["embed_dim"] * 2 if "dense" in self.what else 0) + lay["num_classes"] * 2
         # boxes and grid boxes (2 x [3, 4] float32), det scores ([2] float32), object and row (int64)
         per_pair = 2 * 12 * 4 + 2 * 4 + 2 * 8 + (lay["num_classes"] * 2 if "union_score" in self.what else 0)
+        per_image += lay["embed_dim"] * 2 if "global_embedding" in self.what else 0
+        per_pair += lay["embed_dim"] * 2 if "union_embedding" in self.what else 0
         return self.num_images * per_image + lay["num_pairs"] * per_pair
 
     def read(self, i0: int, i1: int) -> Block:
@@ -281,6 +291,10 @@ class CacheReader:
             block.global_score = image_array("global/score")
         if "union_score" in self.what:
             block.union_score = c.read("union/score", slice(lo, hi))[rows]
+        if "global_embedding" in self.what:
+            block.global_embedding = image_array("global/embedding")
+        if "union_embedding" in self.what:
+            block.union_embedding = c.read("union/embedding", slice(lo, hi))[rows]
         return block
 
     def read_all(self, block_images: int) -> Block:
@@ -398,7 +412,9 @@ class TrainData:
 
     def __init__(self, cache: TeacherCache, config: TrainConfig, crop_mode: str):
         self.config = config
-        what = ("dense", "global_score") + (("union_score",) if "union" in config.active_losses else ())
+        targets = set(config.feature_targets.values())
+        what = ("dense", "global_score") + (("union_score",) if "union" in config.active_losses else ()) + \
+            tuple(f"{t}_embedding" for t in ("global", "union") if t in targets)
         self.reader = CacheReader(cache, crop_mode, what)
         self.block_ranges = self.reader.blocks(config.block_images)
         need = self.reader.estimate_bytes()

@@ -90,8 +90,9 @@ def train_one_epoch(model: Student, criterion: DistillationLoss, batches: Iterab
         for group in optimizer.param_groups:
             group["lr"] = config.lr * schedule(step)
         with autocast_for(device, config.amp):
-            outputs = model(batch)
-        losses = criterion(outputs, batch)
+            embeddings = model.embed(batch)
+            outputs = model.logits(embeddings)
+        losses = criterion(outputs, batch, embeddings)
         loss = criterion.total(losses)
         value = loss.item()  # one sync per step; it also feeds the progress bar
         if not math.isfinite(value):
@@ -209,6 +210,8 @@ def _train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bo
         raise ConfigError(f"{cache.path} holds no images; nothing to train on")
     if "union" in config.active_losses:
         cache.require_level("union", why="the union loss trains on union CLIP scores")
+    if "union" in config.feature_targets.values():
+        cache.require_level("union", why="the feature loss pulls the union branch towards union CLIP embeddings")
     data = TrainData(cache, config, crop_mode)
     if data.num_images == 0:
         raise ConfigError(f"{cache.path} has no usable image (all skipped or none); nothing to train on")

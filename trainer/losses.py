@@ -9,6 +9,11 @@ over the same support, so it is 0 when the student matches and never negative.
   max) <- global CLIP scores, over the classes some pair of the image can take
   (multiple-instance learning: the image says what happens, not which pair does it).
 - ``union``: union pair scores [P, C] <- union CLIP scores of the same pairs.
+- ``feature``: each branch's embedding <- CLIP's embedding of the same region (1 - cosine,
+  summed over the branches; ``config.feature_targets``): the global branch's <- the image's
+  global embedding; where the union level supervises, every pair branch's <- the union
+  crop's. It names no class, so it holds the student to CLIP's whole embedding space, the
+  directions of unseen classes included.
 
 With ``config.unseen`` (a zero-shot split), every support is restricted to the seen
 classes: unseen classes get no soft label and no loss term, and their text embeddings take
@@ -21,6 +26,7 @@ As in DETR's criterion, :class:`DistillationLoss` returns the unweighted losses 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
@@ -102,9 +108,27 @@ class DistillationLoss(nn.Module):
             return logits.sum() * 0
         return soft_kl(logits[keep], batch.union_score[keep], support[keep], self.config.temperature)
 
-    def forward(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
-        """Unweighted losses by name (scalars, float32)."""
-        return {k: getattr(self, f"loss_{k}")(outputs[self.source[k]].float(), batch) for k in self.weights}
+    def loss_feature(self, embeddings: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        targets = self.config.feature_targets
+        total = embeddings[next(iter(targets))].new_zeros(())
+        for branch, source in targets.items():
+            target = batch.global_embedding if source == "global" else batch.union_embedding
+            if len(target):
+                cos = F.cosine_similarity(embeddings[branch].float(), target.float(), dim=-1)
+                total = total + (1 - cos).mean()
+        return total
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: Batch,
+                embeddings: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Unweighted losses by name (scalars, float32). embeddings: the student's
+        (:meth:`trainer.model.Student.embed`), which the feature loss reads."""
+        out = {k: getattr(self, f"loss_{k}")(outputs[self.source[k]].float(), batch)
+               for k in self.weights if k != "feature"}
+        if "feature" in self.weights:
+            if embeddings is None:
+                raise ValueError("the feature loss needs the student's embeddings (Student.embed)")
+            out["feature"] = self.loss_feature(embeddings, batch)
+        return out
 
     def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.weights[k] * v for k, v in losses.items())

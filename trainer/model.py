@@ -22,6 +22,10 @@ B x H x W cells (that product was most of a training step's cost on the CPU).
 Every embedding is scored by cosine against the cached HOI text embeddings [C, D] times a
 learned logit scale per branch, so a class never seen in training is scored like any other.
 Branches that are switched off are not built: they contribute nothing, not even weights.
+:meth:`Student.embed` gives the embeddings themselves (the feature loss reads them), and
+:meth:`Student.logits` scores them; ``forward`` is the two in turn. With ``residual`` each
+embedding is CLIP's own embedding of the branch's region (:func:`clip_regions`, from the
+cached dense map) plus the head's output, which starts at zero.
 """
 
 from __future__ import annotations
@@ -162,7 +166,12 @@ def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
 
 class Student(nn.Module):
     """The student of ``config`` over text embeddings ``text`` float32 [C, D] (from the cache,
-    not a weight: the checkpoint stays valid for any prompt set of the same teacher)."""
+    not a weight: the checkpoint stays valid for any prompt set of the same teacher).
+
+    With ``config.residual`` every branch's embedding is :func:`clip_regions`' CLIP
+    embedding of its region plus its head's output, the head's last layer starting at zero
+    and the logit scales at 1 / temperature: before training the student scores every class,
+    seen or not, as CLIP's dense map does."""
 
     def __init__(self, config: TrainConfig, text: torch.Tensor):
         super().__init__()
@@ -185,7 +194,13 @@ class Student(nn.Module):
         for name in config.pair_branches:
             width = {"ho": 3, "union": 1, "fused": 4}[name] * hidden
             self.heads[name] = mlp(width, hidden, embed_dim)
-        self.logit_scale = nn.ParameterDict({k: nn.Parameter(torch.tensor(INIT_LOGIT_SCALE)) for k in self.heads})
+        init_scale = INIT_LOGIT_SCALE
+        if config.residual:  # after the random init, so the other weights are those of the plain student
+            init_scale = min(math.log(1 / config.temperature), MAX_LOGIT_SCALE)
+            for head in self.heads.values():
+                nn.init.zeros_(head[-1].weight)
+                nn.init.zeros_(head[-1].bias)
+        self.logit_scale = nn.ParameterDict({k: nn.Parameter(torch.tensor(init_scale)) for k in self.heads})
 
     def feature_key(self, level: str) -> str:
         """The adapter (and RoI projection) serving a supervision level."""
@@ -196,9 +211,18 @@ class Student(nn.Module):
         scale = self.logit_scale[name].clamp(max=MAX_LOGIT_SCALE).exp()
         return scale * F.normalize(embedding.float(), dim=-1) @ self.text.T
 
+    def logits(self, embeddings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Logits float32 per branch (see :meth:`forward`) from :meth:`embed`'s embeddings."""
+        return {k: self.score(k, v) for k, v in embeddings.items()}
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Logits float32 per branch, over all classes (restricting them is the caller's
         choice): 'global' [B, C]; per pair [P, C]: 'ho' and 'union' (late fusion) or 'fused'."""
+        return self.logits(self.embed(batch))
+
+    def embed(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Embeddings per branch in CLIP's joint space (not normalised): 'global' [B, D]; per
+        pair [P, D]: 'ho' and 'union' (late fusion) or 'fused'."""
         P = batch.num_pairs
         global_key = self.feature_key("global") if "global" in self.heads else None
         roi, mean = {}, {}
@@ -210,18 +234,34 @@ class Student(nn.Module):
             if cols:
                 feats = self.rois[key](pooled)[inverse].view(P, len(cols), -1)
                 roi.update({c: feats[:, j] for j, c in enumerate(cols)})
+        base = clip_regions(batch, self.config.roi_size) if self.config.residual else {}
         out = {}
         if global_key is not None:
-            out["global"] = self.score("global", self.heads["global"](mean[global_key]))
+            out["global"] = self.heads["global"](mean[global_key])
         pair = self.config.pair_branches
         if P == 0:
-            return {**out, **{k: self.text.new_zeros(0, self.text.shape[0]) for k in pair}}
+            return {**out, **{k: self.text.new_zeros(0, self.text.shape[1]) for k in pair}}
         for name in pair:
             parts = [roi[c] for c in BOXES[name]]
             if name in ("ho", "fused"):
                 parts.insert(2, self.spatial(spatial_features(batch.norm_boxes)))
-            out[name] = self.score(name, self.heads[name](torch.cat(parts, 1)))
+            out[name] = self.heads[name](torch.cat(parts, 1))
+        for name in out if base else ():  # the heads' outputs are corrections of CLIP's embeddings
+            out[name] = out[name] + base["global" if name == "global" else "pair"]
         return out
+
+
+def clip_regions(batch: Batch, roi_size: int) -> dict[str, torch.Tensor]:
+    """CLIP's own embeddings of the student's regions, from the cached dense map (already
+    projected into the joint space), L2-normalised: 'global' [B, D], the map's mean over the
+    grid; 'pair' [P, D], its RoI-align over each pair's union box as the teacher cut it
+    (roi_size x roi_size bins, averaged by their coverage). No weight: the dense map is
+    CLIP's, so these score unseen classes exactly as well as CLIP's map does."""
+    rois, inverse = distinct_boxes(batch, [2] if batch.num_pairs else [])
+    pool = RoIPool(rois, batch.dense.shape[:3], roi_size, ROI_SAMPLING, dtype=batch.dense.dtype, with_mean=True)
+    pooled, mean = pool(batch.dense)                                     # [K, bins, D], [B, D]
+    region = pooled.sum(1) / pool.coverage.sum(1, keepdim=True).clamp(min=1e-6)
+    return {"global": F.normalize(mean, dim=-1), "pair": F.normalize(region, dim=-1)[inverse]}
 
 
 def state_shapes(config: TrainConfig, text_shape: tuple[int, int]) -> dict[str, tuple[int, ...]]:

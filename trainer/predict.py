@@ -9,6 +9,9 @@ Three scorers of the same pairs (the cache's, from the detections by the pair ru
   rather than the raw cosine because raw cosines carry a per-crop offset (one crop is
   closer to every prompt than another) that would mix up the ranking across pairs; the
   temperature is the one the student's soft labels use, so both are on one scale.
+- ``dense``: CLIP's dense map (the global pass) RoI-pooled over each union box, scored like
+  the teacher (softmax of cosine / temperature over the object's classes): what a
+  ``--residual`` student scores before any training, and a teacher that needs no union crop.
 - ``random``: uniform random class scores: chance for the interaction classifier on the
   same detections and pairs.
 
@@ -29,6 +32,7 @@ import torch
 from cache.store import TeacherCache, open_cache
 from hoicore.device import resolve_device
 from hoidata.annotations import Annotations
+from hoidata.classes import class_record, to_base_classes
 from hoidata.evaluation import EvalResult, evaluate
 from hoidata.hico_mat import read_image_labels
 from hoidata.predictions import Predictions, write_predictions
@@ -38,7 +42,7 @@ from .config import PREDICTION_MODELS as MODELS
 from .config import ConfigError, TrainConfig
 from .data import Block, CacheReader, labelspace_of, object_class_mask, prefetched, resolve_crop_mode
 from .engine import autocast_for
-from .model import Student, masked_softmax, pair_scores, state_shapes
+from .model import Student, clip_regions, masked_softmax, pair_scores, state_shapes
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +60,23 @@ def ground_truth(cache: TeacherCache, labelspace_name: str = "") -> Annotations:
         object=cache.read("gt/object").astype(np.int64), labelspace_name=labelspace_name)
 
 
-def load_student(checkpoint, cache: TeacherCache, device: torch.device) -> tuple[Student, dict]:
+def load_student(checkpoint, cache: TeacherCache, device: torch.device,
+                 text: np.ndarray | None = None) -> tuple[Student, dict]:
     """The trained student of checkpoint folder ``checkpoint`` scoring ``cache``'s text
-    embeddings (refused if the cache was made by another teacher); returns (model, meta)."""
+    embeddings, or ``text`` float32 [C', D] when given (refused if the cache was made by
+    another teacher); returns (model, meta)."""
     meta = ckpt.read_meta(checkpoint)
     ckpt.check_teacher(meta, cache, checkpoint)
-    return student_from(checkpoint, meta, cache.read("text/embedding"), device), meta
+    return student_from(checkpoint, meta, cache.read("text/embedding") if text is None else text, device), meta
+
+
+def _query_mask(ls, cache: TeacherCache) -> np.ndarray:
+    """bool [O, C']: the object-class mask of the classes of label space ``ls``, over the
+    objects of the cache (whose detections name them by ``ls``'s object indices)."""
+    num_objects = max(ls.num_objects, int(cache.read("detections/label").max(initial=-1)) + 1)
+    mask = np.zeros((num_objects, ls.num_classes), dtype=bool)
+    mask[:ls.num_objects] = ls.object_class_mask
+    return mask
 
 
 def student_from(checkpoint, meta: dict, text: np.ndarray, device: torch.device) -> Student:
@@ -118,13 +133,16 @@ def student_scores(model: Student, block: Block, class_mask: torch.Tensor, devic
 
 def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent: float = 1.0, top_k: int = 0,
             temperature: float | None = None, batch_size: int = 64, block_images: int = 256, device: str = "auto",
-            seed: int = 0, union_weight: float = 0.5) -> tuple[Predictions, dict]:
+            seed: int = 0, union_weight: float = 0.5, classes=None) -> tuple[Predictions, dict]:
     """Predictions of ``model`` (student / teacher / random, see the module docstring) for
     every pair of the cache, and a dict saying what made them.
 
     checkpoint: the student's checkpoint folder (student only). temperature: the teacher's
     softmax temperature (default: the training default, 0.01). seed: the random baseline's.
     union_weight: the union branch's share of a late-fusion student's pair scores.
+    classes: (label space, text embeddings float32 [C', D] of its prompts by the cache's
+    teacher): the classes a student scores instead of the cache's (classes asked for in
+    words, :mod:`hoidata.classes`); the predictions record them.
     """
     if not 0 <= union_weight <= 1:
         raise ConfigError(f"union_weight must be in [0, 1], not {union_weight}")
@@ -132,13 +150,16 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
         raise ConfigError(f"model {model!r}: choose one of {', '.join(MODELS)}")
     if (model == "student") != (checkpoint is not None):
         raise ConfigError("--checkpoint goes with --model student (and only with it)")
+    if classes is not None and model != "student":
+        raise ConfigError(f"classes asked for in words (--hoi, --classes) are scored by a student; the {model} "
+                          "baseline scores the cache's own classes")
     cache = open_cache(cache_path)
     dev = resolve_device(device)
-    mask = object_class_mask(cache)
+    mask = object_class_mask(cache) if classes is None else _query_mask(classes[0], cache)
     info = {"model": model, "cache": {"path": str(cache.path), "fingerprint": cache.fingerprint},
             "det_exponent": det_exponent, "top_k": top_k}
     if model == "student":
-        student, meta = load_student(checkpoint, cache, dev)
+        student, meta = load_student(checkpoint, cache, dev, None if classes is None else classes[1])
         config = student.config
         reader = CacheReader(cache, resolve_crop_mode(config.crop_mode, cache), ("dense",))
         mask_t = torch.from_numpy(mask).to(dev)
@@ -156,6 +177,21 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
         def score_block(b: Block) -> np.ndarray:
             raw = torch.from_numpy(b.union_score.astype(np.float32))
             return masked_softmax(raw / temperature, torch.from_numpy(mask[b.object])).numpy()
+    elif model == "dense":
+        temperature = TrainConfig().temperature if temperature is None else temperature
+        info["temperature"] = temperature
+        roi_size = TrainConfig().roi_size
+        reader = CacheReader(cache, resolve_crop_mode("auto", cache), ("dense",))
+        text = torch.nn.functional.normalize(torch.from_numpy(cache.read("text/embedding").astype(np.float32)), dim=-1)
+        mask_t = torch.from_numpy(mask)
+
+        def score_block(b: Block) -> np.ndarray:
+            out = [np.zeros((0, mask.shape[1]), np.float32)]
+            for s in range(0, len(b), batch_size):
+                batch = b.select(np.arange(s, min(s + batch_size, len(b)))).to_batch(mask_t, torch.device("cpu"))
+                emb = clip_regions(batch, roi_size)["pair"]
+                out.append(masked_softmax(emb @ text.T / temperature, batch.class_mask).numpy())
+            return np.concatenate(out)
     else:
         info["seed"] = seed
         reader = CacheReader(cache, "squash", ())
@@ -172,6 +208,8 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
              for block in prefetched(lambda r: reader.read(*r), reader.blocks(block_images), 1)]
     pred = Predictions.from_arrays([str(n) for n in cache.read("images/file_name")], box_format="coord",
                                    **concat_rows(parts))
+    if classes is not None:
+        pred.classes = info["classes"] = class_record(*classes)
     info["num_predictions"] = len(pred)
     return pred, info
 
@@ -179,12 +217,12 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
 def predict_file(cache_path, output, **predict_kw) -> dict:
     """:func:`predict`, written to ``output`` (.json, .json.gz or .npz); returns what made them."""
     pred, info = predict(cache_path, **predict_kw)
-    write_predictions(pred, output)
+    write_predictions(pred, output, provenance=info)
     return {**info, "output": str(output)}
 
 
 def run_eval(cache_path, *, results=None, predictions=None, labelspace: str | None = None, image_labels=None,
-             **predict_kw) -> tuple[EvalResult, dict]:
+             classes=None, **predict_kw) -> tuple[EvalResult, dict]:
     """Predict (see :func:`predict`) on a test cache and evaluate against its own ground
     truth and label space; write the results JSON (the evaluator's summary under
     ``results`` plus what made the predictions) to ``results`` and the predictions to
@@ -194,8 +232,10 @@ def run_eval(cache_path, *, results=None, predictions=None, labelspace: str | No
     cache = open_cache(cache_path)
     ls = labelspace_of(cache, labelspace)
     gt = ground_truth(cache, ls.name)  # before predicting: a cache without ground truth fails fast
+    if classes is not None:  # and classes the label space lacks cannot be evaluated
+        to_base_classes(class_record(*classes), ls, "the classes asked for")
     labels = read_image_labels(image_labels, gt.file_names, ls) if image_labels else None
-    pred, info = predict(cache_path, **predict_kw)
+    pred, info = predict(cache_path, classes=classes, **predict_kw)
     res = evaluate(gt, pred, ls, source=f"predictions for {cache.path}", image_labels=labels)
     report = {**info, "results": json.loads(res.summary_json())}
     if predictions:
