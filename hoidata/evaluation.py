@@ -243,6 +243,7 @@ def evaluate(gt: Annotations, pred: Predictions, labelspace: LabelSpace, *,
     ``None`` uses the stand-in. The result says which (``known_object_images``)."""
     known = known_object_table(gt, labelspace, image_labels)
     C = labelspace.num_classes
+    pred, scored = _in_labelspace(pred, labelspace, source)
     pred.validate(C, source)
     p_img = pred.images_in(gt.file_names, ignore_unknown_images=ignore_unknown_images, source=source)
     unknown = p_img < 0
@@ -277,8 +278,35 @@ def evaluate(gt: Annotations, pred: Predictions, labelspace: LabelSpace, *,
     missing = int((npos == 0).sum())
     if missing:
         log.warning("%d HOI class(es) have no ground-truth pair; left out of the means", missing)
-    return EvalResult(labelspace, ap, rec, npos, len(gt), int(len(p_img)),
-                      known_object_images=KO_STAND_IN if image_labels is None else KO_IMAGE_LABELS)
+    result = EvalResult(labelspace, ap, rec, npos, len(gt), int(len(p_img)),
+                        known_object_images=KO_STAND_IN if image_labels is None else KO_IMAGE_LABELS)
+    if scored is not None:
+        result.extra["scored_classes"] = {"classes": scored.tolist(),
+                                          **{s: result.mean(s, scored) for s in SETTINGS}}
+    return result
+
+
+def _in_labelspace(pred: Predictions, labelspace: LabelSpace, source: str) -> tuple[Predictions, np.ndarray | None]:
+    """(pred with its classes those of ``labelspace``, the classes it scored when they are not
+    all of them in order, else None): a file that records its own classes (``pred.classes``,
+    e.g. classes asked for in words) has them matched by name, a class the label space lacks
+    refused."""
+    if pred.classes is None:
+        return pred, None
+    from .classes import asked_classes, to_base_classes
+
+    index = to_base_classes(pred.classes, labelspace, source)
+    if len(pred) and (pred.hoi.min() < 0 or pred.hoi.max() >= len(index)):
+        k = int(np.flatnonzero((pred.hoi < 0) | (pred.hoi >= len(index)))[0])
+        raise PredictionsError(f"{source}: image {pred.file_names[pred.image[k]]}: HOI class {pred.hoi[k]} is not "
+                               f"one of the {len(index)} classes the file records")
+    mapped = Predictions(pred.file_names, pred.image, pred.boxes_h, pred.boxes_o, index[pred.hoi], pred.score,
+                         pred.box_format)
+    asked = asked_classes(pred.classes, index)
+    if asked is not None:
+        return mapped, asked
+    same = np.array_equal(index, np.arange(labelspace.num_classes))
+    return mapped, None if same else np.unique(index)
 
 
 def evaluate_file(annotations, predictions, *, labelspace: str | LabelSpace = "hico_det",
@@ -334,6 +362,10 @@ def format_table(res: EvalResult) -> str:
         r = s[setting]
         lines.append(f"{setting:<14}{100 * r['full']:8.2f}{100 * r['rare']:8.2f}{100 * r['non_rare']:10.2f}")
     lines.append(f"Known-Object images: {res.known_object_images}")
+    if "scored_classes" in s:
+        sc = s["scored_classes"]
+        lines.append(f"classes asked for ({len(sc['classes'])}): Default {100 * sc['default']:.2f}, "
+                     f"Known-Object {100 * sc['known_object']:.2f}")
     if "zero_shot" in s:
         lines.append(f"\n{'zero-shot split':<22}{'Full':>8}{'Seen':>8}{'Unseen':>8}   (Default)")
         for name, r in s["zero_shot"]["default"].items():

@@ -64,6 +64,8 @@ class LabelSpace:
     zero_shot_splits: dict = field(default_factory=dict)
     coco80_to_object: tuple[int, ...] = ()
     coco91_to_object: dict = field(default_factory=dict)
+    # classes asked for in words (hoidata.classes.query_labelspace); not part of the file
+    asked: tuple[int, ...] = field(default=(), compare=False)
 
     # -- construction ------------------------------------------------------------------
     @classmethod

@@ -57,6 +57,9 @@ class Predictions:
     hoi: np.ndarray
     score: np.ndarray
     box_format: str = "coord"
+    # the classes ``hoi`` indexes when they are not the evaluated label space's own in its
+    # order (:func:`hoidata.classes.class_record`: names, prompts, text hash); None: those
+    classes: dict | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -183,6 +186,7 @@ def read_predictions(path, box_format: str | None = None) -> Predictions:
                                            f"expected {', '.join(NPZ_ARRAYS)} and box_format")
                 a = {k: z[k] for k in NPZ_ARRAYS}
                 fmt = box_format or str(z["box_format"])
+                classes = json.loads(str(z["classes"])) if "classes" in z.files else None
         except PredictionsError:
             raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -195,10 +199,22 @@ def read_predictions(path, box_format: str | None = None) -> Predictions:
             if a[k].shape != shape:
                 raise PredictionsError(f"{path}: arrays of different lengths or shapes: '{k}' has shape "
                                        f"{a[k].shape}, expected {shape} for the {n} scores")
-        return Predictions.from_arrays([str(s) for s in a["file_names"]], a["image"], a["boxes_h"],
+        pred = Predictions.from_arrays([str(s) for s in a["file_names"]], a["image"], a["boxes_h"],
                                        a["boxes_o"], a["hoi"], a["score"], fmt)
+        return _with_classes(path, pred, classes)
     pred = _read_json_fast(path, box_format)
     return pred if pred is not None else _read_json_reference(path, box_format)
+
+
+def _with_classes(path, pred: Predictions, classes) -> Predictions:
+    """``pred`` with the file's class record (an object with a list 'hoi'), checked for shape only."""
+    if classes is None:
+        return pred
+    if not isinstance(classes, dict) or not isinstance(classes.get("hoi"), list):
+        raise PredictionsError(f"{path}: 'classes' must be an object whose 'hoi' lists the scored classes as "
+                               "[verb, object] names")
+    pred.classes = classes
+    return pred
 
 
 def _read_json_reference(path, box_format: str | None) -> Predictions:
@@ -220,7 +236,8 @@ def _read_json_reference(path, box_format: str | None) -> Predictions:
             if _rows_array(preds[name]) is None:
                 raise _rows_error(path, name, preds[name]) from None
         raise PredictionsError(f"{path}: malformed rows") from None  # pragma: no cover
-    return _finish(path, names, counts, arr[:, 0:4].copy(), arr[:, 4:8].copy(), arr[:, 8], arr[:, 9].copy(), fmt)
+    return _with_classes(path, _finish(path, names, counts, arr[:, 0:4].copy(), arr[:, 4:8].copy(), arr[:, 8],
+                                       arr[:, 9].copy(), fmt), d.get("classes"))
 
 
 def _read_bytes(path: Path):
@@ -295,6 +312,11 @@ def _read_json_fast(path: Path, box_format: str | None) -> Predictions | None:
             slow[span_of[k]] = json_rows.load_span(data, spans[k])
     except (ValueError, RecursionError):
         return None
+    try:  # the class record's lists of numbers were spans too
+        classes = d.get("classes")
+        classes = _resolved(classes, {k: json_rows.load_span(data, spans[k]) for k in _spans(classes)})
+    except (ValueError, RecursionError):
+        return None
     del data
     fmt = _check_document(path, d, box_format)
     for i, v in enumerate(values):
@@ -310,7 +332,26 @@ def _read_json_fast(path: Path, box_format: str | None) -> Predictions | None:
         if len(arr) != counts[i]:
             return None  # pragma: no cover - a list of rows holds one '[' a row
         put(int(offsets[i]), arr)
-    return _finish(path, names, counts, boxes_h, boxes_o, hoi_f, score, fmt)
+    return _with_classes(path, _finish(path, names, counts, boxes_h, boxes_o, hoi_f, score, fmt), classes)
+
+
+def _spans(value) -> list[int]:
+    """The indices of the spans inside ``value`` of a scanned document."""
+    if isinstance(value, json_rows.Span):
+        return [value.index]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [k for v in items for k in _spans(v)]
+
+
+def _resolved(value, loaded: dict):
+    """``value`` of a scanned document with every span replaced by its value in ``loaded``."""
+    if isinstance(value, json_rows.Span):
+        return loaded[value.index]
+    if isinstance(value, dict):
+        return {k: _resolved(v, loaded) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolved(v, loaded) for v in value]
+    return value
 
 
 def write_predictions(pred: Predictions, path, provenance: dict | None = None) -> None:
@@ -320,6 +361,8 @@ def write_predictions(pred: Predictions, path, provenance: dict | None = None) -
     JSON string array in the npz) and ignored by :func:`read_predictions`."""
     path = Path(path)
     extra = {"provenance": provenance} if provenance is not None else {}
+    if pred.classes is not None:
+        extra["classes"] = pred.classes
     with atomic_write(path) as tmp:
         if path.suffix == ".npz":
             with open(tmp, "wb") as f:
