@@ -146,6 +146,7 @@ def demo(out, until, epochs, train_images, val_images, test_images, seed, train_
 
 from hoi.cli_detections import detector_run_options, image_folder_options  # noqa: E402
 from hoi.cli_train import scoring_options  # noqa: E402
+from hoi.queries import class_query_options  # noqa: E402
 
 
 @main.command("detect")
@@ -167,9 +168,10 @@ from hoi.cli_train import scoring_options  # noqa: E402
 @click.option("--batch-size", type=click.IntRange(min=1), default=32,
               help="Images per batch through detector, CLIP and student (memory stays flat).")
 @scoring_options
+@class_query_options
 @detector_run_options
 def detect(images, images_list, checkpoint, output, detector, detector_weights, draw, draw_count, batch_size,
-           union_weight, det_exponent, top_k, **options):
+           union_weight, det_exponent, top_k, hoi, classes_file, add_classes, **options):
     """HOI detections for a folder of photos: detector, CLIP's global pass, the student (no union crops)."""
     from hoi.detect import run_detect
     from pipeline.detect_options import DetectOptions
@@ -177,7 +179,8 @@ def detect(images, images_list, checkpoint, output, detector, detector_weights, 
     info = run_detect(images, checkpoint, output, detector=detector, detector_weights=detector_weights,
                       images_list=images_list, draw=draw, draw_count=draw_count,
                       options=DetectOptions(batch_size=batch_size, **options), batch_size=batch_size,
-                      union_weight=union_weight, det_exponent=det_exponent, top_k=top_k)
+                      union_weight=union_weight, det_exponent=det_exponent, top_k=top_k, hoi=hoi,
+                      classes_file=classes_file, add_classes=add_classes)
     rate = info["images_per_s"]
     click.echo(f"wrote {info['num_predictions']:,} predictions for {info['num_images']:,} images to {output} "
                f"({rate['total']} images/s: detector {rate['detector']}, CLIP {rate['clip']}, student "

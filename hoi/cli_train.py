@@ -12,6 +12,7 @@ import json
 
 import click
 
+from hoi.queries import cache_classes, class_query_options
 from hoicore.options import click_options
 from trainer.config import PREDICTION_MODELS, TrainConfig
 
@@ -96,18 +97,21 @@ def train_cmd(cache, out, resume, **options):
 
 @click.command("predict", context_settings={"show_default": True})
 @prediction_options
+@class_query_options
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
               help="Predictions file in the evaluator's format (.json, .json.gz or .npz).")
-def predict_cmd(output, **options):
+def predict_cmd(output, hoi, classes_file, add_classes, **options):
     """Write predictions for every pair of a cached split."""
     from trainer.predict import predict_file
 
-    info = predict_file(options["cache"], output, **_predict_kwargs(options))
+    classes = cache_classes(options["cache"], hoi, classes_file, add_classes)
+    info = predict_file(options["cache"], output, classes=classes, **_predict_kwargs(options))
     click.echo(f"wrote {info['num_predictions']:,} predictions ({info['model']}) to {output}")
 
 
 @click.command("eval", context_settings={"show_default": True})
 @prediction_options
+@class_query_options
 @labelspace_option
 @image_labels_option
 @click.option("--results", type=click.Path(dir_okay=False, writable=True), default=None,
@@ -115,13 +119,14 @@ def predict_cmd(output, **options):
 @click.option("--predictions", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the predictions here (.json, .json.gz or .npz).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
-def eval_cmd(labelspace, image_labels, results, predictions, as_json, **options):
+def eval_cmd(labelspace, image_labels, results, predictions, as_json, hoi, classes_file, add_classes, **options):
     """Predict on a test cache and print its HICO-DET mAP (ground truth from the cache)."""
     from hoidata.evaluation import format_table
     from trainer.predict import run_eval
 
+    classes = cache_classes(options["cache"], hoi, classes_file, add_classes, labelspace)
     res, report = run_eval(options["cache"], results=results, predictions=predictions, labelspace=labelspace,
-                           image_labels=image_labels, **_predict_kwargs(options))
+                           image_labels=image_labels, classes=classes, **_predict_kwargs(options))
     click.echo(json.dumps(report, indent=1) if as_json else f"model: {report['model']}\n{format_table(res)}")
 
 

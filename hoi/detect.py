@@ -72,15 +72,20 @@ def _teacher_options(teacher: dict):
 
 def run_detect(images, checkpoint, output, *, detector: str | None = None, detector_weights=None,
                images_list=None, draw=None, draw_count: int = 20, options=None, batch_size: int = 32,
-               union_weight: float = 0.5, det_exponent: float = 1.0, top_k: int = 0) -> dict:
+               union_weight: float = 0.5, det_exponent: float = 1.0, top_k: int = 0, hoi=(), classes_file=None,
+               add_classes: bool = False) -> dict:
     """HOI detections of every image in ``images`` (or ``images_list``) by the student of
     ``checkpoint``, written to ``output`` (.json, .json.gz or .npz) with their provenance;
     pictures of the top detections of the first ``draw_count`` images in ``draw`` when given.
     ``options``: the detector's :class:`pipeline.detect_options.DetectOptions` (its device and
-    on_error serve every stage). Returns the provenance, with images/s per stage."""
+    on_error serve every stage). hoi, classes_file, add_classes: classes asked for in words
+    (:mod:`hoi.queries`), scored instead of (or beside) the checkpoint's own and recorded in
+    the output. Returns the provenance, with images/s per stage."""
     from tqdm import tqdm
 
+    from hoi.queries import asked_labelspace
     from hoicore.device import resolve_device
+    from hoidata.classes import class_record
     from hoidata.labelspace import LabelSpace
     from hoidata.pairs import PairRule
     from hoidata.predictions import Predictions, write_predictions
@@ -107,13 +112,15 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     names, expected = list_images(root, images_list, ls)
     det = load_detector(detector, detector_weights, ls)
     det.model.to(device)
+    asked = asked_labelspace(ls, hoi, classes_file, add_classes)
+    scored = asked or ls  # the classes scored: their prompts go through the teacher's text tower
     teacher_opts = _teacher_options(trained_on["teacher"])
-    clip = GlobalPass(teacher_opts, ls.prompts, device)
+    clip = GlobalPass(teacher_opts, scored.prompts, device)
     if clip.teacher.weights_sha256 != trained_on["teacher"]["weights_sha256"]:
         raise ckpt.CheckpointError(f"{teacher_opts.model}: its weights are not those the student of {checkpoint} "
                                    "was trained with (their sha256 differs); give the teacher it was trained with")
     student = student_from(checkpoint, meta, clip.text, device)
-    scorer = _Scorer(student, ls, trained_on, teacher_opts, device, union_weight, det_exponent, top_k)
+    scorer = _Scorer(student, scored, trained_on, teacher_opts, device, union_weight, det_exponent, top_k)
     rule = PairRule(**trained_on["pair_rule"])
 
     seconds, parts = StageSeconds(), []
@@ -128,11 +135,13 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
             t_decode = time.perf_counter()
 
     pred = Predictions.from_arrays(names, box_format="coord", **concat_rows(parts))
+    if asked is not None:
+        pred.classes = class_record(asked, clip.text)
     provenance = _provenance(det, opts, precision, teacher_opts, clip, checkpoint, meta, rule, seconds,
                              union_weight, det_exponent, top_k, root, len(pred))
     write_predictions(pred, output, provenance=provenance)
     if draw:
-        _draw(root, pred, ls, Path(draw), draw_count)
+        _draw(root, pred, scored, Path(draw), draw_count)
     log.info("%s: %d predictions on %d images (%s images/s)", output, len(pred), len(names),
              provenance["images_per_s"]["total"])
     return provenance

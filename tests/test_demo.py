@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from hoi.cli import main as hoi_main
 from hoi.demo import run_demo
 
-ROWS = ["chance", "teacher", "global-level", "union-level", "all-late", "all-late-detected", "all-early"]
+ROWS = ["chance", "teacher", "clip-dense", "global-level", "union-level", "all-late", "all-late-detected", "all-early"]
 SPLITS = ["rare_first", "non_rare_first", "unseen_object", "unseen_verb"]
 
 
@@ -31,14 +31,28 @@ def test_demo_writes_the_results_table(demo):
         for setting in ("default", "known_object"):
             assert set(row[setting]) == {"full", "rare", "non_rare"}
             assert 0.0 <= row[setting]["full"] <= 1.0
-    # every zero-shot split: the student without its classes, with them, the teacher, chance
+    # every zero-shot split: the student without its classes, with them, the teacher, CLIP's dense map, chance
     assert [u["split"] for u in written["unseen"]] == SPLITS
     for u in written["unseen"]:
-        for who in ("trained_without", "trained_with", "teacher", "chance"):
+        for who in ("trained_without", "trained_with", "teacher", "clip_dense", "chance"):
             assert 0.0 <= u[who]["unseen"] <= 1.0
-    assert set(written["stage_seconds"]) == {"world", "teacher_cache", "students", "detected", "figures"}
+    assert set(written["stage_seconds"]) == {"world", "teacher_cache", "students", "asked_in_words", "detected",
+                                             "figures"}
     assert len(list((out / "figures").glob("*.png"))) == 2
     assert any("all-late" in line or "late fusion" in line for line in lines)
+
+
+def test_the_printed_words_command_gives_the_zero_shot_table_s_figure(demo):
+    """The unseen-verb student asked for the held-out verb's classes in words: as printed, the
+    same unseen-class mAP as the zero-shot table's row."""
+    out, results, lines = demo
+    asked = results["asked_in_words"]
+    row = next(u for u in results["unseen"] if u["split"] == "unseen_verb")
+    assert asked["default"] == pytest.approx(row["trained_without"]["unseen"], abs=1e-12)
+    assert any(asked["command"] in line for line in lines)
+    r = CliRunner().invoke(hoi_main, shlex.split(asked["command"])[1:])
+    assert r.exit_code == 0, r.output
+    assert f"classes asked for ({len(asked['classes'])}): Default {100 * asked['default']:.2f}" in r.output
 
 
 def test_the_printed_detect_command_reproduces_the_detected_row(demo, tmp_path):

@@ -117,3 +117,40 @@ def test_bench_paper_scale_times_both_paths_on_the_same_encoder_and_pairs(tmp_pa
     assert ms["student_path"] == pytest.approx(ms["global"] + ms["student"])
     assert "6 pairs an image" in lines[0] and "2 images" in lines[0]
     assert f"{ms['teacher_path'] / ms['student_path']:.1f}x cheaper" in lines[1]
+
+
+def test_classes_asked_for_in_words_score_as_the_cache_s_own_text_does(setup, tmp_path):
+    """The same prompts through the teacher's text tower give the cache's text embeddings and
+    the same scores; a subset is scored alone, recorded in the file and evaluated by name."""
+    from cache.store import open_cache
+    from hoi.queries import cache_classes
+    from hoidata.classes import ClassQueryError
+
+    cache, checkpoint = setup["caches"]["all"], setup["checkpoint"]
+    ls, text = cache_classes(cache, classes_file=setup["world"]["labelspace"])
+    assert ls.prompts == LabelSpace.load(setup["world"]["labelspace"]).prompts
+    assert np.allclose(text, open_cache(cache).read("text/embedding"), atol=1e-6)
+    plain, _ = predict(cache, checkpoint=checkpoint)
+    asked, info = predict(cache, checkpoint=checkpoint, classes=(ls, text))
+    assert np.array_equal(asked.hoi, plain.hoi) and np.allclose(asked.score, plain.score, rtol=1e-5, atol=1e-7)
+    assert info["classes"]["prompts"] == list(ls.prompts)
+
+    run_detect(setup["world"]["images"], checkpoint, tmp_path / "kick.json", detector="tiny-fcos",
+               detector_weights=setup["detector"], options=OPTS, batch_size=BATCH, hoi=("kick ball",))
+    kick = read_predictions(tmp_path / "kick.json")
+    assert kick.classes["hoi"] == [["kick", "ball"]] and len(kick) and set(kick.hoi.tolist()) == {0}
+    with pytest.raises(ClassQueryError, match="unknown object 'unicorn'"):
+        run_detect(setup["world"]["images"], checkpoint, tmp_path / "x.json", detector="tiny-fcos",
+                   detector_weights=setup["detector"], options=OPTS, hoi=("ride unicorn",))
+    evaluate = ["eval-predictions", "--annotations", str(setup["world"]["annotations"]), "--labelspace",
+                str(setup["world"]["labelspace"]), "--predictions"]
+    r = CliRunner().invoke(hoi_main, evaluate + [str(tmp_path / "kick.json")])
+    assert r.exit_code == 0, r.output
+    assert "classes asked for (1): Default" in r.output
+    run_detect(setup["world"]["images"], checkpoint, tmp_path / "new.json", detector="tiny-fcos",
+               detector_weights=setup["detector"], options=OPTS, hoi=("kick cup",))
+    r = CliRunner().invoke(hoi_main, evaluate + [str(tmp_path / "new.json")])
+    assert r.exit_code == 1 and "does not have: kick cup" in r.output
+    r = CliRunner().invoke(hoi_main, ["predict", "--cache", str(cache), "--model", "teacher", "--hoi", "kick ball",
+                                      "-o", str(tmp_path / "t.json")])
+    assert r.exit_code == 1 and "scored by a student" in r.output
