@@ -35,6 +35,21 @@ CANDIDATES = {r.name: r for r in GRID + (
                                                                                "context": "depthwise"}),
     Row("all-early-nocontext", "all levels, early fusion, no context convolution", {**_ALL, "fusion": "early",
                                                                                  "context": "none"}),
+    Row("all-late-plain", "all levels, late fusion, no residual, no feature loss",
+        {**_ALL, "residual": False, "w_feature": 0.0}),
+    Row("all-late-residual", "all levels, late fusion, residual", {**_ALL, "residual": True, "w_feature": 0.0}),
+    Row("all-late-feature", "all levels, late fusion, feature loss", {**_ALL, "residual": False, "w_feature": 1.0}),
+    Row("all-late-res-feat", "all levels, late fusion, residual + feature loss",
+        {**_ALL, "residual": True, "w_feature": 1.0}),
+    Row("all-late-feature3", "all levels, late fusion, feature loss 3", {**_ALL, "residual": False, "w_feature": 3.0}),
+    Row("all-late-feature10", "all levels, late fusion, feature loss 10",
+        {**_ALL, "residual": False, "w_feature": 10.0}),
+    Row("all-late-feature3-b32", "all levels, late fusion, feature loss 3, 32 images a step",
+        {**_ALL, "residual": False, "w_feature": 3.0, "batch_size": 32}),
+    Row("all-late-feature10-b32", "all levels, late fusion, feature loss 10, 32 images a step",
+        {**_ALL, "residual": False, "w_feature": 10.0, "batch_size": 32}),
+    Row("all-late-plain-b32", "all levels, late fusion, no feature loss, 32 images a step",
+        {**_ALL, "residual": False, "w_feature": 0.0, "batch_size": 32}),
 )}
 UNION_WEIGHTS = (0.3, 0.5, 0.7)
 # (crop mode, union margin) of the teacher's union crops
@@ -64,9 +79,9 @@ def select_teacher(p: dict, w: dict, ls, out: Path) -> dict:
 
 
 def main(argv=None) -> None:
-    from hoi.demo import DEMO_TRAINING, cache_step, demo_paths, world_step
+    from hoi.demo import DEMO_JOBS, DEMO_TRAINING, cache_step, demo_paths, world_step
     from hoi.logs import setup_logging
-    from trainer.ablate import ablate, format_ablation
+    from trainer.ablate import ablate, format_ablation, format_zero_shot, unseen_rows, zero_shot_table
     from trainer.config import TrainConfig
     from trainer.predict import run_eval
 
@@ -76,6 +91,8 @@ def main(argv=None) -> None:
     ap.add_argument("--train-seed", type=int, default=0, help="students' seed")
     ap.add_argument("--rows", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
     ap.add_argument("--teacher", action="store_true", help="compare the teacher's crop rules instead")
+    ap.add_argument("--zero-shot", action="store_true",
+                    help="also train each row without each zero-shot split's classes and print its zero-shot table")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setup_logging(0)
@@ -88,19 +105,25 @@ def main(argv=None) -> None:
         return
     cache_step(p, w, ls, ("train", "val"), print)
     config = TrainConfig(progress=False, seed=args.train_seed, **DEMO_TRAINING)
-    rows = ablate(p["train_cache"], p["val_cache"], Path(args.out) / "val", config,
-                  rows=tuple(CANDIDATES[n] for n in args.rows))
-    print(format_ablation(rows))
+    candidates = tuple(CANDIDATES[n] for n in args.rows)
+    splits = tuple(ls.zero_shot_splits) if args.zero_shot else ()
+    grid = candidates + tuple(u for c in candidates for u in unseen_rows(splits, c, prefix=f"{c.name}-without-"))
+    rows = ablate(p["train_cache"], p["val_cache"], Path(args.out) / "val", config, rows=grid, jobs=DEMO_JOBS)
+    print(format_ablation([r for r in rows if "-without-" not in r["name"]]))
+    zero_shot = {}
+    for c in candidates if splits else ():
+        zero_shot[c.name] = zero_shot_table(rows, trained_with=c.name, prefix=f"{c.name}-without-")
+        print(f"\n{c.name}: " + format_zero_shot(zero_shot[c.name]))
     weights = {}
     for r in rows:
-        if r.get("fusion") == "late" and r.get("ho") and r.get("union"):
+        if r.get("fusion") == "late" and r.get("ho") and r.get("union") and "-without-" not in r["name"]:
             ckpt = Path(args.out) / "val" / r["name"] / "checkpoint"
             weights[r["name"]] = {str(u): run_eval(p["val_cache"], checkpoint=ckpt, union_weight=u)[0].summary()
                                   ["default"] for u in UNION_WEIGHTS}
             print(r["name"], "union weight:", ", ".join(f"{u}: {100 * v['full']:.2f}"
                                                         for u, v in weights[r["name"]].items()))
     out = {"world_seed": args.seed, "train_seed": args.train_seed, "split": "val", "rows": rows,
-           "union_weights": weights}
+           "union_weights": weights, "zero_shot": zero_shot}
     (Path(args.out) / "selection.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
