@@ -84,6 +84,8 @@ def test_the_feature_loss_is_one_minus_cosine_to_clip_s_embedding_of_each_branch
     assert cfg.feature_targets == {"global": "global", "ho": "union", "union": "union"}
     assert BASE.replace(w_feature=2.0, union_branch=False).feature_targets == {"global": "global"}  # global level only
     assert BASE.replace(w_feature=2.0, fusion="early").feature_targets == {"global": "global", "fused": "union"}
+    ho_only = BASE.replace(w_feature=2.0, global_branch=False, union_branch=False)
+    assert ho_only.feature_targets == {} and "feature" not in ho_only.active_losses  # nothing to pull towards
     crit = DistillationLoss(cfg)
     exact = {"global": batch.global_embedding * 3, "ho": batch.union_embedding, "union": batch.union_embedding * 0.5}
     assert crit.loss_feature(exact, batch).item() == pytest.approx(0.0, abs=1e-5)  # the norm does not matter

@@ -127,11 +127,12 @@ class TrainConfig:
 
     @property
     def active_losses(self) -> tuple[str, ...]:
-        """Losses computed: those with a positive weight whose branch exists (global, mil, union)."""
+        """Losses computed: those with a positive weight whose branch exists (global, mil, union),
+        and the feature loss where some branch has a CLIP embedding to be pulled towards."""
         sources = {"global": self.global_branch, "mil": self.fusion == "early" or self.ho_branch,
                    "union": self.fusion == "early" or self.union_branch}
         return tuple(k for k in ("global", "mil", "union") if sources[k] and getattr(self, f"w_{k}") > 0) + \
-            (("feature",) if self.w_feature > 0 else ())
+            (("feature",) if self.feature_targets else ())
 
     @property
     def feature_targets(self) -> dict[str, str]:

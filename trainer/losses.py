@@ -109,6 +109,8 @@ class DistillationLoss(nn.Module):
         return soft_kl(logits[keep], batch.union_score[keep], support[keep], self.config.temperature)
 
     def loss_feature(self, embeddings: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """Sum over ``config.feature_targets`` of the mean (1 - cosine) of a branch's embeddings
+        [N, D] to CLIP's of the same regions (``batch.global_embedding`` or ``union_embedding``)."""
         targets = self.config.feature_targets
         total = embeddings[next(iter(targets))].new_zeros(())
         for branch, source in targets.items():
