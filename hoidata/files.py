@@ -34,6 +34,15 @@ def json_form(value):
     return json.loads(json.dumps(value))
 
 
+def fsync_dir(path) -> None:
+    """Make a folder's entries (files created or renamed into it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_write(path):
     """Yield a temporary path beside ``path``; on success it is synced and renamed to ``path``,
@@ -47,6 +56,7 @@ def atomic_write(path):
         with open(tmp, "rb+") as fh:  # the rename must not land before the data does
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # and the rename itself must survive a power loss
     finally:
         tmp.unlink(missing_ok=True)
 

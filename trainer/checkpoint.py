@@ -10,12 +10,14 @@
                              the optimizer's hyper-parameters, the epoch's metrics
 
 No pickle anywhere, so loading a checkpoint cannot run code. A folder is written beside
-the old one and swapped in, so a run killed while saving keeps its previous checkpoint.
+the old one and swapped in, so a run killed while saving keeps its previous checkpoint,
+and the next run finishes the swap (:func:`save_checkpoint`, :func:`recover`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +30,7 @@ from cache import schema as S
 from cache.store import TeacherCache
 from hoidata import __version__
 from hoidata.errors import HoiError
-from hoidata.files import json_form
+from hoidata.files import atomic_write, fsync_dir, json_form
 
 FORMAT = "hoi-student/1"
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.safetensors", "checkpoint.json"
@@ -48,12 +50,17 @@ def save_checkpoint(directory, model: torch.nn.Module, optimizer: torch.optim.Op
                     cache: TeacherCache, epoch: int, step: int, metrics: dict) -> Path:
     """Write the checkpoint folder ``directory`` (replacing an old one only once complete).
 
-    A write that fails (a full disk) leaves the previous checkpoint as it was and says so."""
+    The protocol, each step durable before the next (files and folders fsynced): finish any
+    save a kill interrupted (:func:`recover`); write ``NAME.tmp`` (weights first, the JSON
+    last and atomically, so a ``.tmp`` with its JSON is complete); rename the old folder to
+    ``NAME.old``, ``NAME.tmp`` to ``NAME``, and delete ``NAME.old``. Every state a kill can
+    leave is recognised by :func:`recover` and finished by the next run. A write that fails
+    (a full disk) leaves the previous checkpoint as it was and says so."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
+    tmp = _sibling(directory, ".tmp")
+    recover(directory)
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _remove(tmp)
         tmp.mkdir(parents=True)
         _write_files(tmp, model, optimizer, config, cache, epoch, step, metrics)
     except (OSError, SafetensorError) as e:
@@ -62,25 +69,78 @@ def save_checkpoint(directory, model: torch.nn.Module, optimizer: torch.optim.Op
                   else "no checkpoint was saved before")
         raise CheckpointError(f"cannot write the checkpoint of epoch {epoch} to {tmp} ({e}); {before}. Free disk "
                               "space and rerun with --resume (or without it when nothing was saved)") from e
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    if old.exists():
-        shutil.rmtree(old)
+    _commit(directory)
     return directory
 
 
+def _sibling(directory: Path, suffix: str) -> Path:
+    return directory.with_name(directory.name + suffix)
+
+
+def _complete(folder: Path) -> bool:
+    """A checkpoint folder whose JSON is there: written last, atomically, after the weights were synced."""
+    return (folder / META_FILE).is_file()
+
+
+def _remove(folder: Path) -> None:
+    """Delete a folder, its JSON first: a deletion cut short never leaves a folder that looks complete."""
+    if not folder.exists():
+        return
+    (folder / META_FILE).unlink(missing_ok=True)
+    shutil.rmtree(folder)
+
+
+def _commit(directory: Path) -> None:
+    """Swap the complete ``NAME.tmp`` in as ``NAME`` (the old one kept as ``NAME.old`` until then)."""
+    tmp, old = _sibling(directory, ".tmp"), _sibling(directory, ".old")
+    if directory.exists():
+        _remove(old)
+        directory.rename(old)
+        fsync_dir(directory.parent)
+    tmp.rename(directory)
+    fsync_dir(directory.parent)
+    _remove(old)
+
+
+def recover(directory) -> None:
+    """Finish whatever a kill left of a save into ``directory``: a complete ``NAME.tmp`` newer than
+    ``NAME`` (or with no ``NAME``) is committed; with neither, ``NAME.old`` comes back; what is left
+    of an incomplete ``.tmp`` or a half-deleted ``.old`` goes. Call it holding the run's lock."""
+    directory = Path(directory)
+    tmp, old = _sibling(directory, ".tmp"), _sibling(directory, ".old")
+    if _complete(tmp) and (not _complete(directory) or _epoch(tmp) > _epoch(directory)):
+        if directory.exists() and not _complete(directory):
+            _remove(directory)
+        _commit(directory)
+    elif not directory.exists() and _complete(old):
+        old.rename(directory)  # killed between the two renames, before the new folder was complete
+        fsync_dir(directory.parent)
+    _remove(tmp)
+    _remove(old)
+
+
+def _epoch(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / META_FILE).read_text()).get("epoch", -1))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return -1
+
+
 def _write_files(folder: Path, model, optimizer, config, cache, epoch, step, metrics) -> None:
+    """The weights, the moments (each synced), then the JSON atomically: its presence says the folder is complete."""
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / MODEL_FILE))
     opt = optimizer.state_dict()
     moments = {f"{i}.{name}": t.detach().contiguous().cpu() for i, st in opt["state"].items() for name, t in st.items()}
     save_file(moments, str(folder / OPTIMIZER_FILE))
+    for name in (MODEL_FILE, OPTIMIZER_FILE):
+        with open(folder / name, "rb+") as f:
+            os.fsync(f.fileno())
     meta = {"format": FORMAT, "package_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "epoch": epoch, "step": step, "config": config, "cache": cache_identity(cache),
             "optimizer": {"param_groups": opt["param_groups"]}, "metrics": metrics}
-    (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    with atomic_write(folder / META_FILE) as out:
+        out.write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def read_meta(directory) -> dict:
@@ -88,11 +148,10 @@ def read_meta(directory) -> dict:
     directory = Path(directory)
     path = directory / META_FILE
     if not path.is_file():
-        old = directory.with_name(directory.name + ".old")
-        if (old / META_FILE).is_file():  # killed between the two renames of save_checkpoint
-            raise CheckpointError(f"{directory}: a save was interrupted; the previous checkpoint is intact in "
-                                  f"{old}: rename it to {directory.name} and resume")
-        if directory.with_name(directory.name + ".tmp").exists():
+        if _complete(_sibling(directory, ".old")) or _complete(_sibling(directory, ".tmp")):
+            raise CheckpointError(f"{directory}: a save was interrupted and left its checkpoint beside this name; "
+                                  "`hoi train --resume` (the same --out) finishes the save and goes on")
+        if _sibling(directory, ".tmp").exists():
             raise CheckpointError(f"{directory}: the run was stopped during its first checkpoint save, so there is "
                                   "nothing to resume from; start it again without --resume")
         raise CheckpointError(f"{directory}: no checkpoint here ({META_FILE} is missing); give the checkpoint "

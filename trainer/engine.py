@@ -23,6 +23,7 @@ from cache.store import TeacherCache, open_cache
 from hoicore.device import resolve_device
 from hoicore.memory import HEAP_TUNABLES, heap_tunables_set
 from hoidata.errors import HoiError
+from hoidata.files import atomic_write
 from hoidata.lock import exclusive
 
 from . import checkpoint as ckpt
@@ -139,6 +140,28 @@ def _resumed_config(meta: dict, config: TrainConfig | None, overrides: dict) -> 
     return wanted
 
 
+def _rewrite_metrics(path: Path, epochs: int) -> None:
+    """Keep the lines of ``metrics.jsonl`` up to epoch ``epochs`` (the checkpoint's, which is
+    the truth): a run killed between its metrics line and its checkpoint wrote one too many,
+    and one killed mid-line (or on a full disk) left a torn last line. Rewritten atomically,
+    so a kill now loses nothing; a damaged line before the last is refused by number."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = []
+    for k, line in enumerate(lines):
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (ValueError, KeyError, TypeError):
+            if k == len(lines) - 1:
+                log.warning("%s: dropped a torn last line (a run stopped while writing it)", path)
+                break
+            raise ConfigError(f"{path}: line {k + 1} is not an epoch's metrics (damaged); fix or delete that "
+                              "line (the checkpoint does not need it) and resume") from None
+        if epoch <= epochs:
+            kept.append(line + "\n")
+    with atomic_write(path) as tmp:
+        tmp.write_text("".join(kept))
+
+
 def train_or_reuse(cache_path, out_dir, config: TrainConfig) -> str:
     """Train ``config`` into ``out_dir`` unless a finished run of exactly it (same cache, same
     settings, same epochs) is there; resume an unfinished one. Returns the checkpoint folder.
@@ -147,6 +170,7 @@ def train_or_reuse(cache_path, out_dir, config: TrainConfig) -> str:
     results are never reported for a configuration that was not trained."""
     ckpt_dir = Path(out_dir) / CHECKPOINT_DIR
     with exclusive(out_dir, what="training run"):
+        ckpt.recover(ckpt_dir)
         if not (ckpt_dir / ckpt.META_FILE).exists():
             return _train(cache_path, out_dir, config)["checkpoint"]
         meta = ckpt.read_meta(ckpt_dir)
@@ -174,14 +198,17 @@ def _train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bo
     cache = open_cache(cache_path)
     out = Path(out_dir)
     ckpt_dir = out / CHECKPOINT_DIR
+    ckpt.recover(ckpt_dir)  # a save a kill interrupted is finished first (the caller holds the run's lock)
     meta = None
     if resume:
+        if not ckpt_dir.exists():
+            raise ckpt.CheckpointError(f"{ckpt_dir}: nothing to resume from (no epoch of this run finished its "
+                                       "checkpoint); start the run again without --resume")
         meta = ckpt.read_meta(ckpt_dir)
         ckpt.check_same_cache(meta, cache, ckpt_dir)
         config = _resumed_config(meta, config, overrides)
     else:
-        old = ckpt_dir.with_name(ckpt_dir.name + ".old")
-        if (ckpt_dir / ckpt.META_FILE).exists() or (old / ckpt.META_FILE).exists():
+        if (ckpt_dir / ckpt.META_FILE).exists():
             raise ConfigError(f"{ckpt_dir} exists: pass --resume to continue that run, or choose another --out")
         config = (config or TrainConfig()).replace(**overrides)
     device = resolve_device(config.device)  # before the run folder exists: a typo leaves nothing behind
@@ -200,11 +227,10 @@ def _train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bo
         model.load_state_dict(ckpt.load_weights(ckpt_dir))
         optimizer.load_state_dict(ckpt.load_optimizer_state(ckpt_dir, meta))
         start_epoch, step = meta["epoch"], meta["step"]
-        # a run killed between its metrics line and its checkpoint wrote one line too many
-        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        metrics_path.write_text("".join(line + "\n" for line in lines if json.loads(line)["epoch"] <= start_epoch))
+        _rewrite_metrics(metrics_path, start_epoch)
     else:
-        metrics_path.write_text("")
+        with atomic_write(metrics_path) as tmp:
+            tmp.write_text("")
 
     if cache.num_images == 0:
         raise ConfigError(f"{cache.path} holds no images; nothing to train on")
