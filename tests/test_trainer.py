@@ -677,8 +677,9 @@ def test_a_second_training_run_on_the_same_folder_is_refused_naming_the_holder(c
 
     from hoidata.lock import LockError, exclusive
 
-    with exclusive(tmp_path / "run", what="training run"):  # another run holds it
-        with pytest.raises(LockError, match=f"pid {os.getpid()}.*{socket.gethostname()}"):
+    with exclusive(tmp_path / "run", what="training"):  # another run holds it
+        holder = f"in use by another training run .*pid {os.getpid()}.*{socket.gethostname()}"
+        with pytest.raises(LockError, match=holder):
             train(caches["train"], tmp_path / "run", BASE.replace(epochs=1))
         with pytest.raises(LockError):
             engine.train_or_reuse(caches["train"], tmp_path / "run", BASE.replace(epochs=1))

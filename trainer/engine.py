@@ -169,7 +169,7 @@ def train_or_reuse(cache_path, out_dir, config: TrainConfig) -> str:
     A run there with other settings or another cache is refused, naming what differs, so
     results are never reported for a configuration that was not trained."""
     ckpt_dir = Path(out_dir) / CHECKPOINT_DIR
-    with exclusive(out_dir, what="training run"):
+    with exclusive(out_dir, what="training"):
         ckpt.recover(ckpt_dir)
         if not (ckpt_dir / ckpt.META_FILE).exists():
             return _train(cache_path, out_dir, config)["checkpoint"]
@@ -190,7 +190,7 @@ def train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: boo
     resume: continue from ``out_dir/checkpoint``, on the same cache only. One run at a time
     holds ``out_dir`` (a lock beside it, naming its holder).
     """
-    with exclusive(out_dir, what="training run"):
+    with exclusive(out_dir, what="training"):
         return _train(cache_path, out_dir, config, resume=resume, **overrides)
 
 
