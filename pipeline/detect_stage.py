@@ -304,10 +304,20 @@ def run_detector(out: str | Path, *, images: str | Path, model: str, labelspace:
                  weights: str | Path | None = None, images_list: str | Path | None = None,
                  options: DetectOptions = DetectOptions()) -> Detections:
     """Detect objects in every image of ``images`` (or of ``images_list``) into ``out`` (HDF5);
-    resumes a ``.wip`` left by an interrupted run with the same settings. Returns the detections."""
+    resumes a ``.wip`` left by an interrupted run with the same settings. Returns the detections.
+    One run at a time holds ``out`` (a lock beside it naming its holder), as every writer does."""
+    from hoidata.lock import exclusive
+
+    with exclusive(Path(out).absolute(), what="detections"):
+        return _run_detector(Path(out), images=images, model=model, labelspace=labelspace, weights=weights,
+                             images_list=images_list, options=options)
+
+
+def _run_detector(out: Path, *, images, model: str, labelspace: LabelSpace, weights, images_list,
+                  options: DetectOptions) -> Detections:
     from hoicore.device import resolve_device
 
-    out, root = Path(out), Path(images)
+    root = Path(images)
     names, expected = list_images(root, images_list, labelspace)
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)

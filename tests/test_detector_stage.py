@@ -323,3 +323,15 @@ def test_box_ap_hand_made():
     strict = box_ap(dets, ann, 3, person, iou=0.7)  # the ball's IoU .64 no longer matches
     assert strict.ap[ball] == 0.0
     assert np.isnan(average_precision(np.zeros(0, bool), 0)) and average_precision(np.zeros(3, bool), 2) == 0.0
+
+
+def test_a_second_detections_run_on_the_same_output_is_refused_naming_the_holder(tmp_path, files, tiny_ls, stubbed):
+    import os
+
+    from hoidata.lock import LockError, exclusive
+
+    with exclusive((tmp_path / "out.h5").absolute(), what="detections"):  # run A holds it
+        with pytest.raises(LockError, match=f"in use by another detections run .*pid {os.getpid()}"):
+            _run(tmp_path, files, tiny_ls, model=SSD, overwrite=True)
+    assert not (tmp_path / "out.h5").exists()
+    assert len(_run(tmp_path, files, tiny_ls, model=SSD)) == len(IMAGES)  # free again
