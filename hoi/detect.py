@@ -134,6 +134,9 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
             bar.update(len(positions))
             t_decode = time.perf_counter()
 
+    if names and len(seconds.skipped) == len(names):
+        raise InputError(f"none of the {len(names)} images under {root} could be read (e.g. {seconds.skipped[0]}); "
+                         f"nothing was written to {output}")
     pred = Predictions.from_arrays(names, box_format="coord", **concat_rows(parts))
     if asked is not None:
         pred.classes = class_record(asked, clip.text)

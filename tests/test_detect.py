@@ -154,3 +154,15 @@ def test_classes_asked_for_in_words_score_as_the_cache_s_own_text_does(setup, tm
     r = CliRunner().invoke(hoi_main, ["predict", "--cache", str(cache), "--model", "teacher", "--hoi", "kick ball",
                                       "-o", str(tmp_path / "t.json")])
     assert r.exit_code == 1 and "scored by a student" in r.output
+
+
+def test_detect_where_no_image_can_be_read_writes_nothing_and_says_so(setup, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (images / name).write_bytes(b"not an image")
+    opts = DetectOptions(**{**OPTS.__dict__, "on_error": "skip"})
+    with pytest.raises(Exception, match="none of the 2 images under .* could be read .*nothing was written"):
+        run_detect(images, setup["checkpoint"], tmp_path / "p.json", detector="tiny-fcos",
+                   detector_weights=setup["detector"], options=opts, batch_size=BATCH)
+    assert not (tmp_path / "p.json").exists()
