@@ -360,6 +360,7 @@ def write_predictions(pred: Predictions, path, provenance: dict | None = None) -
     ``provenance``: what made the predictions, stored beside them (a top-level JSON key, or a
     JSON string array in the npz) and ignored by :func:`read_predictions`."""
     path = Path(path)
+    pred.validate(max(int(pred.hoi.max(initial=0)) + 1, 1), source=f"predictions for {path}")  # no NaN in a file
     extra = {"provenance": provenance} if provenance is not None else {}
     if pred.classes is not None:
         extra["classes"] = pred.classes

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_preds
 
 from hoidata import json_rows
 from hoidata import predictions as P
-from hoidata.predictions import PredictionsError, read_predictions
+from hoidata.predictions import PredictionsError, read_predictions, write_predictions
 
 NAMES = ["HICO_test2015_00000001.jpg", 'quote"d.jpg', "back\\slash.jpg", "é-accent.jpg", "snow☃man.png",
          "[brackets].jpg", "{braces}.jpg", "tab\tname.jpg", "\\\"both\\\\.jpg", "e-000000000000000000000.jpg"]
@@ -251,3 +252,10 @@ def test_unreadable_files(tmp_path):
     f.write_bytes(b"not gzip")
     with pytest.raises(PredictionsError, match="not a readable JSON file"):
         read_predictions(f)
+
+
+def test_predictions_with_a_nan_are_never_written(tmp_path):
+    pred = make_preds({"a.jpg": [([1, 1, 10, 10], [5, 5, 20, 20], 1, float("nan"))]})
+    with pytest.raises(Exception, match="image a.jpg, row 0: score is nan"):
+        write_predictions(pred, tmp_path / "p.json")
+    assert not (tmp_path / "p.json").exists()
