@@ -208,8 +208,13 @@ def run() -> None:
     args = sys.argv[1:]
     command = next((a for a in args if not a.startswith("-")), None)  # the group's own options take no value
     if command not in UNTUNED_COMMANDS:
-        exec_with_heap_tunables([sys.executable, "-m", "hoi", *args])
+        exec_with_heap_tunables([sys.executable, "-c", RESTART, *args])
     main()
+
+
+# The restarted interpreter: `-c` puts the working folder first on sys.path (as `-m` would), so
+# it is dropped before anything is imported: a folder holding a `hoi/` or `numpy.py` never runs.
+RESTART = "import sys; del sys.path[0]; sys.argv[0] = 'hoi'; from hoi.cli import run; run()"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -809,3 +809,22 @@ def test_every_command_but_the_demo_restarts_with_the_heap_tunables(args, restar
     out = subprocess.run([sys.executable, "-c", _RUN_CHILD, *args], capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out == ([f"restart {args}"] if restarted else []) + ["main"]
+
+
+def test_the_restart_never_runs_code_from_the_working_folder(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hoicore.memory import without_heap_tunables
+
+    (tmp_path / "numpy.py").write_text("print('HIJACKED numpy')\n")
+    (tmp_path / "hoi").mkdir()
+    (tmp_path / "hoi" / "__init__.py").write_text("print('HIJACKED hoi')\n")
+    program = Path(sys.executable).with_name("hoi")  # the console script, as a user types it
+    done = subprocess.run([str(program), "--version"], env=without_heap_tunables(dict(os.environ)),
+                          capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert done.stdout.startswith("hoi, version") and "HIJACKED" not in done.stdout + done.stderr
+    usage = subprocess.run([str(program), "train", "--help"], env=without_heap_tunables(dict(os.environ)),
+                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert usage.startswith("Usage: hoi train")
