@@ -105,9 +105,15 @@ def scipy_io():
     return scipy.io
 
 
+# The image formats the project reads (PIL's names; JPEG includes cameras' MPO files).
+# Image.open is told these and no other: an EPS or PDF renamed .jpg would otherwise reach
+# Ghostscript where it is installed.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+
+
 def image_size(path) -> tuple[int, int]:
     """(width, height) of an image file from its header (PIL reads pixels lazily)."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(path, formats=IMAGE_FORMATS) as im:
         return im.size

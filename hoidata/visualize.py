@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from . import boxes as B
 from .errors import InputError
+from .files import IMAGE_FORMATS
 from .labelspace import LabelSpace
 from .predictions import Predictions
 
@@ -29,7 +30,7 @@ def draw(image_path, pred: Predictions, labelspace: LabelSpace, out_path, k: int
     """Draw the top ``k`` pairs of one image: human box, object box, a line between their
     centres and 'verb object score'. ``scale``: upsampling factor (0: enough for ~640 px)."""
     image_path = Path(image_path)
-    im = Image.open(image_path).convert("RGB")
+    im = Image.open(image_path, formats=IMAGE_FORMATS).convert("RGB")
     scale = scale or max(1, 640 // max(im.size))
     im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
     d = ImageDraw.Draw(im)

@@ -41,6 +41,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from hoidata.errors import RunError
+from hoidata.files import IMAGE_FORMATS
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class ImageBatch:
 def decode(path: Path) -> np.ndarray:
     """uint8 [H, W, 3] RGB pixels of an image file, in stored orientation (EXIF rotation is
     not applied: boxes of HICO-DET and of detectors reading raw pixels are in that frame)."""
-    with Image.open(path) as im:
+    with Image.open(path, formats=IMAGE_FORMATS) as im:
         im.load()
         if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             # 16-bit or float grey: convert("RGB") would clip to 255, so scale to 8 bits first

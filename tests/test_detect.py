@@ -166,3 +166,14 @@ def test_detect_where_no_image_can_be_read_writes_nothing_and_says_so(setup, tmp
         run_detect(images, setup["checkpoint"], tmp_path / "p.json", detector="tiny-fcos",
                    detector_weights=setup["detector"], options=opts, batch_size=BATCH)
     assert not (tmp_path / "p.json").exists()
+
+
+def test_only_the_image_formats_the_project_reads_are_opened(tmp_path):
+    from PIL import Image
+
+    from pipeline.images import read_image
+
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(tmp_path / "real.jpg")
+    assert read_image(tmp_path / "real.jpg", None).shape == (6, 8, 3)
+    Image.new("RGB", (8, 6)).save(tmp_path / "disguised.jpg", format="PPM")  # a format PIL knows, not ours
+    assert "cannot decode" in read_image(tmp_path / "disguised.jpg", None)
