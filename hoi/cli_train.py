@@ -50,7 +50,8 @@ def prediction_options(f):
         click.option("--cache", "cache", required=True, type=click.Path(exists=True, file_okay=False),
                      help="Teacher cache of the split to predict on."),
         click.option("--model", type=click.Choice(PREDICTION_MODELS), default="student",
-                     help="A trained student, the teacher alone (CLIP on union boxes) or random scores."),
+                     help="A trained student, the teacher alone (CLIP on union boxes), CLIP's dense map pooled "
+                          "over the union boxes (dense: an untrained --residual student) or random scores."),
         click.option("--checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
                      help="The student's checkpoint folder (RUN/checkpoint); with --model student."),
         click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, show_default=False,

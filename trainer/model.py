@@ -238,6 +238,8 @@ class Student(nn.Module):
         out = {}
         if global_key is not None:
             out["global"] = self.heads["global"](mean[global_key])
+        if base and "global" in out:  # the heads' outputs are corrections of CLIP's embeddings
+            out["global"] = out["global"] + base["global"]
         pair = self.config.pair_branches
         if P == 0:
             return {**out, **{k: self.text.new_zeros(0, self.text.shape[1]) for k in pair}}
@@ -246,8 +248,8 @@ class Student(nn.Module):
             if name in ("ho", "fused"):
                 parts.insert(2, self.spatial(spatial_features(batch.norm_boxes)))
             out[name] = self.heads[name](torch.cat(parts, 1))
-        for name in out if base else ():  # the heads' outputs are corrections of CLIP's embeddings
-            out[name] = out[name] + base["global" if name == "global" else "pair"]
+            if base:
+                out[name] = out[name] + base["pair"]
         return out
 
 
