@@ -828,3 +828,18 @@ def test_the_restart_never_runs_code_from_the_working_folder(tmp_path):
     usage = subprocess.run([str(program), "train", "--help"], env=without_heap_tunables(dict(os.environ)),
                            capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert usage.startswith("Usage: hoi train")
+
+
+def test_a_flipped_byte_in_the_weights_is_refused_by_the_recorded_hash(caches, reference, tmp_path):
+    import shutil
+
+    out, _ = reference
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(out / "checkpoint", copy)
+    meta = json.loads((copy / "checkpoint.json").read_text())
+    assert set(meta["files_sha256"]) == {"model.safetensors", "optimizer.safetensors"}
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-5] ^= 0x01  # inside a tensor's bytes: safetensors itself would load it
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors: its bytes are not those checkpoint.json recorded"):
+        load_student(copy, open_cache(caches["test"]), torch.device("cpu"))

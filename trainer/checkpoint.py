@@ -7,7 +7,8 @@
       optimizer.safetensors  AdamW moments (for --resume)
       checkpoint.json        format, package version, epoch, step, the full config, the
                              training cache's path, fingerprint and identity attributes,
-                             the optimizer's hyper-parameters, the epoch's metrics
+                             the optimizer's hyper-parameters, the epoch's metrics, and
+                             the sha256 of both weight files (checked on every load)
 
 No pickle anywhere, so loading a checkpoint cannot run code. A folder is written beside
 the old one and swapped in, so a run killed while saving keeps its previous checkpoint,
@@ -16,6 +17,7 @@ and the next run finishes the swap (:func:`save_checkpoint`, :func:`recover`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -138,7 +140,8 @@ def _write_files(folder: Path, model, optimizer, config, cache, epoch, step, met
     meta = {"format": FORMAT, "package_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "epoch": epoch, "step": step, "config": config, "cache": cache_identity(cache),
-            "optimizer": {"param_groups": opt["param_groups"]}, "metrics": metrics}
+            "optimizer": {"param_groups": opt["param_groups"]}, "metrics": metrics,
+            "files_sha256": {name: _sha256(folder / name) for name in (MODEL_FILE, OPTIMIZER_FILE)}}
     with atomic_write(folder / META_FILE) as out:
         out.write_text(json.dumps(meta, indent=1) + "\n")
 
@@ -223,7 +226,30 @@ def check_shapes(directory, expected: dict[str, tuple[int, ...]]) -> None:
                                   "does not belong to its own config (edited or damaged): retrain")
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_hash(path: Path) -> None:
+    """Refuse a weights file whose bytes are not those its checkpoint JSON recorded (a flipped
+    byte would otherwise load and predict); a checkpoint written before hashes were recorded
+    is read as it is."""
+    try:
+        recorded = json.loads((path.parent / META_FILE).read_text()).get("files_sha256", {})
+    except (OSError, ValueError, AttributeError):
+        return  # read_meta reports a missing or damaged JSON
+    want = recorded.get(path.name) if isinstance(recorded, dict) else None
+    if want is not None and _sha256(path) != want:
+        raise CheckpointError(f"{path}: its bytes are not those {META_FILE} recorded (sha256 differs): the file "
+                              "is damaged; retrain, or resume from a copy")
+
+
 def _load(path: Path) -> dict[str, torch.Tensor]:
+    _check_hash(path)
     try:
         return load_file(str(path))
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
