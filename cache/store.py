@@ -22,7 +22,9 @@ differs, or it does not decode) raises :class:`CacheError` naming the array and 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import uuid
 from datetime import datetime, timezone
@@ -37,6 +39,8 @@ from hoidata.errors import HoiError
 from hoidata.files import json_form
 
 from . import schema as S
+
+log = logging.getLogger(__name__)
 
 # Chunks are written even when they equal the fill value: a missing chunk is then a lost one.
 _ARRAY_CONFIG = {"write_empty_chunks": True}
@@ -346,6 +350,31 @@ class TeacherCache:
         except FileNotFoundError:
             return set()
 
+    def stray_files(self) -> list[str]:
+        """Paths (relative to the store) of the files its schema does not own: anything but the
+        ``zarr.json`` of the root, of each group and of each array, and each array's chunk files
+        ``c.<i>.0...``. What a kill leaves: zarr's ``c.<key>.<uuid>.partial`` temporaries."""
+        owned = {"zarr.json"} | {f"{g}/zarr.json" for g in {n.split("/")[0] for n in S.ARRAYS}}
+        chunk = {n: re.compile(r"c\.\d+" + r"\.0" * (len(S.ARRAYS[n].dims) - 1)) for n in S.ARRAYS}
+        out = []
+        for folder, _, files in os.walk(self.path):
+            rel = os.path.relpath(folder, self.path)
+            for f in files:
+                path = f if rel == "." else f"{rel}/{f}"
+                if path in owned or (rel in chunk and (f == "zarr.json" or chunk[rel].fullmatch(f))):
+                    continue
+                out.append(path)
+        return sorted(out)
+
+    def sweep_stray_files(self) -> list[str]:
+        """Delete :meth:`stray_files` (only while no shard runs: at resume and at finalise); returns them."""
+        stray = self.stray_files()
+        for path in stray:
+            (self.path / path).unlink(missing_ok=True)
+        if stray:
+            log.info("%s: removed %d file(s) an interrupted run left (e.g. %s)", self.path, len(stray), stray[0])
+        return stray
+
     def missing_chunks(self) -> dict[str, list[str]]:
         """Keys of the chunks that the layout says were written but have no file, by array
         (only arrays that lack some). The done flags are read before listing: a shard that
@@ -562,6 +591,7 @@ def finalize(cache: TeacherCache) -> Path:
     done = cache.shards_done()
     if not done.all():
         raise CacheError(f"{cache.path}: {int((~done).sum())} shard(s) not done; cannot finalise")
+    cache.sweep_stray_files()  # before the store is marked complete: a finished store holds what it owns
     cache._set_attr("complete", True)
     final = cache.path.with_name(cache.path.name.removesuffix(".wip"))
     if final == cache.path:

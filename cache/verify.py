@@ -78,6 +78,10 @@ def verify(cache) -> list[str]:
     """Problems found in ``cache`` (a TeacherCache), empty when complete and consistent."""
     problems = [f"{name}: {len(keys)} chunk file(s) missing that the layout says were written (first: {keys[0]})"
                 for name, keys in cache.missing_chunks().items()]
+    stray = cache.stray_files()
+    if stray:
+        problems.append(f"{len(stray)} file(s) the schema does not own (left by an interrupted write?): "
+                        f"{', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}")
     reader = _Reader(cache)
     small = [n for n in cache.array_names if not n.startswith(("global/", "union/"))]
     a = {name: reader.whole(name) for name in small}

@@ -292,6 +292,7 @@ def _create_or_resume(out: Path, p: _Plan) -> cstore.TeacherCache:
                                 "(--images-per-shard, chunks); rerun with those, or --overwrite")
     log.info("resuming %s (levels %s): %d of %d shards done", cache.path, ", ".join(cache.levels),
              int(cache.shards_done().sum()), cache.num_shards)
+    cache.sweep_stray_files()  # what the killed run was writing (its shards were not done: they run again)
     return cache
 
 

@@ -138,10 +138,28 @@ def test_resume_after_sigkill_is_byte_identical(world, reference, tmp_path, help
     proc.wait()
     assert not out.exists(), "the run finished before it could be killed; the test needs a slower run"
     assert not open_cache(out, require_complete=False).complete
+    # what zarr leaves of a chunk write a kill cut short (its temporary name), as the audit found
+    (wip_path(out) / "union" / "score" / "c.1.0.3f2a9c.partial").write_bytes(b"half a chunk")
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert open_cache(out).complete
     assert chunk_bytes(out) == chunk_bytes(reference)
+    assert open_cache(out).stray_files() == []  # swept: the finished store holds what its schema owns
+
+
+def test_verify_lists_every_file_the_schema_does_not_own(reference, tmp_path):
+    import shutil
+
+    from hoi.cli import main
+
+    copy = tmp_path / "cache.zarr"
+    shutil.copytree(reference, copy)
+    (copy / "gt" / "object" / "c.0.77aa.partial").write_bytes(b"x")
+    (copy / "global" / "notes.txt").write_text("hand-made")
+    out = CliRunner().invoke(main, ["cache", "verify", str(copy)])
+    assert out.exit_code == 1
+    assert "2 file(s) the schema does not own" in out.output
+    assert "gt/object/c.0.77aa.partial" in out.output and "global/notes.txt" in out.output
 
 
 def test_other_teacher_is_refused(world, reference, tmp_path):
