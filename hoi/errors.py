@@ -35,4 +35,14 @@ class HoiGroup(click.Group):
         except Exception as e:
             if not user_fixable(e) or ctx.find_root().params.get("verbose"):
                 raise
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(message(e, ctx.invoked_subcommand)) from None
+
+
+def message(e: BaseException, command: str | None) -> str:
+    """The one line for a fault the user fixes; a full disk says what to do about it."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {e.filename}" if e.filename else ""
+        return (f"the disk is full{where} ({e.strerror}) during hoi {command or ''}: no output was marked "
+                "complete; free space and run the same command again (teacher-cache resumes at the shards not "
+                "done, train with --resume at its last epoch; the others start over)")
+    return str(e)

@@ -75,3 +75,19 @@ def test_a_huge_hoi_class_is_reported_as_given(tmp_path):
         read_predictions(p).validate(len(TINY["hoi"]), str(p))
     assert "-9223372036854775808" not in str(e.value)
     assert "1e+20" in str(e.value) or "100000000000000000000" in str(e.value)
+
+
+def test_a_full_disk_names_the_file_and_says_how_to_go_on(tmp_path, labelspace, monkeypatch):
+    import errno
+
+    import hoidata.evaluation
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results.json"))
+
+    monkeypatch.setattr(hoidata.evaluation, "evaluate_file", full)
+    (tmp_path / "p.json").write_text('{"box_format": "coord", "predictions": {}}')
+    r = _eval([], labelspace, tmp_path / "p.json")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"the disk is full writing {tmp_path / 'results.json'}" in r.output
+    assert "free space and run the same command again" in r.output and "hoi eval-predictions" in r.output
