@@ -167,9 +167,30 @@ def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labe
     config files or folders to register first, here and on every dask worker."""
     # absolute: dask workers may start in another directory
     out, images = Path(out).absolute(), Path(images).absolute()
+    if run.scheduler:
+        reach_scheduler(run.scheduler)  # before the model loads and the store is prepared
     with exclusive(out, what="teacher-cache"):
         return _build(_Request(out, images, detections, labelspace, annotations, teacher, pair_rule, run,
                                model_configs))
+
+
+# Seconds to wait for a dask scheduler to answer before saying it cannot be reached.
+SCHEDULER_TIMEOUT = 10
+
+
+def reach_scheduler(address: str, timeout: float = SCHEDULER_TIMEOUT) -> None:
+    """Connect to the dask.distributed scheduler at ``address`` once, or raise InputError
+    saying why (a malformed address at once; one that does not answer after ``timeout`` s)."""
+    from dask.distributed import Client
+
+    try:
+        Client(address, timeout=timeout).close()
+    except ValueError as e:
+        raise InputError(f"--scheduler {address!r} is not a scheduler address ({e}); write it as "
+                         "tcp://HOST:PORT (or tls://HOST:PORT)") from None
+    except OSError as e:
+        raise InputError(f"--scheduler {address}: no dask scheduler answered within {timeout:g} s ({e}); start "
+                         "one there (dask scheduler) or check the address") from None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from tinyworld import MODEL, make_checkpoint, make_world
 
 from cache import schema as S
 from cache.store import CacheError, open_cache, wip_path
+from hoidata.errors import InputError
 from hoidata.labelspace import LabelSpace
 from pipeline.clip import load_teacher
 from pipeline.options import RunOptions, TeacherOptions
@@ -266,6 +267,17 @@ def test_shards_on_a_dask_distributed_cluster(world, reference, tmp_path):
     a, b = arrays(out), arrays(reference)
     for name in S.ARRAYS:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("address, words", [("notaurl", "is not a scheduler address"),
+                                             ("tcp://127.0.0.1:9", "no dask scheduler answered within 1 s")])
+def test_an_unreachable_scheduler_is_one_line_before_any_work(world, tmp_path, monkeypatch, address, words):
+    import pipeline.run as run_module
+
+    monkeypatch.setattr(run_module.reach_scheduler, "__defaults__", (1,))  # a second, not ten
+    with pytest.raises(InputError, match=words):
+        build(world, tmp_path / "cache.zarr", scheduler=address)
+    assert not any(tmp_path.iterdir())  # no store, no lock: refused before the model loaded
 
 
 def test_other_pair_rule_refused_and_overwrite_starts_afresh(world, tmp_path):
