@@ -234,6 +234,19 @@ def _attr_value(v):
     return v
 
 
+def _check_self_contained(f, name: str, path: Path) -> None:
+    """Refuse a dataset whose bytes live outside the file: a soft or external link, external
+    storage or a virtual dataset (a crafted file would pull other files' bytes into a cache)."""
+    import h5py
+
+    link = f.get(name, getlink=True)
+    ds = f[name] if isinstance(link, h5py.HardLink) else None
+    if ds is None or not isinstance(ds, h5py.Dataset) or ds.is_virtual or ds.external:
+        what = type(link).__name__ if ds is None else "virtual dataset" if ds.is_virtual else "external storage"
+        raise DetectionsError(f"{path}: dataset {name!r} is a {what}, not data inside the file; detections files "
+                              "hold their own data (write it again with hoi detections import / run)")
+
+
 def load_detections(path: str | Path, labelspace: LabelSpace | None = None) -> Detections:
     """Read and validate a detections file written by :func:`save_detections`.
 
@@ -257,6 +270,8 @@ def load_detections(path: str | Path, labelspace: LabelSpace | None = None) -> D
         missing = [k for k in _DATASETS if k not in f]
         if missing:
             raise DetectionsError(f"{path}: missing dataset(s) {', '.join(missing)}")
+        for k in _DATASETS:
+            _check_self_contained(f, k, path)
         arrays = {k: f[k][()] for k in _DATASETS if k != "file_names"}
         file_names = list(f["file_names"].asstr()[()])
         try:

@@ -345,3 +345,29 @@ def test_cli_user_errors_have_no_traceback(tmp_path):
     assert not (tmp_path / "d.h5").exists()
     r = CliRunner().invoke(cli, ["import", "--output", str(tmp_path / "d.h5")])
     assert r.exit_code == 2 and "exactly one of --coco-results and --folder" in r.output
+
+
+@pytest.mark.parametrize("kind", ["external link", "soft link", "external storage", "virtual"])
+def test_a_dataset_whose_bytes_live_outside_the_file_is_refused(tmp_path, kind):
+    dets = make_dets()
+    D.save_detections(dets, tmp_path / "d.h5")
+    other = tmp_path / "secret.h5"
+    with h5py.File(other, "w") as g:
+        g["scores"] = np.full(3, 0.5, np.float32)
+    raw = tmp_path / "raw.bin"
+    np.full(3, 0.5, np.float32).tofile(raw)
+    with h5py.File(tmp_path / "d.h5", "r+") as f:
+        del f["scores"]
+        if kind == "external link":
+            f["scores"] = h5py.ExternalLink(str(other), "scores")
+        elif kind == "soft link":
+            f["copy"] = np.full(3, 0.5, np.float32)
+            f["scores"] = h5py.SoftLink("/copy")
+        elif kind == "external storage":
+            f.create_dataset("scores", shape=(3,), dtype=np.float32, external=[(str(raw), 0, h5py.h5f.UNLIMITED)])
+        else:
+            layout = h5py.VirtualLayout(shape=(3,), dtype=np.float32)
+            layout[:] = h5py.VirtualSource(str(other), "scores", shape=(3,))
+            f.create_virtual_dataset("scores", layout)
+    with pytest.raises(D.DetectionsError, match="dataset 'scores' is a .*not data inside the file"):
+        D.load_detections(tmp_path / "d.h5")
