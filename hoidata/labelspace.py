@@ -221,7 +221,8 @@ class LabelSpace:
         """
         ids = np.asarray(ids, dtype=np.int64)
         if kind == "coco91":
-            lut = np.full(max(91, int(ids.max(initial=0)) + 1), -1, dtype=np.int64)
+            # sized by the map, not by the ids: a category id of 1e13 must not allocate 1e13 entries
+            lut = np.full(max(91, max(self.coco91_to_object, default=0) + 1), -1, dtype=np.int64)
             for k, v in self.coco91_to_object.items():
                 lut[k] = v
             out = np.where((ids >= 0) & (ids < len(lut)), lut[np.clip(ids, 0, len(lut) - 1)], -1)

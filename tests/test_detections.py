@@ -371,3 +371,7 @@ def test_a_dataset_whose_bytes_live_outside_the_file_is_refused(tmp_path, kind):
             f.create_virtual_dataset("scores", layout)
     with pytest.raises(D.DetectionsError, match="dataset 'scores' is a .*not data inside the file"):
         D.load_detections(tmp_path / "d.h5")
+
+
+def test_a_huge_category_id_maps_to_no_object_without_allocating_it():
+    assert LS.object_from_coco([1, 10 ** 13, -5]).tolist()[1:] == [-1, -1]
