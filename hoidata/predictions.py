@@ -219,6 +219,11 @@ def _with_classes(path, pred: Predictions, classes) -> Predictions:
 
 def _read_json_reference(path, box_format: str | None) -> Predictions:
     """The JSON file through :func:`json.load`: every row a Python list first."""
+    if path.suffix == ".gz" and path.is_file():
+        try:
+            _read_bytes(path)  # only to refuse a gzip bomb before json expands it further
+        except (OSError, EOFError):
+            pass  # load_json names what is wrong with the file
     d = load_json(path, PredictionsError, "predictions")
     fmt = _check_document(path, d, box_format)
     preds = d["predictions"]
@@ -246,11 +251,22 @@ def _read_bytes(path: Path):
     if path.suffix != ".gz":
         with open(path, "rb") as f:
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+    cap = max(MAX_GZIP_BYTES, MAX_GZIP_RATIO * os.path.getsize(path))
     data = bytearray()
     with gzip.open(path, "rb") as f:
         while chunk := f.read(1 << 24):
             data += chunk
+            if len(data) > cap:
+                raise PredictionsError(f"{path}: expands to more than {cap / 2**20:,.0f} MiB ({MAX_GZIP_RATIO}x its "
+                                       f"size, and at least {MAX_GZIP_BYTES / 2**20:,.0f} MiB): not a predictions "
+                                       "file this reader takes (a gzip bomb?); if it is real, decompress it "
+                                       "yourself and pass the .json")
     return data
+
+
+# A .json.gz is decompressed into memory: at most this many bytes, or this many times its
+# size (predictions JSON compresses 5-10x; a gzip bomb far more).
+MAX_GZIP_BYTES, MAX_GZIP_RATIO = 1 << 30, 100
 
 
 def _read_json_fast(path: Path, box_format: str | None) -> Predictions | None:
@@ -265,6 +281,8 @@ def _read_json_fast(path: Path, box_format: str | None) -> Predictions | None:
         return None
     try:
         data = _read_bytes(path)
+    except PredictionsError:
+        raise
     except Exception:  # noqa: BLE001 - the reference read reports it
         return None
     doc = json_rows.scan(data)

@@ -259,3 +259,15 @@ def test_predictions_with_a_nan_are_never_written(tmp_path):
     with pytest.raises(Exception, match="image a.jpg, row 0: score is nan"):
         write_predictions(pred, tmp_path / "p.json")
     assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_gzip_bomb_is_refused_before_it_fills_memory(tmp_path, monkeypatch, fast):
+    monkeypatch.setattr(P, "MAX_GZIP_BYTES", 1 << 20)
+    path = tmp_path / "bomb.json.gz"
+    with gzip.open(path, "wt") as f:  # valid JSON: 8 MiB of blanks, a few KiB compressed
+        f.write('{"box_format": "coord", "predictions": {}' + " " * (8 << 20) + "}")
+    if not fast:
+        monkeypatch.setattr(P, "_read_json_fast", lambda *a: None)
+    with pytest.raises(PredictionsError, match="bomb.json.gz: expands to more than 1 MiB .*gzip bomb"):
+        read_predictions(path)
