@@ -47,9 +47,10 @@ def _object_text(ls: LabelSpace, obj: int) -> str:
 
 def _verb_templates(ls: LabelSpace) -> dict[int, str]:
     """verb -> its prompt with the object's text replaced by ``{}``, from the base prompts."""
+    texts = {o: _object_text(ls, o) for o in {o for _, o in ls.hoi}}  # once per object, not per class
     out = {}
     for (v, o), prompt in zip(ls.hoi, ls.prompts):
-        text = _object_text(ls, o)
+        text = texts[o]
         if v not in out and prompt.lower().endswith(text):
             out[v] = prompt[:len(prompt) - len(text)] + "{}"
     return out
@@ -177,7 +178,7 @@ def to_base_classes(record: dict, ls: LabelSpace, source: str) -> np.ndarray:
     try:
         names = [(str(v), str(o)) for v, o in record["hoi"]]
     except (KeyError, TypeError, ValueError) as e:
-        raise ClassQueryError(f"{source}: its provenance.classes is malformed ({e!r})") from e
+        raise ClassQueryError(f"{source}: its classes record is malformed ({e!r})") from e
     index = {(ls.verbs[v], ls.objects[o]): c for c, (v, o) in enumerate(ls.hoi)}
     missing = [f"{v} {o}" for v, o in names if (v, o) not in index]
     if missing:

@@ -39,6 +39,7 @@ import numpy as np
 from . import boxes as B
 from . import ragged
 from .annotations import AnnotationError, Annotations
+from .classes import asked_classes, to_base_classes
 from .labelspace import LabelSpace
 from .predictions import Predictions, PredictionsError
 
@@ -293,8 +294,6 @@ def _in_labelspace(pred: Predictions, labelspace: LabelSpace, source: str) -> tu
     refused."""
     if pred.classes is None:
         return pred, None
-    from .classes import asked_classes, to_base_classes
-
     index = to_base_classes(pred.classes, labelspace, source)
     if len(pred) and (pred.hoi.min() < 0 or pred.hoi.max() >= len(index)):
         k = int(np.flatnonzero((pred.hoi < 0) | (pred.hoi >= len(index)))[0])

@@ -119,16 +119,25 @@ def concat_rows(parts: list[dict]) -> dict[str, np.ndarray]:
             for k in ("image", "boxes_h", "boxes_o", "hoi", "score")}
 
 
-def student_scores(model: Student, block: Block, class_mask: torch.Tensor, device: torch.device,
-                   batch_size: int, amp: bool, union_weight: float) -> np.ndarray:
-    """float32 [P, C]: the student's fused pair scores for a block, batch by batch."""
+def scores_by_batch(block: Block, score, class_mask: torch.Tensor, device: torch.device,
+                    batch_size: int) -> np.ndarray:
+    """float32 [P, C]: ``score(batch)`` (a [p, C] tensor) of a block's images, ``batch_size`` at a time."""
     out = [np.zeros((0, class_mask.shape[1]), np.float32)]
     for s in range(0, len(block), batch_size):
         batch = block.select(np.arange(s, min(s + batch_size, len(block)))).to_batch(class_mask, device)
-        with torch.no_grad(), autocast_for(device, amp):
-            outputs = model(batch)
-        out.append(pair_scores(outputs, batch.class_mask, union_weight).float().cpu().numpy())
+        with torch.no_grad():
+            out.append(score(batch).float().cpu().numpy())
     return np.concatenate(out)
+
+
+def student_scores(model: Student, block: Block, class_mask: torch.Tensor, device: torch.device,
+                   batch_size: int, amp: bool, union_weight: float) -> np.ndarray:
+    """float32 [P, C]: the student's fused pair scores for a block, batch by batch."""
+    def score(batch):
+        with autocast_for(device, amp):
+            outputs = model(batch)
+        return pair_scores(outputs, batch.class_mask, union_weight)
+    return scores_by_batch(block, score, class_mask, device, batch_size)
 
 
 def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent: float = 1.0, top_k: int = 0,
@@ -186,12 +195,9 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
         mask_t = torch.from_numpy(mask)
 
         def score_block(b: Block) -> np.ndarray:
-            out = [np.zeros((0, mask.shape[1]), np.float32)]
-            for s in range(0, len(b), batch_size):
-                batch = b.select(np.arange(s, min(s + batch_size, len(b)))).to_batch(mask_t, torch.device("cpu"))
-                emb = clip_regions(batch, roi_size)["pair"]
-                out.append(masked_softmax(emb @ text.T / temperature, batch.class_mask).numpy())
-            return np.concatenate(out)
+            return scores_by_batch(b, lambda batch: masked_softmax(
+                clip_regions(batch, roi_size)["pair"] @ text.T / temperature, batch.class_mask),
+                mask_t, torch.device("cpu"), batch_size)
     else:
         info["seed"] = seed
         reader = CacheReader(cache, "squash", ())
