@@ -12,6 +12,10 @@
 (b) inference cost per test image, over a batch of test images (throughput, not the
     latency of one image): the student (one encoder pass over each image, then its heads
     on all pairs) against the teacher (one encoder pass per pair).
+(c) what labels cost (the supervised references, ``--supervision``): training pairs/s of
+    the same epoch with image labels and with pair labels against CLIP's soft labels, and
+    reading the split with its labels made (candidate pairs matched to the ground truth)
+    against reading it without.
 
 The encoder has random weights (only its cost matters): ViT-B/16's shape (224 px, 12
 layers, width 768) on CUDA, a small stand-in on CPU unless asked otherwise.
@@ -36,7 +40,7 @@ from cache.synthetic import make_synthetic_cache
 from hoicore.device import resolve_device
 from hoidata.labelspace import LabelSpace
 from trainer.config import TrainConfig
-from trainer.data import Block, TrainData, object_class_mask, resolve_crop_mode
+from trainer.data import Block, CacheReader, TrainData, object_class_mask, resolve_crop_mode
 from trainer.engine import autocast_for, build_model, make_optimizer, train_one_epoch
 from trainer.losses import DistillationLoss
 from trainer.model import pair_scores
@@ -192,8 +196,38 @@ def bench_trainer(num_images: int = 256, pairs_per_image: int = 16, labelspace: 
         echo(f"  (b) inference per test image ({len(test)} images, {test.num_pairs / len(test):.0f} pairs each on "
              f"average): student {ms_student:,.2f} ms (one encoder pass + heads), teacher {ms_teacher:,.2f} ms "
              f"(one encoder pass per pair): {ms_teacher / ms_student:,.1f} x")
+        labelled = _labels_cost(config, cache, data, cached, dev, echo)
     return {"device": str(dev), "encoder": name, "num_images": num_images, "num_pairs": lay["num_pairs"],
             "cache_seconds": made, "cached_pairs_per_s": cached["pairs_per_s"], "cached_epoch_s": cached["seconds"],
             "online_pairs_per_s": online["pairs_per_s"], "speedup": ratio,
             "pairs_per_test_image": test.num_pairs / len(test),
-            "student_ms_per_image": ms_student, "teacher_ms_per_image": ms_teacher}
+            "student_ms_per_image": ms_student, "teacher_ms_per_image": ms_teacher, **labelled}
+
+
+def _labels_cost(config: TrainConfig, cache, data: TrainData, cached: dict, dev: torch.device, echo) -> dict:
+    """(c): one epoch per labelled mode against the annotation-free one (``cached``, its
+    metrics), and the split read with and without its labels, in this run."""
+    out = {}
+    for mode in ("image-labels", "pair-labels"):
+        cfg = config.replace(supervision=mode)
+        labelled = TrainData(cache, cfg, data.reader.crop_mode)
+        m = _epoch(cfg, cache, labelled.epoch(0), len(labelled), dev, islice(labelled.epoch(1), 1))
+        out[f"{mode}_pairs_per_s"] = m["pairs_per_s"]
+        echo(f"  (c) training on {mode:<12}     {m['pairs_per_s']:>12,.0f} pairs/s   "
+             f"({m['pairs_per_s'] / cached['pairs_per_s']:.2f} x the annotation-free student's per step)")
+    reader = data.reader
+    plain = CacheReader(cache, reader.crop_mode, tuple(reader.what))
+    with_labels = CacheReader(cache, reader.crop_mode, tuple(reader.what) + ("image_labels", "pair_labels"))
+    t_plain = min(_seconds(lambda: plain.read_all(256)) for _ in range(3))
+    t_labels = min(_seconds(lambda: with_labels.read_all(256)) for _ in range(3))
+    out["label_read_ratio"] = t_labels / t_plain
+    echo(f"      reading the split with its labels made: {t_labels:.2f} s, without: {t_plain:.2f} s "
+         f"({t_labels / t_plain:.2f} x; {cache.layout['num_pairs']:,} pairs matched to {cache.layout['num_gt']:,} "
+         "ground-truth pairs)")
+    return out
+
+
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0

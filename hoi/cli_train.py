@@ -143,14 +143,18 @@ def eval_cmd(labelspace, image_labels, results, predictions, as_json, hoi, class
 @click.option("--jobs", type=click.IntRange(min=1), default=1,
               help="Rows trained and evaluated at once, each in a process of its own. Give --threads too "
                    "(e.g. 1 each): a row's numbers then do not depend on --jobs or on the machine's cores.")
+@click.option("--references", is_flag=True,
+              help="Also train the weakly and fully supervised references (the all-levels student on image "
+                   "and on pair HOI labels; the train cache needs its ground truth: teacher-cache --annotations).")
 @labelspace_option
 @image_labels_option
 @training_options
-def ablate_cmd(train_cache, test_cache, out, det_exponent, labelspace, image_labels, jobs, **options):
+def ablate_cmd(train_cache, test_cache, out, det_exponent, references, labelspace, image_labels, jobs, **options):
     """Train and evaluate the paper's ablation grid; print one table."""
-    from trainer.ablate import ablate, format_ablation
+    from trainer.ablate import GRID, LABELLED_ROWS, ablate, format_ablation
     from trainer.config import TrainConfig
 
     rows = ablate(train_cache, test_cache, out, TrainConfig().replace(**_given(options)),
+                  rows=GRID + (LABELLED_ROWS if references else ()),
                   det_exponent=det_exponent, labelspace=labelspace, image_labels=image_labels, jobs=jobs)
     click.echo(format_ablation(rows))

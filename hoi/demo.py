@@ -118,7 +118,9 @@ def demo_teacher():
 
 
 def cache_step(p: dict, w: dict, ls, splits, echo) -> None:
-    """Teacher caches of ``splits`` (ground truth stored for every split but train)."""
+    """Teacher caches of ``splits``, each with its ground truth: the test split's for the
+    evaluation, the train split's for the supervised references alone (no annotation-free
+    student reads it; its CLIP arrays are the same with or without it)."""
     from pipeline.options import RunOptions
     from pipeline.run import build_teacher_cache
 
@@ -126,7 +128,7 @@ def cache_step(p: dict, w: dict, ls, splits, echo) -> None:
          "union boxes at its input size)")
     for split in splits:
         build_teacher_cache(p[f"{split}_cache"], images=w[f"images_{split}"], detections=w[f"detections_{split}"],
-                            annotations=w[f"instances_{split}"] if split != "train" else None, labelspace=ls,
+                            annotations=w[f"instances_{split}"], labelspace=ls,
                             teacher=demo_teacher(), run=RunOptions(images_per_shard=512, workers=2))
 
 
@@ -153,7 +155,9 @@ def _ablation(p: dict, config, echo) -> dict:
     from hoidata.labelspace import LabelSpace
     from minibench.build import layout
     from trainer.ablate import (
+        FULLY_UNSEEN_PREFIX,
         GRID,
+        LABELLED_ROWS,
         UNSEEN_PREFIX,
         ablate,
         format_ablation,
@@ -163,12 +167,13 @@ def _ablation(p: dict, config, echo) -> dict:
     )
 
     splits = tuple(LabelSpace.load(layout(p["world"])["labelspace"]).zero_shot_splits)
-    echo(f"[3/5] students: one per ablation row and one per zero-shot split ({', '.join(splits)}), each "
-         "evaluated on the test split")
+    echo(f"[3/5] students: one per ablation row, two supervised references and, annotation-free and fully "
+         f"supervised, one per zero-shot split ({', '.join(splits)}), each evaluated on the test split")
     rows = ablate(p["train_cache"], p["test_cache"], p["ablation"], config,
-                  rows=tuple(r for r in GRID if r.name in DEMO_ROWS) + unseen_rows(splits),
+                  rows=tuple(r for r in GRID if r.name in DEMO_ROWS) + LABELLED_ROWS + unseen_rows(splits)
+                  + unseen_rows(splits, LABELLED_ROWS[1], FULLY_UNSEEN_PREFIX),
                   jobs=max(1, min(DEMO_JOBS, len(os.sched_getaffinity(0)))))
-    main = [r for r in rows if not r["name"].startswith(UNSEEN_PREFIX)]
+    main = [r for r in rows if not r["name"].startswith((UNSEEN_PREFIX, FULLY_UNSEEN_PREFIX))]
     unseen = zero_shot_table(rows)
     teacher = open_cache(p["test_cache"]).attrs["teacher"]
     world_config = json.loads(layout(p["world"])["manifest"].read_text())["config"]
@@ -177,14 +182,17 @@ def _ablation(p: dict, config, echo) -> dict:
                "teacher": {k: teacher[k] for k in ("model", "weights_sha256", "global_size", "input_size",
                                                     "crop_mode")},
                "train_config": config.to_dict(),
-               "rows": [{"name": r["name"], "label": r["label"], "default": r["summary"]["default"],
-                         "known_object": r["summary"]["known_object"],
+               "rows": [{"name": r["name"], "label": r["label"], "supervision": r.get("supervision", "none"),
+                         "default": r["summary"]["default"], "known_object": r["summary"]["known_object"],
                          **({"zero_shot": r["summary"]["zero_shot"]} if "zero_shot" in r["summary"] else {})}
                         for r in main],
                "unseen": unseen}
     p["results"].write_text(json.dumps(results, indent=1) + "\n")
+    free = [r for r in main if r.get("supervision", "clip") == "clip"]
     echo("")
-    echo(format_ablation(main))
+    echo(format_ablation(free))
+    echo("\nthe same student trained on HOI labels (not zero-shot: the references it is measured against)")
+    echo(format_ablation([r for r in main if r not in free]))
     echo("")
     echo(format_zero_shot(unseen))
     echo(f"\nresults: {p['results']}")
@@ -239,7 +247,7 @@ def _detected_row(p: dict, w: dict, ls, echo) -> dict | None:
     echo(f"      then: hoi eval-predictions --annotations {w['instances_test']} --labelspace {w['labelspace']} "
          f"--predictions {out}  (Full {100 * summary['default']['full']:.2f})")
     return {"name": "all-late-detected", "label": "all levels, late fusion, on the shipped detector's boxes",
-            "default": summary["default"], "known_object": summary["known_object"],
+            "supervision": "clip", "default": summary["default"], "known_object": summary["known_object"],
             "zero_shot": summary.get("zero_shot"), "command": command,
             "detector": {k: info["detector"][k] for k in ("name", "weights_sha256", "score_threshold", "nms_iou",
                                                            "max_per_image")},

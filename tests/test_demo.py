@@ -10,7 +10,10 @@ from click.testing import CliRunner
 from hoi.cli import main as hoi_main
 from hoi.demo import run_demo
 
-ROWS = ["chance", "teacher", "clip-dense", "global-level", "union-level", "all-late", "all-late-detected", "all-early"]
+ROWS = ["chance", "teacher", "clip-dense", "global-level", "union-level", "all-late", "all-late-detected", "all-early",
+        "weakly-supervised", "fully-supervised"]
+SUPERVISION = {"chance": "none", "teacher": "none", "clip-dense": "none", "weakly-supervised": "image-labels",
+               "fully-supervised": "pair-labels"}
 SPLITS = ["rare_first", "non_rare_first", "unseen_object", "unseen_verb"]
 
 
@@ -33,8 +36,9 @@ def test_demo_writes_the_results_table(demo):
             assert 0.0 <= row[setting]["full"] <= 1.0
     # every zero-shot split: the student without its classes, with them, the teacher, CLIP's dense map, chance
     assert [u["split"] for u in written["unseen"]] == SPLITS
+    assert {r["name"]: r["supervision"] for r in written["rows"]} == {n: SUPERVISION.get(n, "clip") for n in ROWS}
     for u in written["unseen"]:
-        for who in ("trained_without", "trained_with", "teacher", "clip_dense", "chance"):
+        for who in ("trained_without", "trained_with", "teacher", "clip_dense", "chance", "fully_supervised_without"):
             assert 0.0 <= u[who]["unseen"] <= 1.0
     assert set(written["stage_seconds"]) == {"world", "teacher_cache", "students", "asked_in_words", "detected",
                                              "figures"}

@@ -507,13 +507,15 @@ def test_grid_rows_set_every_switch_themselves():
         assert odd.replace(**row.overrides).validated() == BASE.replace(**row.overrides).validated()
 
 
-def test_bench_trainer_runs_and_reports_both_ratios(tmp_path):
+def test_bench_trainer_runs_and_reports_its_ratios(tmp_path):
     lines = []
     r = bench_trainer(num_images=16, pairs_per_image=2, labelspace=None, num_classes=24, embed_dim=32, grid=(4, 4),
                       batch_size=8, online_batches=1, inference_images=4, device="cpu", workdir=tmp_path, workers=1,
                       echo=lines.append)
-    assert "cache speed-up" in "\n".join(lines) and "inference per test image" in lines[-1]
+    text = "\n".join(lines)
+    assert "cache speed-up" in text and "inference per test image" in text and "with its labels made" in lines[-1]
     assert r["speedup"] > 0 and r["student_ms_per_image"] > 0 and r["teacher_ms_per_image"] > 0
+    assert r["image-labels_pairs_per_s"] > 0 and r["pair-labels_pairs_per_s"] > 0 and r["label_read_ratio"] > 0
 
 
 def test_bench_memory_streams_two_cache_sizes_in_children_and_reports_their_peaks(tmp_path):

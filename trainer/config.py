@@ -17,6 +17,13 @@ from hoidata.errors import HoiError
 
 # Scorers of cached pairs that `predict` knows (see trainer.predict).
 PREDICTION_MODELS = ("student", "teacher", "dense", "random")
+# What the student learns from: CLIP's scores (no annotation), or the cache's ground truth as
+# image-level labels (weakly supervised) or as labels of the candidate pairs (fully supervised).
+SUPERVISION = ("clip", "image-labels", "pair-labels")
+LABELLED = SUPERVISION[1:]
+# The weight field of each loss (the human-object branch's per-pair loss under pair labels
+# takes the MIL loss's weight: it is the same branch's one loss).
+LOSS_WEIGHTS = {"global": "w_global", "mil": "w_mil", "ho": "w_mil", "union": "w_union", "feature": "w_feature"}
 
 
 class ConfigError(HoiError, ValueError):
@@ -59,7 +66,8 @@ class TrainConfig:
     mil_temperature: float = option(1.0, "Temperature of 'lme' pooling, in logit units (smaller: closer to max).")
     w_global: float = option(1.0, "Weight of the global loss (global branch <- global CLIP scores); 0 disables it.")
     w_mil: float = option(1.0, "Weight of the MIL loss (human-object pair scores pooled <- global CLIP "
-                             "scores); 0 disables it.")
+                             "scores), or with --supervision pair-labels of the human-object branch's per-pair "
+                             "loss; 0 disables it.")
     w_union: float = option(1.0, "Weight of the union loss (union pair scores <- union CLIP scores); 0 disables it.")
     w_feature: float = option(10.0, "Weight of the feature loss: 1 - cosine of each branch's embedding to CLIP's "
                                    "embedding of the same region, the global branch's to the image's global "
@@ -70,6 +78,17 @@ class TrainConfig:
                            "unseen_object, unseen_verb) whose unseen classes are removed from every training "
                            "target: no soft label, no loss term, no text embedding in any loss. Test time still "
                            "scores every class through its text embedding. '' trains on all classes.")
+    supervision: str = option("clip", "What the branches learn from. 'clip' (no annotation): CLIP's scores, as "
+                                     "above. 'image-labels' (weakly supervised): the image's ground-truth HOI classes "
+                                     "replace the global CLIP scores as the target of the global and MIL losses; the "
+                                     "union branch still learns from CLIP's union scores, the only per-pair target "
+                                     "without pair annotation. 'pair-labels' (fully supervised): each candidate pair "
+                                     "takes the classes of the ground-truth pairs it matches (IoU >= 0.5 for both "
+                                     "boxes, the evaluation's rule), none when it matches none, and every pair branch "
+                                     "learns from those (with a learned 'no interaction' score a negative can take); "
+                                     "the global branch from the image's classes. The labelled modes need a cache "
+                                     "built with --annotations; --unseen removes its classes from the labels.",
+                              SUPERVISION)
     # -- optimisation ---------------------------------------------------------------------
     epochs: int = option(20, "Epochs over the training cache.")
     batch_size: int = option(32, "Images per step (all their pairs come along).")
@@ -127,12 +146,23 @@ class TrainConfig:
 
     @property
     def active_losses(self) -> tuple[str, ...]:
-        """Losses computed: those with a positive weight whose branch exists (global, mil, union),
-        and the feature loss where some branch has a CLIP embedding to be pulled towards."""
-        sources = {"global": self.global_branch, "mil": self.fusion == "early" or self.ho_branch,
+        """Losses computed: those with a positive weight whose branch exists (global; mil, or ho
+        under pair labels; union), and the feature loss where some branch has a CLIP embedding
+        to be pulled towards."""
+        ho = "ho" if self.supervision == "pair-labels" else "mil"  # per pair, or pooled over the image
+        sources = {"global": self.global_branch, ho: self.fusion == "early" or self.ho_branch,
                    "union": self.fusion == "early" or self.union_branch}
-        return tuple(k for k in ("global", "mil", "union") if sources[k] and getattr(self, f"w_{k}") > 0) + \
+        return tuple(k for k in ("global", ho, "union") if sources[k] and getattr(self, LOSS_WEIGHTS[k]) > 0) + \
             (("feature",) if self.feature_targets else ())
+
+    @property
+    def loss_targets(self) -> dict[str, str]:
+        """Class loss -> what it learns from: 'global_score' or 'union_score' (CLIP's, cached),
+        'image_labels' or 'pair_labels' (the cache's ground truth; :mod:`hoidata.pair_labels`)."""
+        image = "global_score" if self.supervision == "clip" else "image_labels"
+        union = "pair_labels" if self.supervision == "pair-labels" else "union_score"
+        source = {"global": image, "mil": image, "ho": "pair_labels", "union": union}
+        return {k: source[k] for k in self.active_losses if k != "feature"}
 
     @property
     def feature_targets(self) -> dict[str, str]:
@@ -186,7 +216,7 @@ class TrainConfig:
 
 # Switches added after checkpoints were first written: a stored config without one was
 # trained without it (whatever today's default), so it reads as off.
-ABSENT = {"residual": False, "w_feature": 0.0}
+ABSENT = {"residual": False, "w_feature": 0.0, "supervision": "clip"}
 
 # Upper bounds of sizes a config may ask for: beyond them a typo, not an experiment (a
 # hidden_dim of 10^7 would allocate gigabytes before anything else could refuse it).

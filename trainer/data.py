@@ -25,6 +25,7 @@ from cache import schema as S
 from cache.store import TeacherCache
 from hoicore.memory import release_free_memory
 from hoidata import boxes as B
+from hoidata import pair_labels as PL
 from hoidata import ragged
 from hoidata.errors import InputError
 from hoidata.labelspace import LabelSpace
@@ -119,7 +120,9 @@ class Block:
     object: int64 [P] detected object class; det_score: float32 [P, 2] human, object;
     union_score: float16 [P, C] | None (raw cosines);
     global_embedding: float16 [n, D] | None, union_embedding: float16 [P, D] | None: CLIP's
-    L2-normalised embeddings of the whole image and of the union crop (feature distillation).
+    L2-normalised embeddings of the whole image and of the union crop (feature distillation);
+    image_labels: bool [n, C] | None, pair_labels: bool [P, C] | None: the ground-truth classes
+    of each image and of each candidate pair (:mod:`hoidata.pair_labels`; the supervised references).
     """
 
     image: np.ndarray
@@ -135,9 +138,12 @@ class Block:
     union_score: np.ndarray | None
     global_embedding: np.ndarray | None = None
     union_embedding: np.ndarray | None = None
+    image_labels: np.ndarray | None = None
+    pair_labels: np.ndarray | None = None
 
-    _PER_IMAGE = ("image", "size", "dense", "global_score", "global_embedding")
-    _PER_PAIR = ("pair_row", "boxes", "grid_boxes", "object", "det_score", "union_score", "union_embedding")
+    _PER_IMAGE = ("image", "size", "dense", "global_score", "global_embedding", "image_labels")
+    _PER_PAIR = ("pair_row", "boxes", "grid_boxes", "object", "det_score", "union_score", "union_embedding",
+                 "pair_labels")
 
     def __len__(self) -> int:
         return len(self.image)
@@ -183,7 +189,8 @@ class Block:
         return Batch(dense=t(self.dense), global_score=t(self.global_score), pair_image=t(self.pair_image, torch.int64),
                      grid_boxes=t(self.grid_boxes), norm_boxes=t(norm), object=obj, det_score=t(self.det_score),
                      union_score=t(self.union_score), class_mask=object_class_mask[obj],
-                     global_embedding=t(self.global_embedding), union_embedding=t(self.union_embedding))
+                     global_embedding=t(self.global_embedding), union_embedding=t(self.union_embedding),
+                     image_labels=t(self.image_labels, torch.bool), pair_labels=t(self.pair_labels, torch.bool))
 
 
 @dataclass
@@ -195,7 +202,8 @@ class Batch:
     norm_boxes: float32 [P, 2, 4] (human, object; divided by the image size);
     object: int64 [P]; det_score: float32 [P, 2]; union_score: float32 [P, C] | None;
     class_mask: bool [P, C], True on the HOI classes of each pair's object;
-    global_embedding: float32 [B, D] | None; union_embedding: float32 [P, D] | None (CLIP's own).
+    global_embedding: float32 [B, D] | None; union_embedding: float32 [P, D] | None (CLIP's own);
+    image_labels: bool [B, C] | None; pair_labels: bool [P, C] | None (ground truth, see :class:`Block`).
     """
 
     dense: torch.Tensor
@@ -209,6 +217,8 @@ class Batch:
     class_mask: torch.Tensor
     global_embedding: torch.Tensor | None = None
     union_embedding: torch.Tensor | None = None
+    image_labels: torch.Tensor | None = None
+    pair_labels: torch.Tensor | None = None
 
     @property
     def num_images(self) -> int:
@@ -223,12 +233,21 @@ class CacheReader:
     """Reads blocks of images from an open cache; holds only per-image index arrays.
 
     crop_mode: the teacher's (see :func:`resolve_crop_mode`). what: which optional arrays to
-    read: any of 'dense', 'global_score', 'union_score', 'global_embedding', 'union_embedding'.
+    read: any of 'dense', 'global_score', 'union_score', 'global_embedding', 'union_embedding',
+    and the ground truth's 'image_labels', 'pair_labels' (a cache without it is refused by
+    name); label_classes: bool [C], the classes labels may carry (the others are removed from
+    every label, as --unseen asks; all when None).
     """
 
     def __init__(self, cache: TeacherCache, crop_mode: str,
-                 what: tuple[str, ...] = ("dense", "global_score", "union_score")):
+                 what: tuple[str, ...] = ("dense", "global_score", "union_score"),
+                 label_classes: np.ndarray | None = None):
         self.cache, self.crop_mode, self.what = cache, crop_mode, set(what)
+        self.labels = self.what & {"image_labels", "pair_labels"}
+        if self.labels:
+            require_ground_truth(cache, "training with labels")
+            self.gt_offsets = cache.read("gt/offsets")
+            self.label_classes = label_classes
         self.union_margin = float(cache.attrs["teacher"].get("union_margin", 0.0))
         lay = cache.layout
         self.grid = (int(lay["grid"][0]), int(lay["grid"][1]))
@@ -262,6 +281,8 @@ class CacheReader:
         per_pair = 2 * 12 * 4 + 2 * 4 + 2 * 8 + (lay["num_classes"] * 2 if "union_score" in self.what else 0)
         per_image += lay["embed_dim"] * 2 if "global_embedding" in self.what else 0
         per_pair += lay["embed_dim"] * 2 if "union_embedding" in self.what else 0
+        per_image += lay["num_classes"] if "image_labels" in self.what else 0  # bool
+        per_pair += lay["num_classes"] if "pair_labels" in self.what else 0
         return self.num_images * per_image + lay["num_pairs"] * per_pair
 
     def read(self, i0: int, i1: int) -> Block:
@@ -295,7 +316,28 @@ class CacheReader:
             block.global_embedding = image_array("global/embedding")
         if "union_embedding" in self.what:
             block.union_embedding = c.read("union/embedding", slice(lo, hi))[rows]
+        if self.labels:
+            self._add_labels(block, imgs, i0, i1)
         return block
+
+    def _add_labels(self, block: Block, imgs: np.ndarray, i0: int, i1: int) -> None:
+        """Set the block's image and pair labels from the ground truth of its images ``imgs``
+        (cache indices within [i0, i1)), without the classes ``label_classes`` leaves out."""
+        g0, g1 = int(self.gt_offsets[i0]), int(self.gt_offsets[i1])
+        counts = np.diff(self.gt_offsets)[imgs]
+        rows = ragged.ranges(self.gt_offsets[imgs] - g0, counts)
+        hoi = self.cache.read("gt/hoi", slice(g0, g1))[rows]
+        gt_offsets, num_classes = ragged.offsets(counts), self.cache.layout["num_classes"]
+        if "image_labels" in self.labels:
+            block.image_labels = PL.image_labels(gt_offsets, hoi, num_classes)
+        if "pair_labels" in self.labels:
+            block.pair_labels = PL.pair_labels(
+                block.pair_offsets, block.boxes[:, 0], block.boxes[:, 1], gt_offsets,
+                self.cache.read("gt/box_h", slice(g0, g1))[rows], self.cache.read("gt/box_o", slice(g0, g1))[rows],
+                hoi, num_classes)
+        if self.label_classes is not None:
+            for name in self.labels:
+                setattr(block, name, getattr(block, name) & self.label_classes)
 
     def read_all(self, block_images: int) -> Block:
         return Block.concat([self.read(i0, i1) for i0, i1 in self.blocks(block_images)])
@@ -355,6 +397,14 @@ class Window:
         return joined.select(np.argsort(np.concatenate(where), kind="stable"))
 
 
+def require_ground_truth(cache: TeacherCache, why: str) -> None:
+    """Refuse a cache without ground truth (built without annotations: ``gt/*`` empty), naming it and ``why``."""
+    if cache.layout["num_gt"] == 0:
+        raise ConfigError(f"{cache.path} holds no ground truth (it was built without --annotations), and {why} "
+                          "needs it: rebuild it with `hoi teacher-cache ... --annotations FILE` (the CLIP arrays "
+                          "come out the same), or train with --supervision clip")
+
+
 def object_class_mask(cache: TeacherCache) -> np.ndarray:
     """bool [O, C]: True where class c is an HOI class of object o, for every object that the
     text classes or the detections name (an object without classes gets an all-False row)."""
@@ -412,10 +462,10 @@ class TrainData:
 
     def __init__(self, cache: TeacherCache, config: TrainConfig, crop_mode: str):
         self.config = config
-        targets = set(config.feature_targets.values())
-        what = ("dense", "global_score") + (("union_score",) if "union" in config.active_losses else ()) + \
-            tuple(f"{t}_embedding" for t in ("global", "union") if t in targets)
-        self.reader = CacheReader(cache, crop_mode, what)
+        features = set(config.feature_targets.values())
+        what = ("dense",) + tuple(sorted(set(config.loss_targets.values()))) + \
+            tuple(f"{t}_embedding" for t in ("global", "union") if t in features)
+        self.reader = CacheReader(cache, crop_mode, what, seen_classes(cache, config.unseen))
         self.block_ranges = self.reader.blocks(config.block_images)
         need = self.reader.estimate_bytes()
         self.in_memory = config.in_memory == "yes" or (

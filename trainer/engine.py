@@ -93,7 +93,7 @@ def train_one_epoch(model: Student, criterion: DistillationLoss, batches: Iterab
         with autocast_for(device, config.amp):
             embeddings = model.embed(batch)
             outputs = model.logits(embeddings)
-        losses = criterion(outputs, batch, embeddings)
+        losses = criterion(outputs, batch, embeddings, model.none_logits())
         loss = criterion.total(losses)
         value = loss.item()  # one sync per step; it also feeds the progress bar
         if not math.isfinite(value):
@@ -234,7 +234,7 @@ def _train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bo
 
     if cache.num_images == 0:
         raise ConfigError(f"{cache.path} holds no images; nothing to train on")
-    if "union" in config.active_losses:
+    if "union_score" in config.loss_targets.values():
         cache.require_level("union", why="the union loss trains on union CLIP scores")
     if "union" in config.feature_targets.values():
         cache.require_level("union", why="the feature loss pulls the union branch towards union CLIP embeddings")

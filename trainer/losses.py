@@ -15,9 +15,21 @@ over the same support, so it is 0 when the student matches and never negative.
   crop's. It names no class, so it holds the student to CLIP's whole embedding space, the
   directions of unseen classes included.
 
+With ``config.supervision`` other than 'clip' (the supervised references), labels replace
+CLIP's scores as targets (``config.loss_targets``): a row's target is its labelled classes,
+equally weighted, over the same support (rows without a labelled class there are dropped):
+
+- ``image-labels``: ``global`` and ``mil`` <- the image's ground-truth classes; ``union`` as above.
+- ``pair-labels``: ``global`` <- the image's classes; ``ho`` and ``union``: each pair branch
+  [P, C] <- the classes of the ground-truth pairs the candidate matches, per pair, over the
+  object's classes and a learned 'no interaction' logit (:meth:`Student.none_logits`), the
+  whole target of a pair that matches none (a negative).
+
 With ``config.unseen`` (a zero-shot split), every support is restricted to the seen
 classes: unseen classes get no soft label and no loss term, and their text embeddings take
-no part in any softmax a loss reads (rows left without a seen class are dropped).
+no part in any softmax a loss reads (rows left without a seen class are dropped). Labels
+come without them too (:class:`trainer.data.CacheReader`): a pair that matched only unseen
+classes is a negative, as in the standard zero-shot HOI protocol.
 
 As in DETR's criterion, :class:`DistillationLoss` returns the unweighted losses by name;
 ``weights`` holds the weight of each, and :meth:`DistillationLoss.total` sums them.
@@ -29,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
+from .config import LOSS_WEIGHTS, TrainConfig
 from .data import Batch
 
 
@@ -45,6 +57,18 @@ def soft_kl(student: torch.Tensor, teacher_raw: torch.Tensor, support: torch.Ten
     target = torch.softmax(teacher, -1)  # 0 off the support
     log_t = torch.log_softmax(teacher, -1).masked_fill(~support, 0)
     log_s = torch.log_softmax(student.masked_fill(~support, neg), -1).masked_fill(~support, 0)
+    return (target * (log_t - log_s)).sum(-1).mean()
+
+
+def label_kl(student: torch.Tensor, labels: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of KL(target || softmax(student)) on ``support``, the target spreading
+    equally over each row's labelled classes (student float32 [N, C]; labels, support bool
+    [N, C], every row with a labelled class on its support): the cross-entropy to the labels,
+    less the target's own entropy, so 0 when the student matches."""
+    on = labels & support
+    target = on.float() / on.sum(-1, keepdim=True)
+    log_s = torch.log_softmax(student.masked_fill(~support, float("-inf")), -1).masked_fill(~support, 0)
+    log_t = torch.log(target.clamp(min=1e-30))
     return (target * (log_t - log_s)).sum(-1).mean()
 
 
@@ -73,10 +97,26 @@ class DistillationLoss(nn.Module):
         super().__init__()
         self.config = config
         self.seen = seen
-        self.weights = {k: getattr(config, f"w_{k}") for k in config.active_losses}
+        self.weights = {k: getattr(config, LOSS_WEIGHTS[k]) for k in config.active_losses}
         # Which model output each loss reads: in early fusion both pair losses train the fused scores.
         early = config.fusion == "early"
-        self.source = {"global": "global", "mil": "fused" if early else "ho", "union": "fused" if early else "union"}
+        self.source = {"global": "global", "mil": "fused" if early else "ho", "ho": "fused" if early else "ho",
+                       "union": "fused" if early else "union"}
+
+    def _target(self, loss: str, logits: torch.Tensor, support: torch.Tensor, scores: torch.Tensor | None,
+                labels: torch.Tensor | None) -> torch.Tensor:
+        """The loss of rows ``logits`` [N, C] over ``support`` bool [N, C] against CLIP's raw
+        ``scores`` [N, C] or, where ``config.loss_targets`` says labels, ``labels`` bool [N, C];
+        rows without a class to learn from on their support are dropped."""
+        if self.config.loss_targets[loss] in ("global_score", "union_score"):
+            keep = support.any(1)
+            if not keep.any():
+                return logits.sum() * 0
+            return soft_kl(logits[keep], scores[keep], support[keep], self.config.temperature)
+        keep = (labels & support).any(1)
+        if not keep.any():
+            return logits.sum() * 0
+        return label_kl(logits[keep], labels[keep], support[keep])
 
     def _seen(self, support: torch.Tensor) -> torch.Tensor:
         return support if self.seen is None else support & self.seen.to(support.device)
@@ -88,25 +128,38 @@ class DistillationLoss(nn.Module):
         return self._seen(torch.ones_like(batch.class_mask))
 
     def loss_global(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return soft_kl(logits, batch.global_score, self._seen(torch.ones_like(logits, dtype=torch.bool)),
-                       self.config.temperature)
+        support = self._seen(torch.ones_like(logits, dtype=torch.bool))
+        if self.config.loss_targets["global"] == "global_score":
+            return soft_kl(logits, batch.global_score, support, self.config.temperature)
+        return self._target("global", logits, support, None, batch.image_labels)
 
     def loss_mil(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         support = self.pair_support(batch)
         pooled = mil_pool(logits.masked_fill(~support, float("-inf")), batch.pair_image, batch.num_images,
                           self.config.mil, self.config.mil_temperature)
         image_support = torch.zeros_like(pooled).index_add(0, batch.pair_image, support.float()) > 0
-        keep = image_support.any(1)  # images without a pair (or whose pairs have no class) say nothing
-        if not keep.any():
-            return logits.sum() * 0
-        return soft_kl(pooled[keep], batch.global_score[keep], image_support[keep], self.config.temperature)
+        # images without a pair (or whose pairs have no class) say nothing
+        return self._target("mil", pooled, image_support, batch.global_score, batch.image_labels)
 
-    def loss_union(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def loss_union(self, logits: torch.Tensor, batch: Batch, none: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.loss_targets["union"] == "pair_labels":
+            return self.pair_label_loss(logits, batch, none)
+        return self._target("union", logits, self.pair_support(batch), batch.union_score, None)
+
+    def loss_ho(self, logits: torch.Tensor, batch: Batch, none: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pair_label_loss(logits, batch, none)
+
+    def pair_label_loss(self, logits: torch.Tensor, batch: Batch, none: torch.Tensor) -> torch.Tensor:
+        """Pair logits [P, C] and the branch's 'no interaction' logit ``none`` (a scalar) against
+        the pairs' labels, over the object's (seen) classes and 'no interaction': a pair that
+        matches no ground truth there has 'no interaction' as its whole target."""
+        if not batch.num_pairs:
+            return logits.sum() * 0 + none * 0
         support = self.pair_support(batch)
-        keep = support.any(1)
-        if not keep.any():
-            return logits.sum() * 0
-        return soft_kl(logits[keep], batch.union_score[keep], support[keep], self.config.temperature)
+        labels = batch.pair_labels & support
+        negative = ~labels.any(1, keepdim=True)
+        ext = torch.cat([logits, none.float().expand(len(logits), 1)], 1)
+        return label_kl(ext, torch.cat([labels, negative], 1), torch.cat([support, torch.ones_like(negative)], 1))
 
     def loss_feature(self, embeddings: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         """Sum over ``config.feature_targets`` of the mean (1 - cosine) of a branch's embeddings
@@ -121,11 +174,21 @@ class DistillationLoss(nn.Module):
         return total
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch,
-                embeddings: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                embeddings: dict[str, torch.Tensor] | None = None,
+                none: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Unweighted losses by name (scalars, float32). embeddings: the student's
-        (:meth:`trainer.model.Student.embed`), which the feature loss reads."""
-        out = {k: getattr(self, f"loss_{k}")(outputs[self.source[k]].float(), batch)
-               for k in self.weights if k != "feature"}
+        (:meth:`trainer.model.Student.embed`), which the feature loss reads; none: its 'no
+        interaction' logits per pair branch (:meth:`Student.none_logits`), which the pair-label losses read."""
+        out = {}
+        for k in self.weights:
+            if k == "feature":
+                continue
+            args = (outputs[self.source[k]].float(), batch)
+            if self.config.loss_targets[k] == "pair_labels":
+                if not none:
+                    raise ValueError("the pair-label losses need the student's 'no interaction' logits")
+                args += (none[self.source[k]],)
+            out[k] = getattr(self, f"loss_{k}")(*args)
         if "feature" in self.weights:
             if embeddings is None:
                 raise ValueError("the feature loss needs the student's embeddings (Student.embed)")

@@ -201,6 +201,13 @@ class Student(nn.Module):
                 nn.init.zeros_(head[-1].weight)
                 nn.init.zeros_(head[-1].bias)
         self.logit_scale = nn.ParameterDict({k: nn.Parameter(torch.tensor(init_scale)) for k in self.heads})
+        if config.supervision == "pair-labels":  # trained on negatives too: a pair may have no interaction
+            self.no_interaction = nn.ParameterDict({k: nn.Parameter(torch.tensor(0.0)) for k in config.pair_branches})
+
+    def none_logits(self) -> dict[str, torch.Tensor]:
+        """Pair branch -> its learned 'no interaction' logit (a scalar beside the [P, C] class
+        logits, in the same softmax), for a student trained on pair labels; else empty."""
+        return dict(self.no_interaction.items()) if hasattr(self, "no_interaction") else {}
 
     def feature_key(self, level: str) -> str:
         """The adapter (and RoI projection) serving a supervision level."""
@@ -274,18 +281,27 @@ def state_shapes(config: TrainConfig, text_shape: tuple[int, int]) -> dict[str, 
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[N, C] softmax over the True entries of mask [N, C]; 0 elsewhere, and on rows without one."""
-    p = torch.softmax(logits.float().masked_fill(~mask, float("-inf")), dim=-1)
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, none: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, C] softmax over the True entries of mask [N, C]; 0 elsewhere, and on rows without one.
+    none: a 'no interaction' logit (a scalar) that joins every row's softmax and takes its
+    share of the mass, which is then left out (a pair judged a negative scores low everywhere)."""
+    x = logits.float().masked_fill(~mask, float("-inf"))
+    if none is None:
+        p = torch.softmax(x, dim=-1)
+    else:
+        p = torch.softmax(torch.cat([x, none.float().expand(len(x), 1)], 1), dim=-1)[:, :-1]
     return torch.where(mask, p, torch.zeros_like(p))
 
 
-def pair_scores(outputs: dict[str, torch.Tensor], class_mask: torch.Tensor, union_weight: float = 0.5) -> torch.Tensor:
+def pair_scores(outputs: dict[str, torch.Tensor], class_mask: torch.Tensor, union_weight: float = 0.5,
+                none: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """[P, C] test-time pair scores: each pair branch's softmax over the classes of the pair's
-    object (class_mask [P, C]); in late fusion the union branch's weighted by
+    object (class_mask [P, C]), and its 'no interaction' logit where ``none`` has one
+    (:meth:`Student.none_logits`); in late fusion the union branch's weighted by
     ``union_weight`` and the human-object branch's by the rest (0.5: their plain average)."""
+    none = none or {}
     if "ho" in outputs and "union" in outputs:
-        return (union_weight * masked_softmax(outputs["union"], class_mask)
-                + (1 - union_weight) * masked_softmax(outputs["ho"], class_mask))
+        return (union_weight * masked_softmax(outputs["union"], class_mask, none.get("union"))
+                + (1 - union_weight) * masked_softmax(outputs["ho"], class_mask, none.get("ho")))
     name = next(k for k in ("fused", "ho", "union") if k in outputs)
-    return masked_softmax(outputs[name], class_mask)
+    return masked_softmax(outputs[name], class_mask, none.get(name))

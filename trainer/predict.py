@@ -136,7 +136,7 @@ def student_scores(model: Student, block: Block, class_mask: torch.Tensor, devic
     def score(batch):
         with autocast_for(device, amp):
             outputs = model(batch)
-        return pair_scores(outputs, batch.class_mask, union_weight)
+        return pair_scores(outputs, batch.class_mask, union_weight, model.none_logits())
     return scores_by_batch(block, score, class_mask, device, batch_size)
 
 
