@@ -104,7 +104,7 @@ def export_mat(predictions, annotations, labelspace, split, layout, box_format, 
 @click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the predictions.")
 @click.option("--image", "names", multiple=True, help="Image file name to draw (repeatable); default: the first "
                                                       "--count images with predictions.")
-@click.option("--count", default=4, help="Images to draw when no --image is given.")
+@click.option("--count", default=4, type=click.IntRange(min=1), help="Images to draw when no --image is given.")
 @click.option("--top", default=3, help="Pairs drawn per image (highest scores).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the PNG files.")
 def visualize(predictions, images, labelspace, names, count, top, output):

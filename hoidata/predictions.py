@@ -111,6 +111,10 @@ class Predictions:
                 raise PredictionsError(
                     f"{source}: image {names[0]} is not in the annotations ({len(names)} unknown image(s)); "
                     "check the file names, or pass --ignore-unknown-images to skip them")
+            if unknown.all():  # skipping them all would score nothing as 0.00
+                raise PredictionsError(
+                    f"{source}: none of its {len(names)} image(s) is in the annotations (e.g. {names[0]}): "
+                    "these predictions are for another split or dataset; pass the annotations they were made on")
             log.warning("skipping %d predictions on %d image(s) not in the annotations, e.g. %s",
                         int(unknown.sum()), len(names), names[0])
         return img

@@ -258,6 +258,10 @@ def test_unknown_image_fails_or_is_skipped(tmp_path, tiny_ls, caplog):
         evaluate(gt, p, tiny_ls)
     r = evaluate(gt, p, tiny_ls, ignore_unknown_images=True)
     assert r.ap["default"][0] == pytest.approx(1.0) and "zzz.jpg" in caplog.text
+    # every row unknown: not a 0.00 but an error, skipping or not
+    only_unknown = preds({"zzz.jpg": [(BOX, OBJ, 0, 0.9)], "yyy.jpg": [(BOX, OBJ, 0, 0.5)]})
+    with pytest.raises(PredictionsError, match="none of its 2 image.s. is in the annotations .e.g. yyy.jpg.*another split"):
+        evaluate(gt, only_unknown, tiny_ls, ignore_unknown_images=True)
 
 
 @pytest.mark.parametrize("suffix", [".json", ".json.gz", ".npz"])
@@ -346,3 +350,14 @@ def test_npz_predictions_are_checked(tmp_path, edit, message):
     np.savez(f, **{k: v for k, v in arrays.items() if v is not None})
     with pytest.raises(PredictionsError, match=message):
         read_predictions(f).validate(600, str(f))
+
+
+def test_visualize_refuses_count_zero(tmp_path):
+    from click.testing import CliRunner
+
+    from hoi.cli import main as hoi_main
+
+    (tmp_path / "p.json").write_text("{}")
+    r = CliRunner().invoke(hoi_main, ["visualize", "--predictions", str(tmp_path / "p.json"), "--images",
+                                      str(tmp_path), "--count", "0", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "--count" in r.output and not (tmp_path / "out").exists()
