@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.ablate import GRID, Row  # noqa: E402
+from trainer.ablate import GRID, LABELLED_ROWS, Row  # noqa: E402
 
 _ALL = GRID[3].overrides  # all levels, late fusion
 CANDIDATES = {r.name: r for r in GRID + (
@@ -50,6 +50,9 @@ CANDIDATES = {r.name: r for r in GRID + (
         {**_ALL, "residual": False, "w_feature": 10.0, "batch_size": 32}),
     Row("all-late-plain-b32", "all levels, late fusion, no feature loss, 32 images a step",
         {**_ALL, "residual": False, "w_feature": 0.0, "batch_size": 32}),
+    # the supervised references: how much of the feature loss a labelled student wants
+    *(Row(f"{r.name}-feature{w:g}", f"{r.label}, feature loss {w:g}", {**r.overrides, "w_feature": w})
+      for r in LABELLED_ROWS for w in ((0.0, 1.0, 3.0, 10.0) if r.name == "fully-supervised" else (0.0, 10.0))),
 )}
 UNION_WEIGHTS = (0.3, 0.5, 0.7)
 # (crop mode, union margin) of the teacher's union crops

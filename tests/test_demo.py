@@ -44,6 +44,11 @@ def test_demo_writes_the_results_table(demo):
                                              "figures"}
     assert len(list((out / "figures").glob("*.png"))) == 2
     assert any("all-late" in line or "late fusion" in line for line in lines)
+    # the rows trained on HOI labels are printed apart, under a line that says so
+    head = next(k for k, line in enumerate(lines) if "trained on HOI labels" in line)
+    assert "image-level HOI labels" in lines[head + 1] and "pair HOI labels" in lines[head + 1]
+    assert not any("HOI labels" in line for line in lines[:head])
+    assert "both levels, late fusion" in lines[head - 1]
 
 
 def test_the_printed_words_command_gives_the_zero_shot_table_s_figure(demo):

@@ -43,8 +43,9 @@ def world(tmp_path_factory):
 def build(world, out, **run):
     run = {"images_per_shard": 4, "workers": 0, "threads": 1, "progress": False, **run}
     teacher = run.pop("teacher", TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])))
+    annotations = run.pop("annotations", world["annotations"])
     return build_teacher_cache(out, images=world["images"], detections=world["detections"],
-                               annotations=world["annotations"], labelspace=LabelSpace.load(world["labelspace"]),
+                               annotations=annotations, labelspace=LabelSpace.load(world["labelspace"]),
                                teacher=teacher, run=RunOptions(**run))
 
 
@@ -81,6 +82,17 @@ def test_store_is_complete_and_valid(reference):
     assert ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) > 0).all()
     t = c.attrs["teacher"]
     assert t["model"] == MODEL and len(t["weights_sha256"]) == 64 and t["crop_mode"] == "squash"
+
+
+def test_ground_truth_changes_no_clip_array(world, reference, tmp_path):
+    """A cache built with --annotations (a train split for the supervised references) holds
+    the same CLIP outputs, pairs and detections, byte for byte, as one built without."""
+    bare = build(world, tmp_path / "bare.zarr", annotations=None)
+    with_gt, without = arrays(reference), arrays(bare)
+    assert len(with_gt["gt/hoi"]) > 0 and len(without["gt/hoi"]) == 0
+    for name in S.ARRAYS:
+        if not name.startswith("gt/"):
+            assert with_gt[name].tobytes() == without[name].tobytes(), name
 
 
 def test_scores_equal_direct_open_clip(world, reference):

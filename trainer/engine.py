@@ -27,14 +27,16 @@ from hoidata.files import atomic_write
 from hoidata.lock import exclusive
 
 from . import checkpoint as ckpt
-from .config import ConfigError, TrainConfig, runtime_fields
-from .data import Block, TrainData, object_class_mask, resolve_crop_mode, seen_classes
+from .config import LABELLED, ConfigError, TrainConfig, runtime_fields
+from .data import Block, TrainData, object_class_mask, require_ground_truth, resolve_crop_mode, seen_classes
 from .losses import DistillationLoss
 from .model import Student
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE, CHECKPOINT_DIR = "metrics.jsonl", "checkpoint"
+SUPERVISION_WORDS = {"clip": "CLIP's scores, no annotation", "image-labels": "image-level HOI labels",
+                     "pair-labels": "HOI labels of the candidate pairs"}
 
 
 class NonFiniteLossError(HoiError, RuntimeError):
@@ -212,6 +214,8 @@ def _train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bo
             raise ConfigError(f"{ckpt_dir} exists: pass --resume to continue that run, or choose another --out")
         config = (config or TrainConfig()).replace(**overrides)
     device = resolve_device(config.device)  # before the run folder exists: a typo leaves nothing behind
+    if config.supervision in LABELLED:
+        require_ground_truth(cache, f"--supervision {config.supervision}")
     out.mkdir(parents=True, exist_ok=True)
 
     if config.threads:
@@ -246,8 +250,8 @@ def _train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bo
                  "program starts): peak memory can creep up by 15-20%% over the first epochs", ":".join(HEAP_TUNABLES))
     class_mask = torch.from_numpy(object_class_mask(cache)).to(device)
     total = config.epochs * len(data)
-    log.info("training %s on %s (%s): %d images, %d steps, device %s", out, cache.path,
-             ", ".join(config.active_losses), data.num_images, total, device)
+    log.info("training %s on %s (%s; learning from %s): %d images, %d steps, device %s", out, cache.path,
+             ", ".join(config.active_losses), SUPERVISION_WORDS[config.supervision], data.num_images, total, device)
     metrics = meta["metrics"] if meta is not None else {}
     for epoch in range(start_epoch, config.epochs):
         metrics, step = train_one_epoch(model, criterion, data.epoch(epoch), optimizer,
