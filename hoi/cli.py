@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from hoi.cli_train import overwrite_option, refuse_existing
 from hoi.errors import HoiGroup
 from hoi.logs import setup_logging
 from hoicore.memory import exec_with_heap_tunables
@@ -83,7 +84,7 @@ def eval_predictions(annotations, labelspace, split, predictions, box_format, ig
               help="'obj': one detections_XX.mat per COCO object; 'all': one detections.mat (eval_one.m reads "
                    "either, by its 'format' setting).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder to write.")
-@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+@overwrite_option
 def export_mat(predictions, annotations, labelspace, split, layout, box_format, ignore_unknown_images, output,
                overwrite):
     """Write predictions as the official MATLAB evaluation's detection files (ho-rcnn eval_one.m),
@@ -170,20 +171,25 @@ from hoi.queries import class_query_options  # noqa: E402
 @scoring_options
 @class_query_options
 @detector_run_options
+@overwrite_option
 def detect(images, images_list, checkpoint, output, detector, detector_weights, draw, draw_count, batch_size,
-           union_weight, det_exponent, top_k, hoi, classes_file, add_classes, **options):
+           union_weight, det_exponent, top_k, hoi, classes_file, add_classes, overwrite, **options):
     """HOI detections for a folder of photos: detector, CLIP's global pass, the student (no union crops)."""
     from hoi.detect import run_detect
     from pipeline.detect_options import DetectOptions
 
+    refuse_existing(output, overwrite)
     info = run_detect(images, checkpoint, output, detector=detector, detector_weights=detector_weights,
                       images_list=images_list, draw=draw, draw_count=draw_count,
                       options=DetectOptions(batch_size=batch_size, **options), batch_size=batch_size,
                       union_weight=union_weight, det_exponent=det_exponent, top_k=top_k, hoi=hoi,
                       classes_file=classes_file, add_classes=add_classes)
     rate = info["images_per_s"]
-    click.echo(f"wrote {info['num_predictions']:,} predictions for {info['num_images']:,} images to {output} "
-               f"({rate['total']} images/s: detector {rate['detector']}, CLIP {rate['clip']}, student "
+    skipped = len(info["skipped_images"])
+    scored = info["num_images"] - skipped
+    click.echo(f"wrote {info['num_predictions']:,} predictions for {scored:,} images to {output} "
+               + (f"({skipped:,} skipped: unreadable, listed in its provenance) " if skipped else "")
+               + f"({rate['total']} images/s: detector {rate['detector']}, CLIP {rate['clip']}, student "
                f"{rate['student']})")
 
 

@@ -96,15 +96,30 @@ def train_cmd(cache, out, resume, **options):
                f"checkpoint {m['checkpoint']}")
 
 
+# Every command that writes one output file refuses to replace it unless told to.
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Replace --output if it exists (without this, an existing one is refused).")
+
+
+def refuse_existing(output, overwrite: bool) -> None:
+    """One line, before any work, when ``output`` exists and ``--overwrite`` was not given."""
+    from pathlib import Path
+
+    if Path(output).exists() and not overwrite:
+        raise click.UsageError(f"{output} exists; pass --overwrite to replace it, or choose another --output")
+
+
 @click.command("predict", context_settings={"show_default": True})
 @prediction_options
 @class_query_options
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
               help="Predictions file in the evaluator's format (.json, .json.gz or .npz).")
-def predict_cmd(output, hoi, classes_file, add_classes, **options):
+@overwrite_option
+def predict_cmd(output, hoi, classes_file, add_classes, overwrite, **options):
     """Write predictions for every pair of a cached split."""
     from trainer.predict import predict_file
 
+    refuse_existing(output, overwrite)
     classes = cache_classes(options["cache"], hoi, classes_file, add_classes)
     info = predict_file(options["cache"], output, classes=classes, **_predict_kwargs(options))
     click.echo(f"wrote {info['num_predictions']:,} predictions ({info['model']}) to {output}")

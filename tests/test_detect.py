@@ -95,6 +95,12 @@ def test_cli_detect_draws_records_provenance_and_skips_bad_images(setup, tmp_pat
     assert prov["student"]["config"] == json.loads((setup["root"] / "student" / "checkpoint" / "checkpoint.json")
                                                    .read_text())["config"]
     assert len(read_predictions(tmp_path / "p.npz")) > 0
+    # the summary counts the images scored, the skipped one apart
+    assert "predictions for 9 images" in r.output and "(1 skipped: unreadable" in r.output
+    # an existing output is not replaced without --overwrite
+    again = CliRunner().invoke(hoi_main, args + ["--on-error", "skip"])
+    assert again.exit_code == 2 and "p.npz exists; pass --overwrite" in again.output
+    assert CliRunner().invoke(hoi_main, args + ["--on-error", "skip", "--overwrite"]).exit_code == 0
 
 
 def test_detect_needs_a_detector_for_a_label_space_without_one(setup, tmp_path):

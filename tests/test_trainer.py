@@ -446,6 +446,10 @@ def test_cli_train_predict_eval(caches, reference, tmp_path):
     r = runner.invoke(hoi_main, ["predict", "--cache", str(caches["test"]), "--checkpoint", str(out / "checkpoint"),
                                     "-o", str(tmp_path / "p.json.gz")])
     assert r.exit_code == 0 and "predictions (student)" in r.output, r.output
+    again = ["predict", "--cache", str(caches["test"]), "--model", "teacher", "-o", str(tmp_path / "p.json.gz")]
+    r = runner.invoke(hoi_main, again)
+    assert r.exit_code == 2 and "p.json.gz exists; pass --overwrite" in r.output
+    assert runner.invoke(hoi_main, again + ["--overwrite"]).exit_code == 0
     r = runner.invoke(hoi_main, ["eval", "--cache", str(caches["test"]), "--model", "teacher", "--results",
                                  str(tmp_path / "r.json")])
     assert r.exit_code == 0 and "default" in r.output and (tmp_path / "r.json").exists(), r.output

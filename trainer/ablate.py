@@ -190,7 +190,8 @@ def format_zero_shot(table: list[dict]) -> str:
     models = ("trained_without", "trained_with", "teacher", "clip_dense", "chance")
     if table and "fully_supervised_without" in table[0]:
         models += ("fully_supervised_without",)
-    head = f"{'split':<24}" + "".join(f"{m.replace('_', ' ').replace('fully supervised without', 'fully-sup w/o'):>17}" for m in models)
+    heads = {m: m.replace("_", " ") for m in models} | {"fully_supervised_without": "fully-sup w/o"}
+    head = f"{'split':<24}" + "".join(f"{heads[m]:>17}" for m in models)
     lines = ["unseen classes, Default mAP (%); in brackets the seen classes'"
              + ("; the last column is trained on HOI labels of the seen classes" if len(models) > 5 else ""),
              head, "-" * len(head)]
