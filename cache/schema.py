@@ -165,10 +165,13 @@ def first_difference(stored, wanted, path: str = "") -> str | None:
 
 def teacher_difference(stored: dict, wanted: dict, path: str = "teacher") -> str | None:
     """The first differing field of two teacher configs; where the weights' sha256 agree,
-    the file they were loaded from (``pretrained``) does not count."""
+    where they were loaded from does not count: the file (``pretrained``), and the folder of
+    a ``local-dir:`` model (the same CLIP copied or moved elsewhere)."""
     if isinstance(stored, dict) and isinstance(wanted, dict) and stored.get("weights_sha256") and \
             stored.get("weights_sha256") == wanted.get("weights_sha256"):
         wanted = {**wanted, "pretrained": stored.get("pretrained")}
+        if all(str(t.get("model", "")).startswith("local-dir:") for t in (stored, wanted)):
+            wanted["model"] = stored.get("model")
     return first_difference(stored, wanted, path)
 
 

@@ -162,6 +162,10 @@ from hoi.queries import class_query_options  # noqa: E402
                    "checkpoint's label space (the bundled benchmark's)].")
 @click.option("--detector-weights", type=click.Path(exists=True), default=None,
               help="The detector's weights (see hoi detections run --weights).")
+@click.option("--teacher-model", default=None, metavar="NAME|local-dir:FOLDER",
+              help="Where the checkpoint's CLIP is now, if it moved [default: the one the checkpoint records].")
+@click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Its weights file, if they moved; refused unless their sha256 is the checkpoint's.")
 @click.option("--draw", type=click.Path(file_okay=False), default=None,
               help="Also draw the top detections of the first --draw-count images into this folder.")
 @click.option("--draw-count", type=click.IntRange(min=1), default=20, help="Images drawn with --draw.")
@@ -172,8 +176,9 @@ from hoi.queries import class_query_options  # noqa: E402
 @class_query_options
 @detector_run_options
 @overwrite_option
-def detect(images, images_list, checkpoint, output, detector, detector_weights, draw, draw_count, batch_size,
-           union_weight, det_exponent, top_k, hoi, classes_file, add_classes, overwrite, **options):
+def detect(images, images_list, checkpoint, output, detector, detector_weights, teacher_model, teacher_weights, draw,
+           draw_count, batch_size, union_weight, det_exponent, top_k, hoi, classes_file, add_classes, overwrite,
+           **options):
     """HOI detections for a folder of photos: detector, CLIP's global pass, the student (no union crops)."""
     from hoi.detect import run_detect
     from pipeline.detect_options import DetectOptions
@@ -183,7 +188,8 @@ def detect(images, images_list, checkpoint, output, detector, detector_weights, 
                       images_list=images_list, draw=draw, draw_count=draw_count,
                       options=DetectOptions(batch_size=batch_size, **options), batch_size=batch_size,
                       union_weight=union_weight, det_exponent=det_exponent, top_k=top_k, hoi=hoi,
-                      classes_file=classes_file, add_classes=add_classes)
+                      classes_file=classes_file, add_classes=add_classes, teacher_model=teacher_model,
+                      teacher_weights=teacher_weights)
     rate = info["images_per_s"]
     skipped = len(info["skipped_images"])
     scored = info["num_images"] - skipped

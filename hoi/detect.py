@@ -61,10 +61,13 @@ def default_detector(labelspace) -> tuple[str, Path] | None:
     return None
 
 
-def _teacher_options(teacher: dict):
+def _teacher_options(teacher: dict, model: str | None = None, weights=None):
+    """The teacher recorded in a checkpoint, loaded from ``model`` / ``weights`` when given
+    (the same CLIP moved elsewhere: its weights' sha256 is checked after loading)."""
     from pipeline.options import TeacherOptions
 
-    return TeacherOptions(model=teacher["model"], pretrained=teacher.get("pretrained"),
+    return TeacherOptions(model=model or teacher["model"],
+                          pretrained=str(weights) if weights else teacher.get("pretrained"),
                           templates=tuple(teacher["templates"]), crop_mode=teacher["crop_mode"],
                           union_margin=float(teacher["union_margin"]), global_size=teacher["global_size"],
                           mean=tuple(teacher["mean"]), std=tuple(teacher["std"]))
@@ -73,14 +76,17 @@ def _teacher_options(teacher: dict):
 def run_detect(images, checkpoint, output, *, detector: str | None = None, detector_weights=None,
                images_list=None, draw=None, draw_count: int = 20, options=None, batch_size: int = 32,
                union_weight: float = 0.5, det_exponent: float = 1.0, top_k: int = 0, hoi=(), classes_file=None,
-               add_classes: bool = False) -> dict:
+               add_classes: bool = False, teacher_model: str | None = None, teacher_weights=None) -> dict:
     """HOI detections of every image in ``images`` (or ``images_list``) by the student of
     ``checkpoint``, written to ``output`` (.json, .json.gz or .npz) with their provenance;
     pictures of the top detections of the first ``draw_count`` images in ``draw`` when given.
     ``options``: the detector's :class:`pipeline.detect_options.DetectOptions` (its device and
     on_error serve every stage). hoi, classes_file, add_classes: classes asked for in words
     (:mod:`hoi.queries`), scored instead of (or beside) the checkpoint's own and recorded in
-    the output. Returns the provenance, with images/s per stage."""
+    the output. teacher_model, teacher_weights: where the checkpoint's CLIP is now, when it
+    has moved (an open_clip name or ``local-dir:FOLDER``, and a weights file); refused
+    unless its weights are those the student was trained with. Returns the provenance, with
+    images/s per stage."""
     from tqdm import tqdm
 
     from hoi.queries import asked_labelspace
@@ -89,6 +95,7 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     from hoidata.labelspace import LabelSpace
     from hoidata.pairs import PairRule
     from hoidata.predictions import Predictions, write_predictions
+    from pipeline.clip import missing_teacher_files
     from pipeline.detect_options import DetectOptions
     from pipeline.detect_stage import decoded_batches, list_images, resolve_precision
     from pipeline.detector import load_detector
@@ -114,7 +121,12 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     det.model.to(device)
     asked = asked_labelspace(ls, hoi, classes_file, add_classes)
     scored = asked or ls  # the classes scored: their prompts go through the teacher's text tower
-    teacher_opts = _teacher_options(trained_on["teacher"])
+    teacher_opts = _teacher_options(trained_on["teacher"], teacher_model, teacher_weights)
+    missing = missing_teacher_files(teacher_opts.model, teacher_opts.pretrained)
+    if missing:
+        raise InputError(f"the teacher of {checkpoint} ({teacher_opts.model}): {missing} does not exist (moved?); "
+                         "pass --teacher-model local-dir:FOLDER or an open_clip name, and --teacher-weights FILE "
+                         "if its weights are elsewhere (checked by sha256 against the checkpoint's)")
     clip = GlobalPass(teacher_opts, scored.prompts, device)
     if clip.teacher.weights_sha256 != trained_on["teacher"]["weights_sha256"]:
         raise ckpt.CheckpointError(f"{teacher_opts.model}: its weights are not those the student of {checkpoint} "

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,6 +60,9 @@ def register_model_configs(paths) -> None:
 def _create(model: str, pretrained: str | None, image_size: int | None, device) -> torch.nn.Module:
     import open_clip
 
+    missing = missing_teacher_files(model, pretrained)
+    if missing:
+        raise InputError(f"CLIP {model!r}: {missing} does not exist (moved or deleted?); point at where it is now")
     if ":" not in model and model not in open_clip.list_models():  # (local-dir:, hf-hub: name no config)
         raise InputError(f"{model!r} is not an open_clip model name (open_clip.list_models() lists them); for a "
                          "config of your own, pass its JSON with --model-config")
@@ -69,6 +74,16 @@ def _create(model: str, pretrained: str | None, image_size: int | None, device) 
         raise InputError(f"cannot load CLIP {model!r} with weights {pretrained!r}: {e}. Nothing is downloaded "
                          "here: give a checkpoint file, a local-dir: folder, or weights already in the cache") from e
     return m.eval().requires_grad_(False)
+
+
+def missing_teacher_files(model: str, pretrained: str | None) -> str | None:
+    """The folder (of a ``local-dir:`` model) or weights file (a ``pretrained`` that is a path,
+    not a tag such as 'openai') that is not on disk, or None."""
+    if model.startswith("local-dir:") and not Path(model[len("local-dir:"):]).is_dir():
+        return f"the folder {model[len('local-dir:'):]}"
+    if pretrained and (os.sep in pretrained or Path(pretrained).suffix) and not Path(pretrained).is_file():
+        return f"the weights file {pretrained}"
+    return None
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

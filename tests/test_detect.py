@@ -183,3 +183,36 @@ def test_only_the_image_formats_the_project_reads_are_opened(tmp_path):
     assert read_image(tmp_path / "real.jpg", None).shape == (6, 8, 3)
     Image.new("RGB", (8, 6)).save(tmp_path / "disguised.jpg", format="PPM")  # a format PIL knows, not ours
     assert "cannot decode" in read_image(tmp_path / "disguised.jpg", None)
+
+
+def test_a_moved_teacher_is_named_and_found_again_by_sha256(setup, tmp_path):
+    """A checkpoint whose CLIP weights have moved: one line naming the missing file and the
+    option; --teacher-weights with the same weights elsewhere works; other weights are refused."""
+    import shutil
+
+    from tinyworld import make_checkpoint
+
+    moved = tmp_path / "clip" / "weights.pt"
+    moved.parent.mkdir()
+    shutil.copy(setup["root"] / "clip" / f"{MODEL}.pt", moved)
+    ls = LabelSpace.load(setup["world"]["labelspace"])
+    cache = build_teacher_cache(tmp_path / "c.zarr", images=setup["world"]["images"],
+                                detections=setup["root"] / "detected.h5", labelspace=ls,
+                                teacher=TeacherOptions(model=MODEL, pretrained=str(moved)), pair_rule=RULE,
+                                run=RunOptions(levels="global", images_per_shard=BATCH, batch_size=BATCH, workers=0,
+                                               threads=1, progress=False))
+    student = train(cache, tmp_path / "s", TrainConfig(epochs=1, batch_size=4, hidden_dim=16, progress=False,
+                                                       threads=1, device="cpu", union_branch=False, w_union=0.0))
+    moved.unlink()
+    args = ["detect", "--images", str(setup["world"]["images"]), "--checkpoint", student["checkpoint"],
+            "--detector", "tiny-fcos", "--detector-weights", str(setup["detector"]), "--workers", "0",
+            "--no-progress", "--score-threshold", "0"]
+    r = CliRunner().invoke(hoi_main, args + ["-o", str(tmp_path / "a.json")])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert f"the weights file {moved} does not exist" in r.output and "--teacher-weights" in r.output
+    here = str(setup["root"] / "clip" / f"{MODEL}.pt")
+    r = CliRunner().invoke(hoi_main, args + ["-o", str(tmp_path / "b.json"), "--teacher-weights", here])
+    assert r.exit_code == 0, r.output
+    other = make_checkpoint(tmp_path / "other", seed=1)
+    r = CliRunner().invoke(hoi_main, args + ["-o", str(tmp_path / "c.json"), "--teacher-weights", str(other)])
+    assert r.exit_code == 1 and "sha256 differs" in r.output, r.output

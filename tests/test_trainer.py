@@ -384,6 +384,20 @@ def test_checkpoint_from_another_cache_is_refused(caches, reference):
         load_student(out / "checkpoint", open_cache(caches["other_teacher"]), torch.device("cpu"))
 
 
+def test_a_teacher_is_its_weights_not_the_folder_they_were_loaded_from():
+    """The same CLIP (same sha256) from another folder or file is the same teacher; a setting
+    that differs is named, not the folder."""
+    from cache.schema import teacher_difference
+
+    stored = {"model": "local-dir:minibench/model", "pretrained": None, "weights_sha256": "ab" * 32,
+              "crop_mode": "pad"}
+    moved = {**stored, "model": "local-dir:/elsewhere/model"}
+    assert teacher_difference(stored, moved) is None
+    assert teacher_difference(stored, {**moved, "crop_mode": "squash"}) == "teacher.crop_mode"
+    assert teacher_difference(stored, {**moved, "weights_sha256": "cd" * 32}) == "teacher.model"
+    assert teacher_difference({**stored, "model": "ViT-B-16"}, {**stored, "model": "ViT-L-14"}) == "teacher.model"
+
+
 def test_non_finite_loss_stops_with_a_clear_message(caches, tmp_path, monkeypatch):
     monkeypatch.setattr(DistillationLoss, "loss_union", lambda self, logits, batch: logits.sum() * float("nan"))
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1, step 0 .*--lr"):
