@@ -38,7 +38,9 @@ def ground_truth_options(f):
                           "HICO-DET test set."),
         click.option("--split", type=click.Choice(["train", "test"]), default="test",
                      help="Split of an anno_bbox.mat / anno.mat (bbox_test / anno_test, or the train ones)."),
-        click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the annotations."),
+        click.option("--labelspace", default=None, metavar="NAME|FILE",
+                     help="Label space of the annotations [default: the one the predictions file records, else "
+                          "hico_det]; a predictions file that records another is refused."),
         click.option("--box-format", type=click.Choice(BOX_FORMATS), default=None,
                      help="Box convention of the predictions; overrides the file's own 'box_format'."),
         click.option("--ignore-unknown-images", is_flag=True,
@@ -102,7 +104,9 @@ def export_mat(predictions, annotations, labelspace, split, layout, box_format, 
 @click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Predictions in the interchange format.")
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False), help="Images folder.")
-@click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the predictions.")
+@click.option("--labelspace", default=None, metavar="NAME|FILE",
+              help="Label space of the predictions [default: the one the file records, else hico_det]; refused "
+                   "if the file records another.")
 @click.option("--image", "names", multiple=True, help="Image file name to draw (repeatable); default: the first "
                                                       "--count images with predictions.")
 @click.option("--count", default=4, type=click.IntRange(min=1), help="Images to draw when no --image is given.")
@@ -112,11 +116,11 @@ def visualize(predictions, images, labelspace, names, count, top, output):
     """Draw images' top HOI detections (boxes, class names, scores) to PNG files."""
     from pathlib import Path
 
-    from hoidata.labelspace import LabelSpace
-    from hoidata.predictions import read_predictions
+    from hoidata.predictions import labelspace_of, read_predictions
     from hoidata.visualize import draw
 
-    pred, ls = read_predictions(predictions), LabelSpace.load(labelspace)
+    pred = read_predictions(predictions)
+    ls = labelspace_of(pred, labelspace, predictions)
     names = names or [pred.file_names[i] for i in sorted(set(pred.image.tolist()))[:count]]
     for name in names:
         click.echo(draw(Path(images) / name, pred, ls, Path(output) / (Path(name).stem + ".png"), k=top))

@@ -150,6 +150,7 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
         raise InputError(f"none of the {len(names)} images under {root} could be read (e.g. {seconds.skipped[0]}); "
                          f"nothing was written to {output}")
     pred = Predictions.from_arrays(names, box_format="coord", **concat_rows(parts))
+    pred.labelspace = ls.to_dict()  # the checkpoint's: readers need not be told it
     if asked is not None:
         pred.classes = class_record(asked, clip.text)
     provenance = _provenance(det, opts, precision, teacher_opts, clip, checkpoint, meta, rule, seconds,

@@ -307,7 +307,8 @@ def load_split(annotations, labelspace: str | LabelSpace = "hico_det",
         return ann, ls
     if ls.fingerprint != hico_det().fingerprint:
         raise LabelSpaceError(f"the bundled HICO-DET test set ('hico_det') is labelled in the hico_det label "
-                              f"space, not in {ls.name!r}; pass --labelspace hico_det or your own --annotations")
+                              f"space, not in {ls.name!r} (the label space given, or the predictions' own): pass the "
+                              "annotations of that label space with --annotations FILE")
     return hico_test_annotations(), ls
 
 

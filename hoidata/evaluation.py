@@ -308,7 +308,7 @@ def _in_labelspace(pred: Predictions, labelspace: LabelSpace, source: str) -> tu
     return mapped, None if same else np.unique(index)
 
 
-def evaluate_file(annotations, predictions, *, labelspace: str | LabelSpace = "hico_det",
+def evaluate_file(annotations, predictions, *, labelspace: str | LabelSpace | None = None,
                   box_format: str | None = None, ignore_unknown_images: bool = False,
                   split: str = "test", image_labels="auto") -> EvalResult:
     """Evaluate a predictions file against an annotation file (or ``'hico_det'``, the bundled test set).
@@ -317,20 +317,27 @@ def evaluate_file(annotations, predictions, *, labelspace: str | LabelSpace = "h
     ``detections_XX.mat`` or a ``detections.mat``; see :mod:`hoidata.matlab`).
     ``image_labels``: an ``anno.mat`` for the Known-Object images; ``'auto'``: the
     ``anno.mat`` beside an ``anno_bbox.mat`` given as ``annotations``, if any; ``None``:
-    the stand-in. ``split`` is the split of both ``.mat`` files."""
+    the stand-in. ``split`` is the split of both ``.mat`` files. ``labelspace``: the
+    annotations' (a name, file or :class:`LabelSpace`); None: the one the predictions file
+    records, else HICO-DET's (a file recording another than the one given is refused).
+    """
     from . import matlab
     from .annotations import load_split
-    from .predictions import read_predictions
+    from .predictions import labelspace_of, read_predictions
 
-    gt, ls = load_split(annotations, labelspace, split)
-    labels = image_labels_for(annotations, image_labels, gt.file_names, ls, split)
-    if Path(predictions).is_dir() or Path(predictions).suffix == ".mat":  # the official detection files
+    official = Path(predictions).is_dir() or Path(predictions).suffix == ".mat"  # the official detection files
+    if official:
         if box_format not in (None, "pixel0"):
             raise PredictionsError(f"{predictions}: the official detection files hold 0-based boxes by "
                                    f"definition; drop --box-format {box_format}")
-        pred = matlab.read(predictions, gt.file_names, ls)
+        labelspace = labelspace or "hico_det"
     else:
         pred = read_predictions(predictions, box_format)
+        labelspace = labelspace_of(pred, labelspace, str(predictions))
+    gt, ls = load_split(annotations, labelspace, split)
+    labels = image_labels_for(annotations, image_labels, gt.file_names, ls, split)
+    if official:
+        pred = matlab.read(predictions, gt.file_names, ls)
     return evaluate(gt, pred, ls, ignore_unknown_images=ignore_unknown_images, source=str(predictions),
                     image_labels=labels)
 

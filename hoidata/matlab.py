@@ -41,7 +41,7 @@ from .errors import HoiError, InputError
 from .files import scipy_io as _scipy_io
 from .labelspace import LabelSpace
 from .lock import exclusive
-from .predictions import Predictions, PredictionsError, read_predictions
+from .predictions import Predictions, PredictionsError, labelspace_of, read_predictions
 
 
 class ExportExistsError(HoiError, FileExistsError):
@@ -267,15 +267,16 @@ def read(path, image_names: list[str], labelspace: LabelSpace) -> Predictions:
                                    rows[:, 4:8], np.repeat([p[0] for p in parts], counts), rows[:, 8], "pixel0")
 
 
-def export_file(predictions, out, *, annotations="hico_det", labelspace: str | LabelSpace = "hico_det",
+def export_file(predictions, out, *, annotations="hico_det", labelspace: str | LabelSpace | None = None,
                 layout: str = "obj", box_format: str | None = None, overwrite: bool = False,
                 ignore_unknown_images: bool = False, split: str = "test") -> dict:
     """Export a predictions file (see :mod:`hoidata.predictions`) for the official evaluation;
     columns follow the image order of ``annotations`` (``'hico_det'``: the bundled test set,
-    in the official ``list_test`` order; an ``anno_bbox.mat``: its ``split``). Returns the
-    export's ``export.json`` content."""
-    gt, ls = load_split(annotations, labelspace, split)
+    in the official ``list_test`` order; an ``anno_bbox.mat``: its ``split``). ``labelspace``:
+    None for the one the predictions record (else HICO-DET's). Returns the export's
+    ``export.json`` content."""
     pred = read_predictions(predictions, box_format)
+    gt, ls = load_split(annotations, labelspace_of(pred, labelspace, str(predictions)), split)
     out = export(out, gt.file_names, pred, ls, layout=layout, overwrite=overwrite,
                  ignore_unknown_images=ignore_unknown_images, source=str(predictions))
     return json.loads((out / "export.json").read_text())

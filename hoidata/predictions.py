@@ -35,6 +35,7 @@ from . import boxes as B
 from . import json_rows, ragged
 from .errors import HoiError
 from .files import atomic_write, load_json
+from .labelspace import LabelSpace, hico_det
 
 ROW_LENGTH = 10
 NPZ_ARRAYS = ("file_names", "image", "boxes_h", "boxes_o", "hoi", "score")
@@ -60,6 +61,9 @@ class Predictions:
     # the classes ``hoi`` indexes when they are not the evaluated label space's own in its
     # order (:func:`hoidata.classes.class_record`: names, prompts, text hash); None: those
     classes: dict | None = None
+    # the label space the predictions were made over (its dict, hoidata schema), so readers
+    # need not be told it and can refuse another; None: not recorded (files from elsewhere)
+    labelspace: dict | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -107,14 +111,15 @@ class Predictions:
         unknown = img < 0
         if unknown.any():
             names = sorted({self.file_names[i] for i in np.unique(self.image[unknown])})
+            if unknown.all():  # skipping them all would score nothing as 0.00: not the fix
+                raise PredictionsError(
+                    f"{source}: none of its {len(names)} image(s) is in the annotations (e.g. {names[0]}): "
+                    "these predictions are for another split or dataset; pass the annotations they were made on "
+                    "(--annotations FILE)")
             if not ignore_unknown_images:
                 raise PredictionsError(
                     f"{source}: image {names[0]} is not in the annotations ({len(names)} unknown image(s)); "
                     "check the file names, or pass --ignore-unknown-images to skip them")
-            if unknown.all():  # skipping them all would score nothing as 0.00
-                raise PredictionsError(
-                    f"{source}: none of its {len(names)} image(s) is in the annotations (e.g. {names[0]}): "
-                    "these predictions are for another split or dataset; pass the annotations they were made on")
             log.warning("skipping %d predictions on %d image(s) not in the annotations, e.g. %s",
                         int(unknown.sum()), len(names), names[0])
         return img
@@ -191,6 +196,7 @@ def read_predictions(path, box_format: str | None = None) -> Predictions:
                 a = {k: z[k] for k in NPZ_ARRAYS}
                 fmt = box_format or str(z["box_format"])
                 classes = json.loads(str(z["classes"])) if "classes" in z.files else None
+                labelspace = json.loads(str(z["labelspace"])) if "labelspace" in z.files else None
         except PredictionsError:
             raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -205,20 +211,39 @@ def read_predictions(path, box_format: str | None = None) -> Predictions:
                                        f"{a[k].shape}, expected {shape} for the {n} scores")
         pred = Predictions.from_arrays([str(s) for s in a["file_names"]], a["image"], a["boxes_h"],
                                        a["boxes_o"], a["hoi"], a["score"], fmt)
-        return _with_classes(path, pred, classes)
+        return _with_records(path, pred, classes, labelspace)
     pred = _read_json_fast(path, box_format)
     return pred if pred is not None else _read_json_reference(path, box_format)
 
 
-def _with_classes(path, pred: Predictions, classes) -> Predictions:
-    """``pred`` with the file's class record (an object with a list 'hoi'), checked for shape only."""
-    if classes is None:
-        return pred
-    if not isinstance(classes, dict) or not isinstance(classes.get("hoi"), list):
+def _with_records(path, pred: Predictions, classes, labelspace) -> Predictions:
+    """``pred`` with the file's class record (an object with a list 'hoi') and label-space
+    record (an object), checked for shape only (:func:`labelspace_of` reads the latter)."""
+    if classes is not None and (not isinstance(classes, dict) or not isinstance(classes.get("hoi"), list)):
         raise PredictionsError(f"{path}: 'classes' must be an object whose 'hoi' lists the scored classes as "
                                "[verb, object] names")
-    pred.classes = classes
+    if labelspace is not None and not isinstance(labelspace, dict):
+        raise PredictionsError(f"{path}: 'labelspace' must be a label-space object, not {type(labelspace).__name__}")
+    pred.classes, pred.labelspace = classes, labelspace
     return pred
+
+
+def labelspace_of(pred: Predictions, given=None, source: str = "predictions") -> LabelSpace:
+    """The label space to read ``pred`` with: ``given`` (a name, file or :class:`LabelSpace`)
+    when there is one, refused if the predictions record another (and index it directly, not
+    through a class record, which is matched by name); else the recorded one; else HICO-DET's."""
+    recorded = None
+    if pred.labelspace is not None:
+        recorded = LabelSpace.from_dict(pred.labelspace, source=f"{source}: its 'labelspace' record")
+    if given is None:
+        return recorded if recorded is not None else hico_det()
+    ls = given if isinstance(given, LabelSpace) else LabelSpace.load(given)
+    if recorded is not None and pred.classes is None and recorded.fingerprint != ls.fingerprint:
+        raise PredictionsError(f"{source} was made over label space {recorded.name!r} ({recorded.num_classes} "
+                               f"classes, sha256 {recorded.fingerprint[:12]}), not over {ls.name!r} "
+                               f"({ls.num_classes} classes, sha256 {ls.fingerprint[:12]}): drop --labelspace to use "
+                               "its own, or pass the label space it was made with")
+    return ls
 
 
 def _read_json_reference(path, box_format: str | None) -> Predictions:
@@ -245,8 +270,8 @@ def _read_json_reference(path, box_format: str | None) -> Predictions:
             if _rows_array(preds[name]) is None:
                 raise _rows_error(path, name, preds[name]) from None
         raise PredictionsError(f"{path}: malformed rows") from None  # pragma: no cover
-    return _with_classes(path, _finish(path, names, counts, arr[:, 0:4].copy(), arr[:, 4:8].copy(), arr[:, 8],
-                                       arr[:, 9].copy(), fmt), d.get("classes"))
+    return _with_records(path, _finish(path, names, counts, arr[:, 0:4].copy(), arr[:, 4:8].copy(), arr[:, 8],
+                                       arr[:, 9].copy(), fmt), d.get("classes"), d.get("labelspace"))
 
 
 def _read_bytes(path: Path):
@@ -334,9 +359,9 @@ def _read_json_fast(path: Path, box_format: str | None) -> Predictions | None:
             slow[span_of[k]] = json_rows.load_span(data, spans[k])
     except (ValueError, RecursionError):
         return None
-    try:  # the class record's lists of numbers were spans too
-        classes = d.get("classes")
-        classes = _resolved(classes, {k: json_rows.load_span(data, spans[k]) for k in _spans(classes)})
+    try:  # the records' lists of numbers were spans too
+        classes, labelspace = (_resolved(d.get(k), {i: json_rows.load_span(data, spans[i]) for i in _spans(d.get(k))})
+                               for k in ("classes", "labelspace"))
     except (ValueError, RecursionError):
         return None
     del data
@@ -354,7 +379,8 @@ def _read_json_fast(path: Path, box_format: str | None) -> Predictions | None:
         if len(arr) != counts[i]:
             return None  # pragma: no cover - a list of rows holds one '[' a row
         put(int(offsets[i]), arr)
-    return _with_classes(path, _finish(path, names, counts, boxes_h, boxes_o, hoi_f, score, fmt), classes)
+    return _with_records(path, _finish(path, names, counts, boxes_h, boxes_o, hoi_f, score, fmt), classes,
+                         labelspace)
 
 
 def _spans(value) -> list[int]:
@@ -386,6 +412,8 @@ def write_predictions(pred: Predictions, path, provenance: dict | None = None) -
     extra = {"provenance": provenance} if provenance is not None else {}
     if pred.classes is not None:
         extra["classes"] = pred.classes
+    if pred.labelspace is not None:
+        extra["labelspace"] = pred.labelspace
     with atomic_write(path) as tmp:
         if path.suffix == ".npz":
             with open(tmp, "wb") as f:

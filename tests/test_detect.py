@@ -101,6 +101,13 @@ def test_cli_detect_draws_records_provenance_and_skips_bad_images(setup, tmp_pat
     again = CliRunner().invoke(hoi_main, args + ["--on-error", "skip"])
     assert again.exit_code == 2 and "p.npz exists; pass --overwrite" in again.output
     assert CliRunner().invoke(hoi_main, args + ["--on-error", "skip", "--overwrite"]).exit_code == 0
+    # the file records its label space: readers need not be told it, and refuse another
+    ev = ["eval-predictions", "--annotations", str(setup["world"]["annotations"]), "--predictions",
+          str(tmp_path / "p.npz"), "--json"]
+    r = CliRunner().invoke(hoi_main, ev)
+    assert r.exit_code == 0 and "\"full\"" in r.output, r.output
+    r = CliRunner().invoke(hoi_main, ev + ["--labelspace", "hico_det"])
+    assert r.exit_code == 1 and "made over label space 'tiny'" in r.output and "not over 'hico_det'" in r.output
 
 
 def test_detect_needs_a_detector_for_a_label_space_without_one(setup, tmp_path):

@@ -262,6 +262,8 @@ def test_unknown_image_fails_or_is_skipped(tmp_path, tiny_ls, caplog):
     only_unknown = preds({"zzz.jpg": [(BOX, OBJ, 0, 0.9)], "yyy.jpg": [(BOX, OBJ, 0, 0.5)]})
     with pytest.raises(PredictionsError, match="none of its 2 image.s. is in the annotations .e.g. yyy.jpg"):
         evaluate(gt, only_unknown, tiny_ls, ignore_unknown_images=True)
+    with pytest.raises(PredictionsError, match="none of its 2 image.s. is in the annotations.*--annotations FILE"):
+        evaluate(gt, only_unknown, tiny_ls)  # not "pass --ignore-unknown-images": that is not the fix
 
 
 @pytest.mark.parametrize("suffix", [".json", ".json.gz", ".npz"])

@@ -31,6 +31,7 @@ def reference(path, box_format=None):
 
 def assert_same(a, b):
     assert a.file_names == b.file_names and a.box_format == b.box_format
+    assert a.classes == b.classes and a.labelspace == b.labelspace
     for k in ("image", "boxes_h", "boxes_o", "hoi", "score"):
         x, y = getattr(a, k), getattr(b, k)
         assert x.dtype == y.dtype and x.shape == y.shape and x.flags.c_contiguous, k
@@ -130,6 +131,31 @@ def test_written_files_and_edge_layouts(tmp_path):
         got = fast(empty)
         assert_same(got, reference(empty))
         assert got.boxes_h.shape == (0, 4) and got.hoi.dtype == np.int64
+
+
+@pytest.mark.parametrize("name", ["p.json", "p.json.gz", "p.npz"])
+def test_the_label_space_record_travels_with_the_file_and_decides_how_it_is_read(tmp_path, name):
+    from bench.predictions import synthetic_hico_predictions
+    from hoidata.labelspace import LabelSpace
+
+    _, pred = synthetic_hico_predictions(200, seed=2)
+    hico = LabelSpace.load("hico_det")
+    pred.labelspace = hico.to_dict()
+    P.write_predictions(pred, tmp_path / name)
+    got = read_predictions(tmp_path / name)
+    assert got.labelspace == hico.to_dict()
+    if name != "p.npz":
+        assert_same(fast(tmp_path / name), reference(tmp_path / name))
+    assert P.labelspace_of(got).fingerprint == hico.fingerprint  # none given: the file's own
+    assert P.labelspace_of(got, "hico_det").fingerprint == hico.fingerprint
+    other = LabelSpace.from_dict({**hico.to_dict(), "name": "hico_det_renamed", "rare_threshold": 11})
+    with pytest.raises(PredictionsError, match=r"made over label space 'hico_det' .*not over 'hico_det_renamed'"
+                                               r".*drop --labelspace"):
+        P.labelspace_of(got, other, "p")
+    got.classes = {"hoi": [["ride", "horse"]]}  # a class record is matched by name instead: no refusal
+    assert P.labelspace_of(got, other) is other
+    got.labelspace = None  # a file from elsewhere, without the record: HICO-DET's unless told
+    assert P.labelspace_of(got).name == "hico_det" and P.labelspace_of(got, other) is other
 
 
 def test_duplicate_keys_keep_the_last_rows_at_the_first_place(tmp_path):
