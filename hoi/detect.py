@@ -136,7 +136,9 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     rule = PairRule(**trained_on["pair_rule"])
 
     seconds, parts = StageSeconds(), []
-    batches = decoded_batches([root / n for n in names], expected, batch_size, opts.workers)  # decoded ahead
+    # each image decoded at most as large as the detector and CLIP read it: memory follows the batch's inputs
+    max_side = max(det.input_side, clip.teacher.global_size) if det.input_side else None
+    batches = decoded_batches([root / n for n in names], expected, batch_size, opts.workers, max_side)
     with tqdm(total=len(names), unit="img", desc="hoi detect", disable=not opts.progress, dynamic_ncols=True) as bar:
         t_decode = time.perf_counter()
         for positions, decoded in batches:
@@ -155,6 +157,7 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
         pred.classes = class_record(asked, clip.text)
     provenance = _provenance(det, opts, precision, teacher_opts, clip, checkpoint, meta, rule, seconds,
                              union_weight, det_exponent, top_k, root, len(pred))
+    provenance["decoded_max_side"] = max_side  # larger images were reduced to this long side as decoded
     write_predictions(pred, output, provenance=provenance)
     if draw:
         _draw(root, pred, scored, Path(draw), draw_count)
@@ -204,7 +207,8 @@ class _Scorer:
 def _detect_batch(det, clip, scorer: _Scorer, rule, ls, names, positions, decoded, opts, device, precision,
                   seconds: StageSeconds) -> dict:
     """Prediction rows of one batch of images (``positions`` into ``names``, ``decoded`` their
-    uint8 [H, W, 3] pixels or the message of a failure): detect, pair, encode, score."""
+    :class:`pipeline.images.Decoded` pixels or the message of a failure): detect, pair,
+    encode, score; boxes in the files' own pixels."""
     from hoidata.pairs import make_pairs
     from pipeline.detect_stage import DetectStageError, concat_detections, detect_images
 
@@ -219,14 +223,14 @@ def _detect_batch(det, clip, scorer: _Scorer, rule, ls, names, positions, decode
             continue
         ok.append(i)
         arrays.append(got)
-    found = concat_detections(detect_images(det, arrays, opts, device, precision))
+    found = concat_detections(detect_images(det, arrays, opts, device, precision))  # boxes in the files' pixels
     offsets = ragged.offsets(found.counts)
     box, score, label = found.boxes, found.scores, found.labels
     human, obj, pair_offsets = make_pairs(score, label, offsets, ls.human, rule)
     t1 = time.perf_counter()
-    _, _, dense = clip(arrays)
+    _, _, dense = clip([d.pixels for d in arrays])
     t2 = time.perf_counter()
-    sizes = np.array([(a.shape[1], a.shape[0]) for a in arrays]).reshape(-1, 2)
+    sizes = np.array([d.size for d in arrays]).reshape(-1, 2)
     rows = scorer.rows(np.array(ok, np.int64), sizes, dense, (box, score, label), (human, obj, pair_offsets))
     seconds.detector += t1 - t0
     seconds.clip += t2 - t1

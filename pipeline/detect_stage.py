@@ -41,7 +41,7 @@ from hoidata.files import UnsafeNameError, atomic_write, check_inside, json_form
 from hoidata.labelspace import LabelSpace
 from pipeline.detect_options import DetectOptions
 from pipeline.detector import LoadedDetector, filter_image, load_detector
-from pipeline.images import read_image
+from pipeline.images import Decoded, read_sized
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +138,20 @@ def _differing(a: dict, b: dict) -> list[str]:
 
 # -- running ------------------------------------------------------------------------------
 
-def decoded_batches(paths: list[Path], expected: np.ndarray, batch_size: int, workers: int):
-    """Yield (positions, [uint8 [H, W, 3] array or error message]) per batch, decoding up to
-    two batches ahead in ``workers`` threads (PIL releases the GIL while it decodes)."""
+def decoded_batches(paths: list[Path], expected: np.ndarray, batch_size: int, workers: int,
+                    max_side: int | None = None):
+    """Yield (positions, [:class:`pipeline.images.Decoded` or error message]) per batch,
+    decoding up to two batches ahead in ``workers`` threads (PIL releases the GIL while it
+    decodes); images larger than ``max_side`` are reduced to it as they are decoded."""
     batches = [range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size)]
     size = lambda i: tuple(expected[i]) if expected[i, 0] > 0 else None  # noqa: E731
     if workers <= 0:
         for b in batches:
-            yield b, [read_image(paths[i], size(i)) for i in b]
+            yield b, [read_sized(paths[i], size(i), max_side) for i in b]
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         todo = iter(batches)
-        submit = lambda b: (b, [pool.submit(read_image, paths[i], size(i)) for i in b])  # noqa: E731
+        submit = lambda b: (b, [pool.submit(read_sized, paths[i], size(i), max_side) for i in b])  # noqa: E731
         pending = deque(submit(b) for b in islice(todo, 3))
         while pending:
             b, futures = pending.popleft()
@@ -168,15 +170,19 @@ def _infer(model: torch.nn.Module, arrays: list[np.ndarray], device: torch.devic
         return model(x)
 
 
-def detect_images(det: LoadedDetector, arrays: list[np.ndarray], opts: DetectOptions, device: torch.device,
+def detect_images(det: LoadedDetector, images: list[Decoded], opts: DetectOptions, device: torch.device,
                   precision: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per uint8 [H, W, 3] image: (boxes float32 [k, 4] coord, scores float32 [k], labels int64
-    [k] objects of the label space), after the mapping, threshold, NMS and cap of ``opts``."""
-    if not arrays:
+    """Per decoded image: (boxes float32 [k, 4] coord, in the file's pixels, scores float32
+    [k], labels int64 [k] objects of the label space), after the mapping, threshold, NMS and
+    cap of ``opts``."""
+    if not images:
         return []
-    outputs = _infer(det.model, arrays, device, precision)
-    return [filter_image(out["boxes"], out["scores"], out["labels"], det.label_to_object, (a.shape[1], a.shape[0]),
-                         opts.score_threshold, opts.nms_iou, opts.max_per_image) for a, out in zip(arrays, outputs)]
+    outputs = _infer(det.model, [d.pixels for d in images], device, precision)
+    found = [filter_image(out["boxes"], out["scores"], out["labels"], det.label_to_object,
+                          (d.pixels.shape[1], d.pixels.shape[0]), opts.score_threshold, opts.nms_iou,
+                          opts.max_per_image) for d, out in zip(images, outputs)]
+    return [(box if d.size == (d.pixels.shape[1], d.pixels.shape[0]) else (box * d.scale).astype(np.float32),
+             score, label) for d, (box, score, label) in zip(images, found)]
 
 
 class DetectionBlock(NamedTuple):
@@ -208,7 +214,7 @@ def detect_chunk(det: LoadedDetector, root: Path, names: list[str], expected: np
     sizes, skipped = np.where(expected > 0, expected, -1).astype(np.int64), np.zeros(n, bool)
     per_image: list[tuple] = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))] * n
     paths = [root / name for name in names]
-    for positions, decoded in decoded_batches(paths, expected, opts.batch_size, opts.workers):
+    for positions, decoded in decoded_batches(paths, expected, opts.batch_size, opts.workers, det.input_side):
         ok = []
         for pos, got in zip(positions, decoded):
             if isinstance(got, str):
@@ -218,8 +224,8 @@ def detect_chunk(det: LoadedDetector, root: Path, names: list[str], expected: np
                 skipped[pos] = True
             else:
                 ok.append((pos, got))
-        for (pos, arr), found in zip(ok, detect_images(det, [a for _, a in ok], opts, device, precision)):
-            sizes[pos] = (arr.shape[1], arr.shape[0])
+        for (pos, got), found in zip(ok, detect_images(det, [d for _, d in ok], opts, device, precision)):
+            sizes[pos] = got.size
             per_image[pos] = found
         if bar is not None:
             bar.update(len(positions))

@@ -60,6 +60,18 @@ class LoadedDetector:
         """The model's own thresholds and input sizes (what it does before our filters)."""
         return model_settings(self.model)
 
+    @property
+    def input_side(self) -> int | None:
+        """The longest side of the input the model resizes every image to (its transform's
+        ``max_size``, or the larger ``fixed_size``); None when it does not say. Decoding an
+        image to this long side changes nothing it computes on: it resizes to at most that."""
+        transform = getattr(self.model, "transform", None)
+        fixed = getattr(transform, "fixed_size", None)
+        if fixed:
+            return int(max(fixed))
+        side = getattr(transform, "max_size", None)
+        return int(side) if side else None
+
 
 def available_models() -> list[str]:
     """Detector names :func:`load_detector` knows: torchvision's detection models and tiny-fcos."""

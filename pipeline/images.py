@@ -35,6 +35,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -71,38 +72,87 @@ class ImageBatch:
         return replace(self, pixels=self.pixels.pin_memory())
 
 
-def decode(path: Path) -> np.ndarray:
+class Decoded(NamedTuple):
+    """An image as the models read it: ``pixels`` uint8 [h, w, 3], and ``size`` (W, H) the
+    file's own, in whose pixels every box is given (equal to the pixels' unless reduced)."""
+
+    pixels: np.ndarray
+    size: tuple[int, int]
+
+    @property
+    def scale(self) -> np.ndarray:
+        """float64 [4]: factors from pixel boxes (x1, y1, x2, y2) of ``pixels`` to the file's."""
+        sx, sy = self.size[0] / self.pixels.shape[1], self.size[1] / self.pixels.shape[0]
+        return np.array([sx, sy, sx, sy])
+
+
+def bounded_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """(w, h) of an image of ``size`` (W, H) reduced so that its long side is at most
+    ``max_side`` (aspect kept, rounded; unchanged when it already is, or for None)."""
+    w, h = size
+    if max_side is None or max(w, h) <= max_side:
+        return w, h
+    f = max_side / max(w, h)
+    return max(1, round(w * f)), max(1, round(h * f))
+
+
+def decode(path: Path, max_side: int | None = None) -> np.ndarray:
     """uint8 [H, W, 3] RGB pixels of an image file, in stored orientation (EXIF rotation is
-    not applied: boxes of HICO-DET and of detectors reading raw pixels are in that frame)."""
+    not applied: boxes of HICO-DET and of detectors reading raw pixels are in that frame).
+    ``max_side``: see :func:`decode_sized`."""
+    return decode_sized(path, max_side).pixels
+
+
+def decode_sized(path: Path, max_side: int | None = None) -> Decoded:
+    """The image of ``path`` (see :func:`decode`), reduced while it is decoded to a long side
+    of at most ``max_side`` when it is larger: a JPEG is decoded at 1/2, 1/4 or 1/8 scale by
+    its DCT (the full raster never exists), then resized (bilinear) to the bound, so memory
+    follows what the models read, not the file's size."""
     with Image.open(path, formats=IMAGE_FORMATS) as im:
+        size = im.size
+        target = bounded_size(size, max_side)
+        if target != size:
+            im.draft("RGB", target)  # JPEG only (a no-op otherwise): the largest DCT scale still >= target
         im.load()
         if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             # 16-bit or float grey: convert("RGB") would clip to 255, so scale to 8 bits first
             a = np.asarray(im, dtype=np.float64)
             top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
             grey = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
-            return np.repeat(grey[:, :, None], 3, axis=2)
+            rgb = np.repeat(grey[:, :, None], 3, axis=2)
+            return Decoded(rgb if target == size else _resized(Image.fromarray(rgb), target), size)
         if im.mode != "RGB":
             im = im.convert("RGB")
-        return np.asarray(im, dtype=np.uint8)
+        return Decoded(np.asarray(im, dtype=np.uint8) if im.size == target else _resized(im, target), size)
 
 
-def read_image(path: Path, expected: tuple[int, int] | None) -> np.ndarray | str:
+def _resized(im: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(im.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
+
+
+def read_image(path: Path, expected: tuple[int, int] | None, max_side: int | None = None) -> np.ndarray | str:
     """uint8 [H, W, 3], or a message naming the file when it is missing, unreadable or not
-    the size the annotations give."""
+    the size the annotations give (see :func:`read_sized`)."""
+    got = read_sized(path, expected, max_side)
+    return got if isinstance(got, str) else got.pixels
+
+
+def read_sized(path: Path, expected: tuple[int, int] | None, max_side: int | None = None) -> Decoded | str:
+    """:func:`decode_sized`, or a message naming the file when it is missing, unreadable or
+    not the size the annotations give (the file's size, whatever ``max_side`` does)."""
     try:
-        arr = decode(path)
+        got = decode_sized(path, max_side)
     except FileNotFoundError:
         return f"{path}: file not found"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return f"{path}: cannot decode ({e})"
     if expected is not None:
         w, h = expected
-        if w > 0 and (arr.shape[1], arr.shape[0]) != (w, h):
-            turned = (arr.shape[1], arr.shape[0]) == (h, w)
-            return (f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, the annotations say {w}x{h}"
+        if w > 0 and got.size != (w, h):
+            turned = got.size == (h, w)
+            return (f"{path}: image is {got.size[0]}x{got.size[1]}, the annotations say {w}x{h}"
                     + (" (rotated by its EXIF orientation? pixels are read as stored)" if turned else ""))
-    return arr
+    return got
 
 
 BORDER = 2  # canvas pixels left and above each image: a zero, then the repeated edge

@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
     ls = LabelSpace.load(world["labelspace"])
     torch.manual_seed(0)
     # (this random model scores its first two labels highest: people and balls, so pairs exist)
-    cfg = TinyFcosConfig(categories=("person", "ball", "cup"), min_size=64, max_size=96, score_thresh=0.0,
+    cfg = TinyFcosConfig(categories=("person", "ball", "cup"), min_size=64, max_size=128, score_thresh=0.0,
                          detections_per_img=16)
     save_tiny_fcos(build_tiny_fcos(cfg).eval(), cfg, root / "detector")
     run_detector(root / "detected.h5", images=world["images"], model="tiny-fcos", weights=root / "detector",
@@ -223,3 +223,32 @@ def test_a_moved_teacher_is_named_and_found_again_by_sha256(setup, tmp_path):
     other = make_checkpoint(tmp_path / "other", seed=1)
     r = CliRunner().invoke(hoi_main, args + ["-o", str(tmp_path / "c.json"), "--teacher-weights", str(other)])
     assert r.exit_code == 1 and "sha256 differs" in r.output, r.output
+
+
+def test_a_large_photo_is_reduced_as_decoded_and_its_boxes_stay_in_its_own_pixels(setup, tmp_path, monkeypatch):
+    """A photo 8x larger than the detector's input is decoded at the detector's input size
+    (JPEG DCT scaling, never the full raster), and every box comes back in the photo's pixels."""
+    from PIL import Image
+
+    from pipeline import detect_stage
+    from pipeline.images import decode_sized
+
+    big = tmp_path / "photos" / "big.jpg"
+    big.parent.mkdir()
+    small = np.asarray(Image.open(next(iter(sorted(setup["world"]["images"].glob("*.jpg"))))).convert("RGB"))
+    Image.fromarray(small).resize((small.shape[1] * 8, small.shape[0] * 8), Image.Resampling.NEAREST).save(big)
+    W, H = Image.open(big).size
+    got = decode_sized(big, 128)
+    assert got.size == (W, H) and max(got.pixels.shape[:2]) == 128 and got.scale == pytest.approx([W / 128] * 4,
+                                                                                                   rel=0.02)
+    seen = []
+    infer = detect_stage._infer
+    monkeypatch.setattr(detect_stage, "_infer", lambda m, arrays, *a: seen.extend(x.shape for x in arrays)
+                        or infer(m, arrays, *a))
+    info = run_detect(big.parent, setup["checkpoint"], tmp_path / "p.json", detector="tiny-fcos",
+                      detector_weights=setup["detector"], options=OPTS)
+    assert info["decoded_max_side"] == 128 and max(seen[0][:2]) == 128  # the detector read the reduced image
+    pred = read_predictions(tmp_path / "p.json")
+    assert len(pred) > 0
+    for boxes in (pred.boxes_h, pred.boxes_o):
+        assert boxes[:, [2, 3]].max() > 128 and (boxes[:, 2] <= W).all() and (boxes[:, 3] <= H).all()
