@@ -18,6 +18,8 @@ import os
 import time
 from pathlib import Path
 
+from hoidata.files import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 # The demo's teacher: the shipped minibench CLIP; whole images encoded at GLOBAL_SIZE px
@@ -91,7 +93,7 @@ def run_demo(out="runs/demo", *, until: str = "all", epochs: int | None = None, 
         results["rows"].insert(after, detected)
     stages.run("figures", _figures, p, w, ls, figures, echo)
     results["stage_seconds"] = stages.seconds
-    p["results"].write_text(json.dumps(results, indent=1) + "\n")
+    write_json_atomic(p["results"], results)
     echo("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.seconds.items()))
     return results
 
@@ -187,7 +189,7 @@ def _ablation(p: dict, config, echo) -> dict:
                          **({"zero_shot": r["summary"]["zero_shot"]} if "zero_shot" in r["summary"] else {})}
                         for r in main],
                "unseen": unseen}
-    p["results"].write_text(json.dumps(results, indent=1) + "\n")
+    write_json_atomic(p["results"], results)
     free = [r for r in main if r.get("supervision", "clip") == "clip"]
     echo("")
     echo(format_ablation(free))

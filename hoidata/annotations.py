@@ -29,7 +29,6 @@ default ``box_format='pixel1'``.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -40,7 +39,7 @@ import numpy as np
 from . import boxes as B
 from . import ragged
 from .errors import HoiError
-from .files import image_size, load_json
+from .files import image_size, load_json, write_json_atomic
 from .labelspace import LabelSpace
 
 log = logging.getLogger(__name__)
@@ -326,4 +325,4 @@ def write_hicodet_json(ann: Annotations, labelspace: LabelSpace, path) -> None:
             "boxes_h": B.convert(p["boxes_h"], "coord", "pixel1").tolist(),
             "boxes_o": B.convert(p["boxes_o"], "coord", "pixel1").tolist(),
             "hoi": p["hoi"].tolist(), "object": p["object"].tolist(), "verb": p["verb"].tolist()})
-    Path(path).write_text(json.dumps(out))
+    write_json_atomic(path, out, indent=None)

@@ -40,6 +40,7 @@ from . import boxes as B
 from . import ragged
 from .annotations import AnnotationError, Annotations
 from .classes import asked_classes, to_base_classes
+from .files import write_json_atomic
 from .labelspace import LabelSpace
 from .predictions import Predictions, PredictionsError
 
@@ -143,7 +144,7 @@ class EvalResult:
                  **{f"ap_{s}": _num(self.ap[s][c]) for s in SETTINGS},
                  **{f"recall_{s}": _num(self.recall[s][c]) for s in SETTINGS}}
                 for c in range(ls.num_classes)]
-        Path(path).write_text(json.dumps(rows, indent=1) + "\n")
+        write_json_atomic(path, rows)
 
 
 def _num(x: float):

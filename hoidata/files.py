@@ -61,6 +61,18 @@ def atomic_write(path):
         tmp.unlink(missing_ok=True)
 
 
+def write_text_atomic(path, text: str) -> None:
+    """``Path(path).write_text(text)``, through :func:`atomic_write`: the file is the old one
+    or the new one, whole, whatever stops the process."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path, value, indent: int | None = 1) -> None:
+    """``value`` as JSON (a final newline when indented), written with :func:`write_text_atomic`."""
+    write_text_atomic(path, json.dumps(value, indent=indent) + ("\n" if indent is not None else ""))
+
+
 class UnsafeNameError(HoiError, ValueError):
     """A file name from an input file that would reach outside the folder it must stay in."""
 

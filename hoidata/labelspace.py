@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import HoiError
+from .files import write_json_atomic
 
 SCHEMA = "hoi-labelspace/1"
 BUILTIN = ("hico_det",)
@@ -129,7 +130,7 @@ class LabelSpace:
         }
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        write_json_atomic(path, self.to_dict())
 
     def _validate(self, source: str) -> None:
         nc, no, nv = len(self.hoi), len(self.objects), len(self.verbs)

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from . import boxes as B
 from .errors import InputError
-from .files import IMAGE_FORMATS
+from .files import IMAGE_FORMATS, atomic_write
 from .labelspace import LabelSpace
 from .predictions import Predictions
 
@@ -47,6 +47,6 @@ def draw(image_path, pred: Predictions, labelspace: LabelSpace, out_path, k: int
         d.rectangle(d.textbbox((x, y), text), fill=(0, 0, 0))
         d.text((x, y), text, fill=colour)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(out_path)
+    with atomic_write(out_path) as tmp:  # a picture is whole or absent, never half-written
+        im.save(tmp, format="PNG")
     return out_path

@@ -32,6 +32,7 @@ import numpy as np
 from hoidata.annotations import Annotations, read_hicodet_json, write_hicodet_json
 from hoidata.detections import save_detections
 from hoidata.errors import HoiError
+from hoidata.files import write_json_atomic
 from hoidata.labelspace import LabelSpace
 
 from . import detector, labels, world
@@ -126,7 +127,7 @@ def build(out: str | Path, seed: int = 0, n_train: int = 2000, n_test: int = 600
         fn()
         manifest["done"][name] = {"seconds": round(time.time() - t0, 1)}
         # Written after the step's outputs: a crash in between redoes the step.
-        paths["manifest"].write_text(json.dumps(manifest, indent=1) + "\n")
+        write_json_atomic(paths["manifest"], manifest)
         log(f"{name}: {manifest['done'][name]['seconds']} s")
 
     def split(name: str, n: int, min_per_class: int = 0):

@@ -481,3 +481,47 @@ def test_verify_and_inspect_of_a_global_only_store_see_its_level_only(tmp_path):
     assert out.exit_code == 0 and "complete and consistent" in out.output
     out = CliRunner().invoke(main, ["cache", "inspect", str(src)])
     assert out.exit_code == 0 and "levels: global" in out.output and "union/" not in out.output
+
+
+# -- outputs written whole or not at all -------------------------------------------------------
+
+def _writers(tiny_ls, tmp_path):
+    """Each output writer of results and data files, as (name, write(path))."""
+    from PIL import Image
+
+    from conftest import make_gt
+
+    from hoidata.annotations import write_hicodet_json
+    from hoidata.evaluation import evaluate
+    from hoidata.predictions import Predictions
+    from hoidata.visualize import draw
+
+    gt = make_gt({"a.png": [(0, [2, 2, 6, 6], [3, 3, 10, 10])]}, sizes=[(20, 20)], ls=tiny_ls)
+    pred = Predictions.from_arrays(["a.png"], [0], [[1, 1, 5, 5]], [[2, 2, 9, 9]], [0], [0.5])
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    result = evaluate(gt, pred, tiny_ls)
+    return {"labelspace": lambda p: tiny_ls.save(p), "per-class AP": result.save_per_class,
+            "HICO-DET JSON": lambda p: write_hicodet_json(gt, tiny_ls, p),
+            "picture": lambda p: draw(tmp_path / "a.png", pred, tiny_ls, p)}
+
+
+@pytest.mark.parametrize("what", ["labelspace", "per-class AP", "HICO-DET JSON", "picture"])
+def test_an_output_is_the_old_file_or_the_new_one_never_a_torn_one(tiny_ls, tmp_path, monkeypatch, what):
+    """A writer stopped before its rename (a kill, a full disk) leaves the previous file as it
+    was and no temporary beside it."""
+    import hoidata.files
+
+    write = _writers(tiny_ls, tmp_path)[what]
+    out = tmp_path / "out" / "thing.png"
+    out.parent.mkdir()
+    out.write_bytes(b"the previous version")
+
+    def stopped(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(hoidata.files.os, "replace", stopped)
+    with pytest.raises(OSError):
+        write(out)
+    assert out.read_bytes() == b"the previous version" and os.listdir(out.parent) == ["thing.png"]
+    monkeypatch.undo()
+    write(out)
+    assert out.read_bytes() != b"the previous version"

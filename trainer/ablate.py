@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from hoicore.logs import basic_setup
+from hoidata.files import write_json_atomic
 
 from .config import TrainConfig
 from .engine import train_or_reuse
@@ -98,7 +99,7 @@ def ablate(train_cache, test_cache, out_dir, config: TrainConfig | None = None, 
         results.append({"name": row.name, "label": row.label, "global": cfg.global_branch, "ho": cfg.ho_branch,
                         "union": cfg.union_branch, "fusion": cfg.fusion, "unseen": cfg.unseen,
                         "supervision": cfg.supervision, "summary": summary})
-    (out / "ablation.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_json_atomic(out / "ablation.json", results)
     return results
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from hoicore.device import resolve_device
 from hoidata.annotations import Annotations
 from hoidata.classes import class_record, to_base_classes
 from hoidata.evaluation import EvalResult, evaluate
+from hoidata.files import write_json_atomic
 from hoidata.hico_mat import read_image_labels
 from hoidata.predictions import Predictions, write_predictions
 
@@ -249,6 +249,5 @@ def run_eval(cache_path, *, results=None, predictions=None, labelspace: str | No
     if predictions:
         write_predictions(pred, predictions)
     if results:
-        Path(results).parent.mkdir(parents=True, exist_ok=True)
-        Path(results).write_text(json.dumps(report, indent=1) + "\n")
+        write_json_atomic(results, report)
     return res, report
