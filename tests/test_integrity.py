@@ -487,9 +487,8 @@ def test_verify_and_inspect_of_a_global_only_store_see_its_level_only(tmp_path):
 
 def _writers(tiny_ls, tmp_path):
     """Each output writer of results and data files, as (name, write(path))."""
-    from PIL import Image
-
     from conftest import make_gt
+    from PIL import Image
 
     from hoidata.annotations import write_hicodet_json
     from hoidata.evaluation import evaluate
