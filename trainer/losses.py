@@ -98,6 +98,7 @@ class DistillationLoss(nn.Module):
         self.config = config
         self.seen = seen
         self.weights = {k: getattr(config, LOSS_WEIGHTS[k]) for k in config.active_losses}
+        self.targets = config.loss_targets  # what each loss learns from: read on every step, derived once
         # Which model output each loss reads: in early fusion both pair losses train the fused scores.
         early = config.fusion == "early"
         self.source = {"global": "global", "mil": "fused" if early else "ho", "ho": "fused" if early else "ho",
@@ -108,7 +109,7 @@ class DistillationLoss(nn.Module):
         """The loss of rows ``logits`` [N, C] over ``support`` bool [N, C] against CLIP's raw
         ``scores`` [N, C] or, where ``config.loss_targets`` says labels, ``labels`` bool [N, C];
         rows without a class to learn from on their support are dropped."""
-        if self.config.loss_targets[loss] in ("global_score", "union_score"):
+        if self.targets[loss] in ("global_score", "union_score"):
             keep = support.any(1)
             if not keep.any():
                 return logits.sum() * 0
@@ -129,9 +130,7 @@ class DistillationLoss(nn.Module):
 
     def loss_global(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         support = self._seen(torch.ones_like(logits, dtype=torch.bool))
-        if self.config.loss_targets["global"] == "global_score":
-            return soft_kl(logits, batch.global_score, support, self.config.temperature)
-        return self._target("global", logits, support, None, batch.image_labels)
+        return self._target("global", logits, support, batch.global_score, batch.image_labels)
 
     def loss_mil(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         support = self.pair_support(batch)
@@ -142,7 +141,7 @@ class DistillationLoss(nn.Module):
         return self._target("mil", pooled, image_support, batch.global_score, batch.image_labels)
 
     def loss_union(self, logits: torch.Tensor, batch: Batch, none: torch.Tensor | None = None) -> torch.Tensor:
-        if self.config.loss_targets["union"] == "pair_labels":
+        if self.targets["union"] == "pair_labels":
             return self.pair_label_loss(logits, batch, none)
         return self._target("union", logits, self.pair_support(batch), batch.union_score, None)
 
@@ -184,7 +183,7 @@ class DistillationLoss(nn.Module):
             if k == "feature":
                 continue
             args = (outputs[self.source[k]].float(), batch)
-            if self.config.loss_targets[k] == "pair_labels":
+            if self.targets[k] == "pair_labels":
                 if not none:
                     raise ValueError("the pair-label losses need the student's 'no interaction' logits")
                 args += (none[self.source[k]],)
