@@ -10,7 +10,7 @@ import click
               help="Number of synthetic predictions (evaluator and predictions-read benches).")
 @click.option("--baseline-classes", type=click.IntRange(1, 600), default=30,
               help="Classes the slow baseline is timed on.")
-@click.option("--only", type=click.Choice(["all", "eval", "read", "teacher", "trainer", "memory", "detect"]),
+@click.option("--only", type=click.Choice(["all", "eval", "read", "teacher", "trainer", "memory", "detect", "store"]),
               default="all", help="Which stage to time.")
 @click.option("--teacher-images", type=click.IntRange(min=1), default=64, help="Images in the teacher-cache bench.")
 @click.option("--model", default=None, help="open_clip model of the teacher bench (default: ViT-B-16 on a GPU, "
@@ -52,6 +52,9 @@ def main(num: int, baseline_classes: int, only: str, teacher_images: int, model:
         from bench.memory import bench_memory, bench_teacher_memory
         bench_memory(echo=click.echo)
         bench_teacher_memory(echo=click.echo)
+    if only in ("all", "store"):
+        from bench.store import bench_store
+        bench_store(echo=click.echo)
     if only in ("all", "detect"):
         from bench.detect import bench_detect, bench_paper_scale
         bench_detect()

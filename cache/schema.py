@@ -98,6 +98,8 @@ ARRAYS: dict[str, ArraySpec] = {
 # Root attribute keys every store has.
 ROOT_ATTRS = ("format", "package_version", "created", "teacher", "pair_rule", "dataset", "layout",
               "levels", "prepared", "complete")
+# Set by finalize: {array: hex crc32c trailer of each chunk}, binding each chunk to its key.
+CHUNK_CRC = "chunk_crc"
 # Groups of attributes that must match what a command asks for (compared field by field).
 IDENTITY_ATTRS = ("teacher", "pair_rule", "dataset")
 

@@ -17,6 +17,17 @@ as one. Opening a store validates it against the schema and lists its chunk file
 every chunk the layout says was written (all prepare-time chunks once ``prepared`` is
 set, the chunks of every done shard) must exist. Reading a damaged chunk (its crc32c
 differs, or it does not decode) raises :class:`CacheError` naming the array and chunk.
+
+A checksum covers a chunk's content, not where it sits: a chunk copied, restored or synced
+under another key would read as good. So :func:`finalize` records each chunk's crc32c (the
+4-byte trailer the codec writes, read back from the file) under its array and key in the
+root attribute ``chunk_crc``, and every read of a complete store compares the trailer of
+the bytes it got with that record (:class:`_BoundStore`): one comparison per chunk. (Two
+chunks with the same trailer hold the same bytes, to 1 in 2**32, so swapping them is harmless.)
+
+Durability: a shard's chunk files are fsynced before its done flag is written, and the flag
+before the shard counts as done; finalize syncs the root metadata before the rename that
+publishes the store, then the parent folder.
 """
 
 from __future__ import annotations
@@ -33,10 +44,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.storage import LocalStore, WrapperStore
 
 from hoidata import __version__
 from hoidata.errors import HoiError
-from hoidata.files import json_form
+from hoidata.files import fsync_dir, json_form
 
 from . import schema as S
 
@@ -52,6 +64,36 @@ _ROWS = {"image": "images", "pair": "pair rows", "det": "detections", "gt": "gro
 
 class CacheError(HoiError, ValueError):
     """A store that is missing, incomplete, damaged, malformed, or made with another configuration."""
+
+
+class ChunkMisplaced(CacheError):
+    """A chunk file whose bytes are not those finalize recorded under its key."""
+
+
+class _BoundStore(WrapperStore):
+    """A store that checks every chunk it reads against ``crc``: {array name: the crc32c
+    trailers of its chunks, 4 bytes per chunk index, as :func:`finalize` recorded them}.
+    Empty (nothing checked) while a store is a work in progress."""
+
+    def __init__(self, store, cache: "TeacherCache"):
+        super().__init__(store)
+        self.crc: dict[str, bytes] = {}
+        self._cache = cache
+
+    async def get(self, key, prototype, byte_range=None):
+        buf = await self._store.get(key, prototype, byte_range)
+        if buf is None or byte_range is not None or not self.crc:
+            return buf
+        name, sep, index = key.rpartition("/c.")
+        table = self.crc.get(name) if sep else None
+        if table is not None:
+            i = int(index.split(".", 1)[0])
+            if buf.as_numpy_array()[-4:].tobytes() != table[4 * i:4 * i + 4]:
+                raise ChunkMisplaced(
+                    f"{self._cache.path}: chunk {key} of {name} ({self._cache._rows_of(name, key)}) holds bytes "
+                    "that were not written under that name (a chunk moved, restored or synced to the wrong key); "
+                    + _REBUILD)
+        return buf
 
 
 def wip_path(path) -> Path:
@@ -185,10 +227,12 @@ class TeacherCache:
         bad = _json_error(self.path / "zarr.json")
         if bad:
             raise CacheError(bad)
-        self.root = zarr.open_group(str(self.path), mode=mode)
+        self._store = _BoundStore(LocalStore(str(self.path), read_only=mode == "r"), self)
+        self.root = zarr.open_group(store=self._store, mode=mode)
         self.attrs = dict(self.root.attrs)
         self._arrays: dict[str, zarr.Array] = {}
         self._validate()
+        self._bind()
         if check_chunks:
             missing = self.missing_chunks()
             if missing:
@@ -222,6 +266,47 @@ class TeacherCache:
             kind_ok = (arr.dtype.kind in "TUO") if spec.dtype == "str" else (arr.dtype == np.dtype(spec.dtype))
             if not kind_ok:
                 raise CacheError(f"{self.path}: {name} has dtype {arr.dtype}, the schema says {spec.dtype}")
+
+    def _bind(self) -> None:
+        """Check chunk placement on every read, from the record a complete store carries. A
+        work-in-progress store is being written, so it has none (verify reads it unbound)."""
+        record = self.attrs.get(S.CHUNK_CRC) if self.complete else None
+        if not record:
+            return
+        try:
+            crc = {name: bytes.fromhex(record[name]) for name in self.array_names}
+        except (KeyError, TypeError, ValueError):
+            raise CacheError(f"{self.path}: root attribute {S.CHUNK_CRC} is malformed; the store's metadata is "
+                             f"damaged: {_REBUILD}") from None
+        for name, table in crc.items():
+            arr = self.array(name)
+            if len(table) != 4 * _num_chunks(arr):
+                raise CacheError(f"{self.path}: {S.CHUNK_CRC} records {len(table) // 4} chunk(s) of {name}, the "
+                                 f"layout has {_num_chunks(arr)}; {_REBUILD}")
+        self._store.crc = crc
+
+    @property
+    def placement_checked(self) -> bool:
+        """Whether reads check each chunk's key (a complete store made by a version that records it)."""
+        return bool(self._store.crc)
+
+    def record_chunk_crc(self) -> dict[str, str]:
+        """{array name: hex of each chunk file's crc32c trailer, in chunk order}: what
+        :func:`finalize` records. Reads 4 bytes per chunk file."""
+        out = {}
+        for name in self.array_names:
+            arr, tails = self.array(name), bytearray()
+            for i in range(_num_chunks(arr)):
+                key = S.chunk_key(name, i, arr.ndim)
+                try:
+                    with open(self.path / key, "rb") as fh:
+                        fh.seek(-4, os.SEEK_END)
+                        tails += fh.read(4)
+                except OSError as e:  # finalize runs after every shard is done: a chunk is lost
+                    raise CacheError(f"{self.path}: chunk {key} of {name} cannot be read ({e.strerror}); "
+                                     f"{_REBUILD}") from None
+            out[name] = tails.hex()
+        return out
 
     def _open_array(self, name: str) -> zarr.Array:
         try:
@@ -428,10 +513,12 @@ class TeacherCache:
         return self._arrays[name]
 
     def read(self, name: str, sel=slice(None)) -> np.ndarray:
-        """The values of ``name`` at ``sel``; CacheError naming the chunk when one is damaged."""
+        """The values of ``name`` at ``sel``; CacheError naming the chunk when one is damaged or misplaced."""
         arr = self.array(name)
         try:
             return np.asarray(arr[sel])
+        except ChunkMisplaced:
+            raise
         except Exception as e:
             damage = self._damage(name, sel, e)
             if damage is None:
@@ -469,6 +556,8 @@ class TeacherCache:
         spec = S.ARRAYS[name]
         if spec.writer != S.SHARD or name == "images/shard_done":
             raise ValueError(f"{name} is not written by shards")
+        if self.complete:  # its chunk placement is recorded: a write would make it a lie
+            raise CacheError(f"{self.path} is complete; shards write work-in-progress stores")
         lo, hi = self._shard_range(k, name)
         chunk = self.array(name).chunks[0]
         if not (lo <= a <= b <= hi and a % chunk == 0 and (b % chunk == 0 or b == hi)):
@@ -479,8 +568,29 @@ class TeacherCache:
     def _shard_range(self, k: int, name: str) -> tuple[int, int]:
         return self.shard_images(k) if S.ARRAYS[name].dims[0] == "image" else self.shard_pair_rows(k)
 
+    def shard_chunk_keys(self, k: int) -> list[str]:
+        """Store keys of the chunks shard ``k`` writes (its done flag excepted)."""
+        keys = []
+        for name in self.array_names:
+            if S.ARRAYS[name].writer != S.SHARD or name == "images/shard_done":
+                continue
+            (lo, hi), arr = self._shard_range(k, name), self.array(name)
+            c = arr.chunks[0]
+            keys += [S.chunk_key(name, i, arr.ndim) for i in range(lo // c, -(-hi // c))] if hi > lo else []
+        return keys
+
     def mark_shard_done(self, k: int) -> None:
+        """Set shard ``k``'s done flag once its chunks are durable, and make the flag durable:
+        after a power loss a flag set means the chunks are there."""
+        keys = self.shard_chunk_keys(k)
+        for key in keys:
+            _fsync_file(self.path / key)
+        for folder in sorted({key.rsplit("/", 1)[0] for key in keys}):
+            fsync_dir(self.path / folder)
         self.array("images/shard_done")[k] = True
+        flag = self.path / S.chunk_key("images/shard_done", k, 1)
+        _fsync_file(flag)
+        fsync_dir(flag.parent)
 
     def replace_text(self, teacher: dict, text: np.ndarray) -> None:
         """New prompts for a copied store (``hoi rescore``): the text embeddings and the teacher
@@ -498,7 +608,7 @@ class TeacherCache:
 
     def set_attr(self, key: str, value) -> None:
         """Set a root attribute that is not part of the identity (e.g. run statistics)."""
-        if key in S.IDENTITY_ATTRS or key in ("format", "layout", "levels", "prepared", "complete"):
+        if key in S.IDENTITY_ATTRS or key in ("format", "layout", "levels", "prepared", "complete", S.CHUNK_CRC):
             raise ValueError(f"{key} is managed by the cache module")
         self._set_attr(key, value)
 
@@ -540,6 +650,18 @@ class TeacherCache:
         from .verify import verify
 
         return verify(self)
+
+
+def _num_chunks(arr: zarr.Array) -> int:
+    return -(-arr.shape[0] // arr.chunks[0])
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _first_axis_range(sel, n: int) -> tuple[int, int]:
@@ -592,11 +714,17 @@ def finalize(cache: TeacherCache) -> Path:
     if not done.all():
         raise CacheError(f"{cache.path}: {int((~done).sum())} shard(s) not done; cannot finalise")
     cache.sweep_stray_files()  # before the store is marked complete: a finished store holds what it owns
-    cache._set_attr("complete", True)
+    # one write of the root metadata: the placement record and completion land together
+    record = cache.record_chunk_crc()
+    cache.root.attrs.update({S.CHUNK_CRC: record, "complete": True})
+    cache.attrs.update({S.CHUNK_CRC: record, "complete": True})
+    _fsync_file(cache.path / "zarr.json")
+    fsync_dir(cache.path)
     final = cache.path.with_name(cache.path.name.removesuffix(".wip"))
     if final == cache.path:
         return final
     if final.exists():
         shutil.rmtree(final)
     cache.path.rename(final)
+    fsync_dir(final.parent)  # the rename that publishes the store survives a power loss
     return final

@@ -26,6 +26,7 @@ import numpy as np
 from hoidata import ragged
 
 from . import schema as S
+from .store import ChunkMisplaced
 
 BLOCK_BYTES = 64 << 20   # per array read at once
 UNIT_TOL, SCORE_TOL = 1e-2, 2e-2  # float16 storage
@@ -37,7 +38,7 @@ class _Reader:
 
     def __init__(self, cache):
         self.cache = cache
-        self.damaged: dict[str, list[int]] = {}
+        self.damaged: dict[tuple[str, str], list[int]] = {}  # (array, "damaged" | "misplaced") -> chunks
 
     def step(self, *names: str) -> int:
         """Rows per block for reading ``names`` side by side (they share their first-axis chunk)."""
@@ -54,10 +55,13 @@ class _Reader:
             return np.asarray(arr[a:b])
         except Exception:
             c = arr.chunks[0]
-            bad = [i for i in range(a // c, -(-b // c)) if self.cache.chunk_error(name, i)]
+            why = {i: self.cache.chunk_error(name, i) for i in range(a // c, -(-b // c))}
+            bad = [i for i, w in why.items() if w]
             if not bad:
                 raise  # not the data's fault
-            self.damaged.setdefault(name, []).extend(bad)
+            for i in bad:
+                kind = "misplaced" if why[i].startswith(ChunkMisplaced.__name__) else "damaged"
+                self.damaged.setdefault((name, kind), []).append(i)
             return None
 
     def whole(self, name: str) -> np.ndarray | None:
@@ -67,10 +71,11 @@ class _Reader:
 
     def problems(self) -> list[str]:
         out = []
-        for name, bad in self.damaged.items():
+        for (name, kind), bad in self.damaged.items():
             key = S.chunk_key(name, bad[0], len(S.ARRAYS[name].dims))
-            out.append(f"{name}: {len(bad)} damaged chunk(s) (checksum or decoding), first {key} "
-                       f"({self.cache._rows_of(name, key)})")
+            why = ("checksum or decoding" if kind == "damaged"
+                   else "their bytes are not those recorded under their key: moved, restored or synced wrongly")
+            out.append(f"{name}: {len(bad)} {kind} chunk(s) ({why}), first {key} ({self.cache._rows_of(name, key)})")
         return out
 
 
@@ -82,10 +87,18 @@ def verify(cache) -> list[str]:
     if stray:
         problems.append(f"{len(stray)} file(s) the schema does not own (left by an interrupted write?): "
                         f"{', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}")
+    if cache.complete and not cache.placement_checked:
+        problems.append(f"chunk placement cannot be checked: the store has no {S.CHUNK_CRC} record (made by an "
+                        "earlier version); a chunk under the wrong key would read as good: rebuild it to check")
     reader = _Reader(cache)
     small = [n for n in cache.array_names if not n.startswith(("global/", "union/"))]
     a = {name: reader.whole(name) for name in small}
     ls = _labelspace(cache)
+    if ls is None:
+        src = cache.attrs["dataset"].get("labelspace")
+        src = src.get("name") if isinstance(src, dict) else src
+        problems.append(f"the store's label space {src!r} cannot be resolved here: "
+                        "the checks of classes against their verbs and objects did not run")
     for check in (_completion, _text, _images, _detections, _pairs, _ground_truth):
         problems += check(cache, a, ls)
     problems += _global_level(cache, a, reader)

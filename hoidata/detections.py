@@ -31,6 +31,7 @@ classes without a dataset object, and sort each image's detections by descending
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import re
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "hoi-detections/1"
 _DATASETS = ("boxes", "scores", "labels", "offsets", "file_names", "sizes")
-_RESERVED_ATTRS = ("schema", "json_attrs")
+_RESERVED_ATTRS = ("schema", "json_attrs", "content_sha256")
 
 # One image of an image list: (image_id, file_name, width, height).
 ImageRecord = tuple
@@ -206,14 +207,15 @@ def _write_h5(f, dets: Detections) -> None:
     import h5py
 
     labels_dtype = np.int16 if dets.labels.size == 0 or dets.labels.max() < 2 ** 15 else np.int32
-    f.create_dataset("boxes", data=dets.boxes.astype(np.float32))
-    f.create_dataset("scores", data=dets.scores.astype(np.float32))
-    f.create_dataset("labels", data=dets.labels.astype(labels_dtype))
-    f.create_dataset("offsets", data=dets.offsets.astype(np.int64))
+    arrays = {"boxes": dets.boxes.astype(np.float32), "scores": dets.scores.astype(np.float32),
+              "labels": dets.labels.astype(labels_dtype), "offsets": dets.offsets.astype(np.int64),
+              "sizes": dets.sizes.astype(np.int32).reshape(-1, 2)}
+    for name, value in arrays.items():
+        f.create_dataset(name, data=value)
     f.create_dataset("file_names", data=np.array(dets.file_names, dtype=object).reshape(-1),
                      dtype=h5py.string_dtype("utf-8"))
-    f.create_dataset("sizes", data=dets.sizes.astype(np.int32).reshape(-1, 2))
     f.attrs["schema"] = SCHEMA
+    f.attrs["content_sha256"] = _content_hash(arrays, dets.file_names)
     json_keys = []
     for key, value in dets.attrs.items():
         if isinstance(value, np.generic):
@@ -224,6 +226,18 @@ def _write_h5(f, dets: Detections) -> None:
             f.attrs[key] = json.dumps(value)
             json_keys.append(key)
     f.attrs["json_attrs"] = json.dumps(json_keys)
+
+
+def _content_hash(arrays: dict[str, np.ndarray], file_names) -> str:
+    """sha256 over every dataset as stored (dtype, shape, bytes) and the file names: a flipped
+    byte anywhere (a box, a score) changes it. HDF5 itself checks nothing by default."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    h.update("\n".join(file_names).encode("utf-8"))
+    return h.hexdigest()
 
 
 def _attr_value(v):
@@ -274,12 +288,19 @@ def load_detections(path: str | Path, labelspace: LabelSpace | None = None) -> D
             _check_self_contained(f, k, path)
         arrays = {k: f[k][()] for k in _DATASETS if k != "file_names"}
         file_names = list(f["file_names"].asstr()[()])
+        recorded = _attr_value(f.attrs.get("content_sha256"))
         try:
             json_keys = set(json.loads(_attr_value(f.attrs.get("json_attrs", "[]"))))
             attrs = {k: (json.loads(_attr_value(v)) if k in json_keys else _attr_value(v))
                      for k, v in f.attrs.items() if k not in _RESERVED_ATTRS}
         except (json.JSONDecodeError, TypeError) as e:
             raise DetectionsError(f"{path}: an attribute is not valid JSON ({e})") from e
+    if recorded is None:
+        log.warning("%s: written by an earlier version, without a content hash: damage to it cannot be found "
+                    "(write it again with hoi detections import / run)", path)
+    elif recorded != _content_hash(arrays, file_names):
+        raise DetectionsError(f"{path}: its contents differ from the hash recorded when it was written (the file "
+                              "is damaged); restore it or write it again (hoi detections import / run)")
     try:
         dets = Detections(file_names, attrs=attrs, **arrays)
     except DetectionsError as e:

@@ -250,16 +250,38 @@ def test_load_rejects_other_labelspace_naming_both(tmp_path):
     assert D.load_detections(tmp_path / "d.h5", LS).num_detections == 5
 
 
+def test_a_byte_changed_after_writing_is_refused(tmp_path, caplog):
+    """The audit's case: a box 9.62 -> 0.15 and a score 0.555 -> 3e-20 were taken as they were."""
+    path = tmp_path / "d.h5"
+    for name, index, value in (("boxes", (0, 1), 0.15), ("scores", 1, 3e-20), ("file_names", 0, "other.jpg")):
+        D.save_detections(make_dets(), path)
+        with h5py.File(path, "r+") as f:
+            f[name][index] = value
+        with pytest.raises(D.DetectionsError, match=r"d\.h5: its contents differ from the hash recorded when it "
+                                                    r"was written \(the file is damaged\)"):
+            D.load_detections(path)
+    D.save_detections(make_dets(), path)
+    with h5py.File(path, "r+") as f:
+        del f.attrs["content_sha256"]  # as an earlier version wrote it
+    assert np.array_equal(D.load_detections(path).boxes, make_dets().boxes)
+    assert "without a content hash" in caplog.text
+
+
+def _written_wrong(path, edit) -> None:
+    """Edit a saved file the way a faulty writer would have written it (its hash agrees)."""
+    with h5py.File(path, "r+") as f:
+        edit(f)
+        del f.attrs["content_sha256"]
+
+
 def test_load_validates_contents_and_names_the_image(tmp_path):
     path = tmp_path / "d.h5"
     D.save_detections(make_dets(), path)
-    with h5py.File(path, "r+") as f:
-        f["scores"][2] = np.nan
+    _written_wrong(path, lambda f: f["scores"].__setitem__(2, np.nan))
     with pytest.raises(D.DetectionsError, match=r"d\.h5: image ünï cödé\.jpg, detection 0: score is not finite"):
         D.load_detections(path)
     D.save_detections(make_dets(), path)
-    with h5py.File(path, "r+") as f:
-        f["offsets"][-1] = 2
+    _written_wrong(path, lambda f: f["offsets"].__setitem__(-1, 2))
     with pytest.raises(D.DetectionsError, match=r"d\.h5: offsets run from 0 to 2, expected 0 to 3"):
         D.load_detections(path)
     D.save_detections(make_dets(), path)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
+from conftest import rebind
 from tinyworld import MODEL, make_checkpoint, make_world
 
 from cache import schema as S
@@ -144,12 +145,75 @@ def test_the_teacher_baseline_refuses_a_damaged_store(copy):
         predict(copy, model="teacher", device="cpu")
 
 
+# -- misplaced chunks: each checksum holds, but not under its key ------------------------------
+
+def swap(a: Path, b: Path) -> None:
+    """What a restore, a sync tool or a hand repair can do: two chunk files change places."""
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+
+
+MISPLACED = r"holds bytes that were not written under that name \(a chunk moved, restored or synced"
+
+
+def test_chunks_swapped_inside_an_array_are_refused_by_every_reader_and_verify(copy):
+    """The audit's case: union/score c.0.0 and c.1.0 swapped gave the teacher a wrong mAP, exit 0."""
+    from trainer.predict import predict
+
+    swap(copy / "union" / "score" / "c.0.0", copy / "union" / "score" / "c.1.0")
+    cache = open_cache(copy)
+    first = r"chunk union/score/c\.0\.0 of union/score \(pair rows 0\.\.15\) "
+    with pytest.raises(CacheError, match=first + MISPLACED):
+        cache.read("union/score")
+    with pytest.raises(CacheError, match=MISPLACED):
+        predict(copy, model="teacher", device="cpu")
+    problems = cache.verify()
+    assert any(p.startswith("union/score: 2 misplaced chunk(s)") and "union/score/c.0.0" in p for p in problems), \
+        problems
+
+
+@pytest.mark.parametrize("a, b", [
+    ("union/score/c.1.0", "union/embedding/c.1.0"),   # the same rows of two arrays
+    ("gt/box_h/c.0.0", "gt/box_o/c.0.0"),             # prepare-time arrays of one shape
+    ("global/dense/c.0.0.0.0", "global/dense/c.2.0.0.0"),
+])
+def test_chunks_swapped_between_or_inside_arrays_are_found_by_verify(copy, a, b):
+    swap(copy / a, copy / b)
+    problems = open_cache(copy).verify()
+    for key in (a, b):
+        name = key.rsplit("/", 1)[0]
+        assert any(p.startswith(f"{name}: ") and "misplaced" in p for p in problems), problems
+
+
+def test_training_refuses_a_cache_with_swapped_dense_chunks(tmp_path):
+    from trainer.config import TrainConfig
+    from trainer.engine import train
+
+    path = make_synthetic_cache(tmp_path / "train.zarr", num_images=32, pairs_per_image=2, num_classes=8,
+                                embed_dim=8, grid=(2, 2), images_per_shard=16, image_chunk=8, pair_chunk=16)
+    swap(path / "global" / "dense" / "c.1.0.0.0", path / "global" / "dense" / "c.2.0.0.0")
+    cfg = TrainConfig(epochs=1, batch_size=8, hidden_dim=8, progress=False, threads=1, device="cpu")
+    with pytest.raises(CacheError, match=r"global/dense/c\.[12]\.0\.0\.0 of global/dense .*" + MISPLACED):
+        train(path, tmp_path / "run", cfg)
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_an_unchanged_copy_reads_and_swapping_equal_chunks_is_harmless(copy):
+    """Placement is judged by content: a copied store reads, and two chunks of the same bytes
+    (the done flags of two finished shards) may change places."""
+    swap(copy / "images" / "shard_done" / "c.0", copy / "images" / "shard_done" / "c.1")
+    cache = open_cache(copy)
+    assert cache.placement_checked and cache.verify() == []
+
+
 def test_undecodable_compressed_chunk_with_a_valid_checksum_is_named(copy):
     import google_crc32c
 
     path, key, _ = chunk_file(copy, "detections/box")
     junk = b"\x28\xb5\x2f\xfd" + os.urandom(64)  # a zstd magic number, then garbage
     path.write_bytes(junk + np.uint32(google_crc32c.value(junk)).tobytes())
+    rebind(copy)  # written so from the start: its checksum and its placement both hold
     with pytest.raises(CacheError, match=rf"chunk {re.escape(key)} of detections/box .* is damaged"):
         open_cache(copy).read("detections/box")
 
@@ -204,6 +268,7 @@ def test_verify_checks_values_against_each_other(copy, damage, message):
     else:
         far = int(np.asarray(g["detections/offsets"][-2]))  # the last image's first detection
         g["pairs/object"][0] = far
+    rebind(copy)
     problems = open_cache(copy).verify()
     assert any(re.search(message, p) for p in problems), problems
 

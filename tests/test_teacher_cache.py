@@ -14,6 +14,7 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from conftest import rebind
 from PIL import Image
 from tinyworld import MODEL, make_checkpoint, make_world
 
@@ -345,8 +346,10 @@ def test_verify_finds_damaged_arrays(reference, tmp_path, damage, message):
             open_cache(copy)
     elif damage == "other scores":
         g["union/score"][0] = np.asarray(g["union/score"][0]) + np.float16(0.5)
+        rebind(copy)
     else:
         g["pairs/human"][0] = 10**6
+        rebind(copy)
     problems = open_cache(copy, check_chunks=False).verify()
     assert any(re.search(message, p) for p in problems), problems
 
@@ -371,6 +374,7 @@ def test_a_dead_writer_process_is_reported_and_nothing_marked_done(tmp_path):
 
     path = make_synthetic_cache(tmp_path / "c", num_images=16, pairs_per_image=2, num_classes=4, embed_dim=8,
                                 grid=(2, 2), images_per_shard=16, image_chunk=8, pair_chunk=16)
+    zarr.open_group(str(path), mode="r+").attrs["complete"] = False  # shards write work-in-progress stores
     cache = TeacherCache(path, mode="r+")
     pool = W._process_pool()
     pool.submit(time.sleep, 0.5)
