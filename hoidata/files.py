@@ -12,16 +12,16 @@ from pathlib import Path
 from .errors import HoiError
 
 
-def load_json(path, error: type[Exception], what: str):
+def load_json(path, error: type[Exception], what: str, object_pairs_hook=None):
     """The parsed content of a ``.json`` or ``.json.gz`` file; ``error`` (naming the file) when
-    it is missing or not JSON."""
+    it is missing or not JSON. ``object_pairs_hook``: as :func:`json.load` takes it."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: no such {what} file")
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=object_pairs_hook)
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
         raise error(f"{path}: not a readable JSON file ({e})") from e
     except RecursionError:

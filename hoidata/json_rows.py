@@ -111,10 +111,11 @@ def _quotes(data) -> np.ndarray | None:
     return q if len(q) % 2 == 0 else None
 
 
-def scan(data) -> Document | None:
+def scan(data, object_pairs_hook=None) -> Document | None:
     """The skeleton of the JSON document ``data`` (bytes, bytearray or a read-only
     :class:`mmap.mmap`), or None where it is not valid JSON (the caller then lets
-    :mod:`json` say why)."""
+    :mod:`json` say why). ``object_pairs_hook``: as :func:`json.loads` takes it (what it
+    raises propagates)."""
     q = _quotes(data)
     if q is None:
         return None
@@ -142,8 +143,9 @@ def scan(data) -> Document | None:
         return Span(int(text[:-len(_MARK) - 2])) if text.endswith(_MARK) else float(text)
 
     try:
-        return Document(json.loads(skeleton.decode("utf-8"), parse_float=number), spans)
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return Document(json.loads(skeleton.decode("utf-8"), parse_float=number,
+                                   object_pairs_hook=object_pairs_hook), spans)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 

@@ -246,6 +246,20 @@ def labelspace_of(pred: Predictions, given=None, source: str = "predictions") ->
     return ls
 
 
+def _unique_keys(path):
+    """A json ``object_pairs_hook`` refusing a key given twice in one object: ``json`` would
+    keep the last, so an image listed twice under "predictions" would lose its other rows."""
+    def hook(pairs):
+        d = dict(pairs)
+        if len(d) != len(pairs):
+            seen: set = set()
+            twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise PredictionsError(f"{path}: {twice!r} is a key twice in one object (an image listed twice under "
+                                   "\"predictions\" would keep only one of its lists of rows); merge them into one")
+        return d
+    return hook
+
+
 def _read_json_reference(path, box_format: str | None) -> Predictions:
     """The JSON file through :func:`json.load`: every row a Python list first."""
     if path.suffix == ".gz" and path.is_file():
@@ -253,7 +267,7 @@ def _read_json_reference(path, box_format: str | None) -> Predictions:
             _read_bytes(path)  # only to refuse a gzip bomb before json expands it further
         except (OSError, EOFError):
             pass  # load_json names what is wrong with the file
-    d = load_json(path, PredictionsError, "predictions")
+    d = load_json(path, PredictionsError, "predictions", object_pairs_hook=_unique_keys(path))
     fmt = _check_document(path, d, box_format)
     preds = d["predictions"]
     names = list(preds)
@@ -314,7 +328,10 @@ def _read_json_fast(path: Path, box_format: str | None) -> Predictions | None:
         raise
     except Exception:  # noqa: BLE001 - the reference read reports it
         return None
-    doc = json_rows.scan(data)
+    try:
+        doc = json_rows.scan(data, object_pairs_hook=_unique_keys(path))
+    except PredictionsError:  # a key twice: the reference read says so, after what json finds first
+        return None
     if doc is None:
         return None
     d, spans = doc.value, doc.spans
