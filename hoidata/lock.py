@@ -1,17 +1,21 @@
 """One run at a time per output: an exclusive lock file ``PATH.lock`` beside the output.
 
-The lock is a small JSON file ``{"pid", "host", "started", "pid_start", "token"}`` created
+The lock is a small JSON file ``{"pid", "host", "boot_id", "pid_ns", "started", "pid_start",
+"token"}`` created
 atomically (``O_CREAT | O_EXCL``: of two runs that create it at once, one gets an error),
 so it works on a shared file system too, as long as only one process of a run holds it
 (the coordinator; dask workers never lock). A second run is refused at once, naming the
 holder.
 
 A lock whose holder died on this host (its pid is gone, or now belongs to a process that
-started later) is taken over: under an ``flock`` of the stale file itself (released by the
-kernel if the taker dies), the taker checks that the path still names that same stale
-file and atomically replaces it with its own; a second taker then finds a live lock and
-is refused. A lock held on another host is never taken over: its process cannot be
-checked from here.
+started later) is taken over. "This host" is judged by more than the host name, which
+containers with host networking share without sharing process IDs: the lock records the
+kernel's boot id and the holder's PID namespace, and a lock whose host name, boot id or
+PID namespace differs from the taker's (or that lacks them: an earlier version wrote it)
+is never taken over, since its holder cannot be checked from here. A stale lock is taken
+over under an ``flock`` of the stale file itself (released by the kernel if the taker
+dies): the taker checks that the path still names that same stale file and atomically
+replaces it with its own; a second taker then finds a live lock and is refused.
 
     with exclusive(out, what="teacher cache"):
         ...  # out is ours until the block ends
@@ -51,6 +55,36 @@ def _process_start(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name in () may hold spaces
+
+
+def _boot_id() -> str | None:
+    """The running kernel's boot id (Linux; None elsewhere): differs after a reboot and
+    between machines, shared by the containers of one kernel."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (Linux, e.g. ``pid:[4026531836]``; None elsewhere)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _unjudgeable(old: dict, mine: dict) -> str | None:
+    """Why the holder's process cannot be checked from here, or None when it can."""
+    if old.get("host") != mine["host"]:
+        return "another host"
+    if "boot_id" not in old or "pid_ns" not in old:
+        return "written by an earlier version, which recorded no boot id or PID namespace"
+    if old["boot_id"] != mine["boot_id"]:
+        return "another boot of this host, or another machine of the same name"
+    if old["pid_ns"] != mine["pid_ns"]:
+        return "another PID namespace: a container that shares this host name"
+    return None
 
 
 def _alive(holder: dict) -> bool:
@@ -108,7 +142,7 @@ class Lock:
 
 
 def _content() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(),
+    return {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(), "pid_ns": _pid_namespace(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid_start": _process_start(os.getpid()),
             "token": uuid.uuid4().hex}
 
@@ -155,9 +189,11 @@ def _take_over(path: Path, holder: dict, what: str, output: Path) -> bool:
         if old is None:
             raise LockError(f"{path} exists but names no holder (a run is starting, or one died while taking "
                             f"it); if no run is writing {output}, delete {path}")
-        if old.get("host") != holder["host"]:
-            raise LockError(f"{output} is locked by {describe(old)} (another host: a lock of another machine is "
-                            f"never taken over automatically); if no run is writing it there, delete {path}")
+        why = _unjudgeable(old, holder)
+        if why:
+            raise LockError(f"{output} is locked by {describe(old)} ({why}: a lock whose holder cannot be "
+                            f"checked from here is never taken over automatically); if no run is writing it, "
+                            f"delete {path}")
         if _alive(old):
             raise LockError(f"{output} is in use by another {what} run ({path}: {describe(old)}); wait for it "
                             "to end (or stop it), or choose another output")

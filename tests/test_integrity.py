@@ -407,7 +407,7 @@ def test_a_stale_lock_is_taken_over_by_exactly_one_of_several_runs(tmp_path):
     out, go = tmp_path / "out", tmp_path / "go"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    lock_path(out).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}))
+    lock_path(out).write_text(json.dumps({**_here(), "pid": dead.pid, "started": "earlier"}))
     procs = [_holder(out, go, 3) for _ in range(6)]
     time.sleep(1.0)  # let them all start and wait for the signal
     go.touch()
@@ -419,6 +419,13 @@ def test_a_stale_lock_is_taken_over_by_exactly_one_of_several_runs(tmp_path):
     assert all(f"pid {winner} " in line for line in lines if line != "held"), lines
 
 
+def _here() -> dict:
+    """What a lock taken by a process of this host, boot and PID namespace records of it."""
+    from hoidata import lock
+
+    return {"host": socket.gethostname(), "boot_id": lock._boot_id(), "pid_ns": lock._pid_namespace()}
+
+
 def test_a_lock_of_another_host_is_never_taken_over(tmp_path):
     out = tmp_path / "out"
     lock_path(out).write_text(json.dumps({"pid": 1, "host": "node-17.cluster", "started": "2026-01-01T00:00:00"}))
@@ -428,10 +435,29 @@ def test_a_lock_of_another_host_is_never_taken_over(tmp_path):
     assert holder_of(out)["host"] == "node-17.cluster"
 
 
+@pytest.mark.parametrize("differs, why", [
+    ({"pid_ns": "pid:[1]"}, "another PID namespace: a container that shares this host name"),
+    ({"boot_id": "0" * 36}, "another boot of this host, or another machine of the same name"),
+    ({"boot_id": None, "pid_ns": None, "drop": True}, "written by an earlier version"),
+])
+def test_a_dead_looking_holder_of_the_same_host_name_that_cannot_be_judged_keeps_its_lock(tmp_path, differs, why):
+    """The audit's case: containers with host networking share a host name, not process IDs:
+    a live holder there looks dead here."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = {**_here(), "pid": dead.pid, "started": "earlier", **differs}
+    if holder.pop("drop", False):
+        del holder["boot_id"], holder["pid_ns"]
+    out = tmp_path / "out"
+    lock_path(out).write_text(json.dumps(holder))
+    with pytest.raises(LockError, match=rf"\({re.escape(why)}.*never taken over automatically.*delete"):
+        acquire(out)
+    assert holder_of(out)["pid"] == dead.pid
+
+
 def test_a_pid_reused_by_a_later_process_does_not_hold_the_lock(tmp_path):
     out = tmp_path / "out"
-    lock_path(out).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "before boot",
-                                          "pid_start": 1}))
+    lock_path(out).write_text(json.dumps({**_here(), "pid": os.getpid(), "started": "before boot", "pid_start": 1}))
     with exclusive(out) as lock:
         assert holder_of(out)["token"] == lock.holder["token"]
     assert not lock_path(out).exists()
