@@ -116,14 +116,16 @@ def visualize(predictions, images, labelspace, names, count, top, output):
     """Draw images' top HOI detections (boxes, class names, scores) to PNG files."""
     from pathlib import Path
 
+    from hoidata.files import inside
     from hoidata.predictions import labelspace_of, read_predictions
     from hoidata.visualize import draw
 
     pred = read_predictions(predictions)
     ls = labelspace_of(pred, labelspace, predictions)
     names = names or [pred.file_names[i] for i in sorted(set(pred.image.tolist()))[:count]]
-    for name in names:
-        click.echo(draw(Path(images) / name, pred, ls, Path(output) / (Path(name).stem + ".png"), k=top))
+    for name in names:  # names from the predictions file are read only inside --images
+        image = inside(images, name, source=predictions)
+        click.echo(draw(image, pred, ls, Path(output) / (Path(name).stem + ".png"), k=top))
 
 
 @main.command("demo")

@@ -39,7 +39,7 @@ import numpy as np
 from . import boxes as B
 from . import ragged
 from .errors import HoiError
-from .files import image_size, load_json, write_json_atomic
+from .files import UnsafeNameError, image_size, inside, load_json, write_json_atomic
 from .labelspace import LabelSpace
 
 log = logging.getLogger(__name__)
@@ -248,18 +248,21 @@ def _from_qpic(d, path, labelspace: LabelSpace, box_format: str, sizes, image_ro
         if np.any(obj[sub] != labelspace.human):
             raise AnnotationError(f"{path}: image {name}: a subject box is not a person")
         names.append(name)
-        wh.append(_size_of(name, sizes, image_root))
+        wh.append(_size_of(name, sizes, image_root, path))
         per_image.append({"boxes_h": B.convert(bx[sub], box_format, "coord"),
                           "boxes_o": B.convert(bx[ob], box_format, "coord"),
                           "hoi": hoi, "verb": verb, "object": o})
     return _check_split(path, Annotations.from_lists(names, wh, per_image, labelspace.name))
 
 
-def _size_of(name, sizes, image_root) -> tuple[int, int]:
+def _size_of(name, sizes, image_root, source) -> tuple[int, int]:
     if sizes is not None and name in sizes:
         return tuple(sizes[name])
-    if image_root is not None:
-        return image_size(Path(image_root) / name)
+    if image_root is not None:  # a name from the annotation file is read only inside the images folder
+        try:
+            return image_size(inside(image_root, name, source=str(source)))
+        except UnsafeNameError as e:
+            raise AnnotationError(str(e)) from None
     return (-1, -1)
 
 

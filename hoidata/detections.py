@@ -34,6 +34,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,7 +47,7 @@ from . import __version__, ragged
 from . import boxes as B
 from .annotations import Annotations
 from .errors import HoiError
-from .files import atomic_write, load_json
+from .files import UnsafeNameError, atomic_write, inside, load_json
 from .labelspace import LabelSpace
 
 log = logging.getLogger(__name__)
@@ -488,8 +489,13 @@ def import_per_image_folder(folder: str | Path, images, labelspace: LabelSpace, 
     _, names, sizes = _image_table(images)
     sizes = sizes.copy()
     parts, files, missing = [], [], 0
+    real_folder = os.path.realpath(folder)
     for i, name in enumerate(names):
-        p = folder / PurePath(name).with_suffix(".json")
+        try:  # a name from the image list must not reach a JSON file outside the folder
+            p = inside(folder, str(PurePath(name).with_suffix(".json")), real_root=real_folder,
+                       folder="detections folder")
+        except UnsafeNameError as e:
+            raise DetectionsError(str(e)) from None
         files.append(p)
         if not p.is_file():
             if not missing_ok:

@@ -77,21 +77,22 @@ class UnsafeNameError(HoiError, ValueError):
     """A file name from an input file that would reach outside the folder it must stay in."""
 
 
-def inside(root, name: str, *, source: str = "", real_root: str | None = None) -> Path:
+def inside(root, name: str, *, source: str = "", real_root: str | None = None, folder: str = "images folder") -> Path:
     """``root / name``; UnsafeNameError naming the entry when ``name`` is absolute, climbs out of
     ``root`` with ``..``, or resolves (symlinks followed) outside ``root``.
 
     ``source`` names where the entry came from, for the message; ``real_root``: ``root``
-    already resolved (callers checking many names resolve it once)."""
+    already resolved (callers checking many names resolve it once); ``folder``: what
+    ``root`` is, for the message."""
     real_root = real_root or os.path.realpath(root)
     where = f"{source}: " if source else ""
     if not name or os.path.isabs(name):
-        raise UnsafeNameError(f"{where}image name {name!r} is not a path relative to the images folder {root}")
+        raise UnsafeNameError(f"{where}image name {name!r} is not a path relative to the {folder} {root}")
     path = os.path.join(real_root, name)
     if "/" in name or "\\" in name or ".." in name or os.path.islink(path):  # the common flat name: one lstat
         real = os.path.realpath(path)
         if not real.startswith(real_root.rstrip(os.sep) + os.sep):
-            raise UnsafeNameError(f"{where}image name {name!r} leads outside the images folder {root} (to {real}); "
+            raise UnsafeNameError(f"{where}image name {name!r} leads outside the {folder} {root} (to {real}); "
                                   "names must stay inside it (no absolute paths, '..' or symlinks out of it)")
     return Path(root) / name
 

@@ -73,6 +73,7 @@ def list_images(images: str | Path, images_list: str | Path | None = None,
         names = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not names:
             raise DetectStageError(f"{root}: no JPEG or PNG files in the folder; pass --images-list for others")
+        _check_inside(root, names, str(root))  # a symlink in the folder may lead out of it
         return names, np.full((len(names), 2), -1, np.int64)
     path = Path(images_list)
     if path.suffix.lower() in _LIST_SUFFIXES:
@@ -91,11 +92,17 @@ def list_images(images: str | Path, images_list: str | Path | None = None,
         seen = set()
         dup = next(n for n in names if n in seen or seen.add(n))
         raise DetectStageError(f"{path}: image {dup} is listed twice")
-    try:  # a listed name must not reach outside the folder (the folder's own files cannot)
-        check_inside(root, names, source=str(path))
+    _check_inside(root, names, str(path))
+    return names, np.where(sizes > 0, sizes, -1)
+
+
+def _check_inside(root: Path, names: list[str], source: str) -> None:
+    """The teacher cache's rule, for every command that reads images: a name (listed, or a
+    symlink in the folder) must not lead outside the images folder."""
+    try:
+        check_inside(root, names, source=source)
     except UnsafeNameError as e:
         raise DetectStageError(str(e)) from None
-    return names, np.where(sizes > 0, sizes, -1)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -18,6 +18,7 @@ import pytest
 import zarr
 from click.testing import CliRunner
 from conftest import rebind
+from PIL import Image
 from tinyworld import MODEL, make_checkpoint, make_world
 
 from cache import schema as S
@@ -526,6 +527,50 @@ def test_the_detector_stage_refuses_listed_names_outside_the_folder(tmp_path):
     listing.write_text("a.jpg\n../b.jpg\n")
     with pytest.raises(stage.DetectStageError, match=r"list\.txt: image name '\.\./b\.jpg' leads outside"):
         stage.list_images(tmp_path / "images", listing)
+
+
+def test_the_detector_stage_refuses_a_symlink_out_of_the_images_folder(tmp_path):
+    """One rule for hoi detect and teacher-cache: a file of the folder that leads out of it."""
+    from pipeline import detect_stage as stage
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.jpg")
+    (tmp_path / "images" / "b.jpg").symlink_to(tmp_path / "secret.jpg")
+    with pytest.raises(stage.DetectStageError, match=r"image name 'b\.jpg' leads outside the images folder"):
+        stage.list_images(tmp_path / "images")
+    (tmp_path / "images" / "b.jpg").unlink()
+    (tmp_path / "images" / "c.jpg").symlink_to(tmp_path / "images" / "a.jpg")  # a link that stays inside
+    assert stage.list_images(tmp_path / "images")[0] == ["a.jpg", "c.jpg"]
+
+
+def test_names_from_data_files_stay_inside_their_folders(tmp_path):
+    """visualize (predictions), the per-image-folder import (image list) and the annotation
+    reader (image sizes from headers) join a file's names to a folder: none leaves it."""
+    from hoi.cli import main
+    from hoidata.annotations import AnnotationError, read_qpic_json
+    from hoidata.detections import DetectionsError, import_per_image_folder
+
+    ls = LabelSpace.load("hico_det")
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.jpg")
+    (tmp_path / "secret.json").write_text(json.dumps({"boxes": [], "scores": [], "labels": [], "size": [8, 8]}))
+    hostile = "../secret.jpg"
+
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"box_format": "coord", "predictions": {hostile: [[0, 0, 4, 4, 1, 1, 5, 5, 0, 0.9]]}}))
+    out = CliRunner().invoke(main, ["visualize", "--predictions", str(preds), "--images", str(tmp_path / "images"),
+                                    "--labelspace", "hico_det", "-o", str(tmp_path / "fig")])
+    assert out.exit_code != 0 and "p.json: image name '../secret.jpg' leads outside the images folder" in out.output
+    assert not (tmp_path / "fig" / "secret.png").exists()
+
+    with pytest.raises(DetectionsError, match=r"image name '\.\./secret\.json' leads outside the detections folder"):
+        import_per_image_folder(tmp_path / "images", [(1, hostile, 8, 8)], ls)
+
+    ann = tmp_path / "test_hico.json"
+    ann.write_text(json.dumps([{"file_name": hostile, "annotations": [], "hoi_annotation": []}]))
+    with pytest.raises(AnnotationError, match=r"test_hico\.json: image name '\.\./secret\.jpg' leads outside"):
+        read_qpic_json(ann, ls, image_root=tmp_path / "images")
 
 
 # -- the global level alone -------------------------------------------------------------------
