@@ -238,6 +238,7 @@ def test_truncated_metadata_is_named(copy, file):
     ("status code", "images/status holds unknown codes"),
     ("dense map NaN", "global/dense has non-finite values"),
     ("global score", "global/score differs from embedding x text"),
+    ("global score by one logit", "global/score differs from embedding x text"),  # 0.01 at temperature 0.01
     ("pair of another image", "pairs/object names a detection outside its image"),
 ])
 def test_verify_checks_values_against_each_other(copy, damage, message):
@@ -266,6 +267,8 @@ def test_verify_checks_values_against_each_other(copy, damage, message):
         g["global/dense"][5, 0, 0, 0] = np.nan
     elif damage == "global score":
         g["global/score"][2] = np.asarray(g["global/score"][2]) + np.float16(0.25)
+    elif damage == "global score by one logit":
+        g["global/score"][2, 0] = np.asarray(g["global/score"][2, 0]) + np.float16(0.01)
     else:
         far = int(np.asarray(g["detections/offsets"][-2]))  # the last image's first detection
         g["pairs/object"][0] = far
