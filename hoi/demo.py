@@ -64,6 +64,14 @@ class _Stages:
             self.seconds[name] = round(time.perf_counter() - t0, 1)
 
 
+def _write_results(p: dict, results: dict, stages: _Stages, *, complete: bool) -> None:
+    """``results.json`` saying which stages it covers (those finished, with their seconds) and
+    whether it is the whole run's: a file written before the last stage never looks final."""
+    results["stage_seconds"] = dict(stages.seconds)
+    results["complete"] = complete
+    write_json_atomic(p["results"], results)
+
+
 def run_demo(out="runs/demo", *, until: str = "all", epochs: int | None = None, train_images: int = 2000,
              val_images: int = 600, test_images: int = 600, seed: int = 0, train_seed: int = 0, figures: int = 4,
              echo=print) -> dict | None:
@@ -86,14 +94,14 @@ def run_demo(out="runs/demo", *, until: str = "all", epochs: int | None = None, 
     if until in ("train", "eval"):
         return _default_student(p, config, evaluate=until == "eval", echo=echo)
     results = stages.run("students", _ablation, p, config, echo)
+    _write_results(p, results, stages, complete=False)  # what is measured survives a later stage's crash
     results["asked_in_words"] = stages.run("asked_in_words", _asked_in_words, p, results, echo)
     detected = stages.run("detected", _detected_row, p, w, ls, echo)
     if detected is not None:
         after = next(k for k, r in enumerate(results["rows"]) if r["name"] == "all-late") + 1
         results["rows"].insert(after, detected)
     stages.run("figures", _figures, p, w, ls, figures, echo)
-    results["stage_seconds"] = stages.seconds
-    write_json_atomic(p["results"], results)
+    _write_results(p, results, stages, complete=True)
     echo("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in stages.seconds.items()))
     return results
 
@@ -189,7 +197,6 @@ def _ablation(p: dict, config, echo) -> dict:
                          **({"zero_shot": r["summary"]["zero_shot"]} if "zero_shot" in r["summary"] else {})}
                         for r in main],
                "unseen": unseen}
-    write_json_atomic(p["results"], results)
     free = [r for r in main if r.get("supervision", "clip") == "clip"]
     echo("")
     echo(format_ablation(free))

@@ -41,7 +41,7 @@ def test_demo_writes_the_results_table(demo):
         for who in ("trained_without", "trained_with", "teacher", "clip_dense", "chance", "fully_supervised_without"):
             assert 0.0 <= u[who]["unseen"] <= 1.0
     assert set(written["stage_seconds"]) == {"world", "teacher_cache", "students", "asked_in_words", "detected",
-                                             "figures"}
+                                             "figures"} and written["complete"] is True
     assert len(list((out / "figures").glob("*.png"))) == 2
     assert any("all-late" in line or "late fusion" in line for line in lines)
     # the rows trained on HOI labels are printed apart, under a line that says so
@@ -49,6 +49,28 @@ def test_demo_writes_the_results_table(demo):
     assert "image-level HOI labels" in lines[head + 1] and "pair HOI labels" in lines[head + 1]
     assert not any("HOI labels" in line for line in lines[:head])
     assert "both levels, late fusion" in lines[head - 1]
+
+
+def test_a_results_file_written_before_the_last_stage_says_what_it_covers(demo, tmp_path, monkeypatch):
+    """The students' table is written as soon as it is measured; a later stage's crash leaves it
+    saying so, never looking like the whole run's."""
+    import shutil
+
+    import hoi.demo as D
+
+    out = tmp_path / "demo"
+    shutil.copytree(demo[0], out, symlinks=True)
+    (out / "results.json").unlink()
+
+    def crash(*a, **kw):
+        raise RuntimeError("the detected row crashed")
+
+    monkeypatch.setattr(D, "_detected_row", crash)
+    with pytest.raises(RuntimeError, match="the detected row crashed"):
+        run_demo(out, epochs=1, train_images=40, val_images=8, test_images=40, figures=2, echo=lambda line: None)
+    written = json.loads((out / "results.json").read_text())
+    assert written["complete"] is False and set(written["stage_seconds"]) == {"world", "teacher_cache", "students"}
+    assert [r["name"] for r in written["rows"]] == [n for n in ROWS if n != "all-late-detected"]
 
 
 def test_the_printed_words_command_gives_the_zero_shot_table_s_figure(demo):

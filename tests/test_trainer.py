@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import rebind
 
 from bench.trainer import bench_trainer
 from cache.schema import STATUS_SKIPPED
@@ -150,6 +151,7 @@ def test_a_window_selects_what_its_blocks_joined_would(caches):
 def test_skipped_images_are_left_out(tmp_path):
     path = make_synthetic_cache(tmp_path / "c", num_images=16, pairs_per_image=2, seed=2, split="test", **WORLD)
     open_cache(path, mode="r+").array("images/status")[3:5] = STATUS_SKIPPED  # the teacher could not read them
+    rebind(path)
     seen = np.concatenate([b.image for b in TrainData(open_cache(path), BASE, "squash").epoch(0)])
     assert sorted(seen) == [i for i in range(16) if i not in (3, 4)]
     pred, _ = predict(path, model="teacher")
