@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
+import socket
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +45,33 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
+_HOST = socket.gethostname()
+
+
+def _sweep_dead_temporaries(path: Path) -> None:
+    """Delete the temporaries of ``path`` that writers killed on this host left (their pid is
+    gone). Those of another host are left alone: whether their writer lives cannot be told here."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(_HOST)}\.(\d+)\.[0-9a-f]{{8}}\.tmp")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m and not _pid_alive(int(m.group(1))):
+            (path.parent / name).unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 @contextmanager
 def atomic_write(path):
     """Yield a temporary path beside ``path``; on success it is synced and renamed to ``path``,
@@ -50,7 +79,8 @@ def atomic_write(path):
     version) under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    _sweep_dead_temporaries(path)
+    tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
         with open(tmp, "rb+") as fh:  # the rename must not land before the data does

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import socket
@@ -205,6 +206,14 @@ def _take_over(path: Path, holder: dict, what: str, output: Path) -> bool:
         os.close(fd)  # releases the flock
 
 
+def _sweep_takeover_temporaries(path: Path, holder: dict) -> None:
+    """Delete ``.NAME.lock.<token>`` files that takers killed mid-takeover left: once we hold
+    the lock, no other taker writes one (a taker writes it only after judging the lock stale)."""
+    for left in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if left.name != f".{path.name}.{holder['token']}":
+            left.unlink(missing_ok=True)
+
+
 def acquire(path, *, what: str = "output") -> Lock:
     """Hold ``PATH.lock`` for the output ``path``; LockError naming the holder if another run has it.
 
@@ -215,6 +224,7 @@ def acquire(path, *, what: str = "output") -> Lock:
     holder = _content()
     for _ in range(100):  # each round: the lock appeared or vanished under us; rarely more than one
         if _create(lp, holder) or _take_over(lp, holder, what, output):
+            _sweep_takeover_temporaries(lp, holder)
             return Lock(lp, holder)
     raise LockError(f"{lp}: could not take the lock (it keeps changing hands); try again")
 

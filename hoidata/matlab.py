@@ -24,6 +24,7 @@ back uses ``scipy.io.loadmat`` (an optional dependency). An export folder also c
 
 from __future__ import annotations
 
+import glob
 import json
 import shutil
 import struct
@@ -191,6 +192,8 @@ def _export(out: Path, image_names: list[str], pred: Predictions, labelspace: La
     plan = object_files(labelspace) if layout == "obj" else {ALL_FILE: np.arange(labelspace.num_classes)}
     cells = all_boxes(image_names, pred, labelspace.num_classes,
                       ignore_unknown_images=ignore_unknown_images, source=source)
+    for left in out.parent.glob(f".{glob.escape(out.name)}.*.wip"):  # killed exports' (we hold the lock)
+        shutil.rmtree(left, ignore_errors=True)
     wip = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.wip")
     wip.mkdir(parents=True)
     try:

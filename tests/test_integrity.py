@@ -663,3 +663,37 @@ def test_an_output_is_the_old_file_or_the_new_one_never_a_torn_one(tiny_ls, tmp_
     monkeypatch.undo()
     write(out)
     assert out.read_bytes() != b"the previous version"
+
+
+def test_temporaries_killed_writers_left_are_swept_by_the_next_writer(tmp_path):
+    """An atomic write's temporary (its writer killed on this host), a lock takeover's, and a
+    killed export-mat's work folder: the next write of the same output removes them."""
+    import socket
+
+    from hoidata import matlab
+    from hoidata.files import write_json_atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "results.json"
+    left = tmp_path / f".results.json.{socket.gethostname()}.{dead.pid}.0123abcd.tmp"
+    elsewhere = tmp_path / f".results.json.node-17.{dead.pid}.0123abcd.tmp"  # its writer may live
+    live = tmp_path / f".results.json.{socket.gethostname()}.{os.getpid()}.0123abcd.tmp"
+    for f in (left, elsewhere, live):
+        f.write_text("{")
+    write_json_atomic(out, {"a": 1})
+    assert not left.exists() and elsewhere.exists() and live.exists()
+
+    lock_path(tmp_path / "run").write_text(json.dumps({**_here(), "pid": dead.pid, "started": "earlier"}))
+    taker = tmp_path / ".run.lock.5085cbabcc764bd38199f568cbe7948c"  # a taker killed before its rename
+    taker.write_text("{}")
+    with exclusive(tmp_path / "run"):
+        assert not taker.exists()
+
+    export = tmp_path / "matlab"
+    (tmp_path / ".matlab.deadbeef.wip").mkdir()
+    from hoidata.predictions import Predictions
+
+    none = Predictions.from_arrays([], [], np.zeros((0, 4)), np.zeros((0, 4)), [], [])
+    matlab.export(export, ["a.jpg"], none, LabelSpace.load("hico_det"))
+    assert not (tmp_path / ".matlab.deadbeef.wip").exists() and (export / "export.json").is_file()
