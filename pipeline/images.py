@@ -54,6 +54,15 @@ class BatchSpec:
     positions: tuple[int, ...]              # returned as ImageBatch.index (positions within the shard)
     sizes: tuple[tuple[int, int], ...] | None = None  # expected (w, h) each; (0, 0) = not known
     inside_channel: bool = False            # add the on-image channel (crops may reach outside)
+    max_side: int | None = None             # decode larger images reduced to this long side
+
+
+# The teacher cache decodes an image whose long side exceeds this reduced to it (JPEG draft
+# decoding, then bilinear), boxes scaled to match: a batch's canvas, and so its memory, is
+# bounded by 2048 x 2048 an image whatever the files hold. HICO-DET's and COCO's images (at
+# most 640 px) are read as they are; a union crop of a huge photo still has >= 224 source
+# pixels across unless its box is under a ninth of the photo's long side.
+TEACHER_MAX_SIDE = 2048
 
 
 @dataclass
@@ -66,6 +75,9 @@ class ImageBatch:
     failed: list[tuple[int, str]]   # (position, message naming the file) of images that did not
     first: int                      # first and last positions of the batch, failures included
     last: int
+    # float64 [n, 4]: factors from a box in the file's pixels (x1, y1, x2, y2) to the decoded
+    # image's; 1 where the image was read as it is (None: every image was)
+    to_decoded: np.ndarray | None = None
 
     def pin_memory(self) -> "ImageBatch":
         """Page-locked copy, so the upload runs asynchronously (the DataLoader calls this)."""
@@ -130,13 +142,6 @@ def _resized(im: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(im.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
 
 
-def read_image(path: Path, expected: tuple[int, int] | None, max_side: int | None = None) -> np.ndarray | str:
-    """uint8 [H, W, 3], or a message naming the file when it is missing, unreadable or not
-    the size the annotations give (see :func:`read_sized`)."""
-    got = read_sized(path, expected, max_side)
-    return got if isinstance(got, str) else got.pixels
-
-
 def read_sized(path: Path, expected: tuple[int, int] | None, max_side: int | None = None) -> Decoded | str:
     """:func:`decode_sized`, or a message naming the file when it is missing, unreadable or
     not the size the annotations give (the file's size, whatever ``max_side`` does)."""
@@ -182,17 +187,20 @@ def pad_into_canvas(images: list[np.ndarray], inside_channel: bool, pin: bool = 
 def load_batch(spec: BatchSpec, pin: bool = False) -> ImageBatch:
     """Decode and pad one batch. ``pin``: allocate the canvas page-locked (worker threads on
     a CUDA machine; worker processes leave pinning to the DataLoader)."""
-    ok, arrays, failed = [], [], []
+    ok, arrays, failed, factors = [], [], [], []
     for k, (name, pos) in enumerate(zip(spec.file_names, spec.positions)):
-        got = read_image(Path(spec.root) / name, spec.sizes[k] if spec.sizes is not None else None)
+        got = read_sized(Path(spec.root) / name, spec.sizes[k] if spec.sizes is not None else None, spec.max_side)
         if isinstance(got, str):
             failed.append((pos, got))
         else:
             ok.append(pos)
-            arrays.append(got)
+            arrays.append(got.pixels)
+            factors.append(1.0 / got.scale)
     sizes = np.array([(a.shape[1], a.shape[0]) for a in arrays], dtype=np.int64).reshape(-1, 2)
+    to_decoded = np.array(factors).reshape(-1, 4)
     return ImageBatch(index=np.array(ok, dtype=np.int64), pixels=pad_into_canvas(arrays, spec.inside_channel, pin),
-                      sizes=sizes, failed=failed, first=spec.positions[0], last=spec.positions[-1])
+                      sizes=sizes, failed=failed, first=spec.positions[0], last=spec.positions[-1],
+                      to_decoded=to_decoded if (to_decoded != 1).any() else None)
 
 
 class _SpecDataset(torch.utils.data.Dataset):

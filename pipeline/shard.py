@@ -33,7 +33,7 @@ from pipeline import crops
 from pipeline.clip import Teacher, load_teacher, register_model_configs
 from pipeline.encoder import Encoder
 from pipeline.global_pass import may_leave_image, whole_image_rois
-from pipeline.images import BatchSpec, ImageBatch, borrowed_decoder
+from pipeline.images import TEACHER_MAX_SIDE, BatchSpec, ImageBatch, borrowed_decoder
 from pipeline.options import RunOptions, TeacherOptions
 from pipeline.writer import ChunkFlusher, ShardWriter
 
@@ -193,7 +193,8 @@ def _batch_specs(ctx: _ShardContext, root: str, batch_size: int) -> list[BatchSp
     for a in range(0, len(ctx.names), batch_size):
         sizes = ctx.sizes[a:a + batch_size]
         specs.append(BatchSpec(root, tuple(ctx.names[a:a + batch_size]), tuple(range(a, a + len(sizes))),
-                               tuple(map(tuple, sizes.tolist())), may_leave or bool((sizes <= 0).any())))
+                               tuple(map(tuple, sizes.tolist())), may_leave or bool((sizes <= 0).any()),
+                               max_side=TEACHER_MAX_SIDE))
     return specs
 
 
@@ -256,8 +257,11 @@ def _launch(ctx: _ShardContext, batch: ImageBatch) -> _Launched:
     else:
         counts, rows = np.zeros(n, np.int64), np.zeros(0, np.int64)
     wh = batch.sizes.astype(np.float64)
+    union_box = ctx.union_box[rows]
+    if batch.to_decoded is not None:  # a large image was decoded reduced: its boxes follow
+        union_box = (union_box * batch.to_decoded[ragged.owners(counts)]).astype(union_box.dtype)
     regions = np.concatenate([whole_image_rois(wh, opts.crop_mode),
-                              B.crop_region(ctx.union_box[rows], opts.union_margin, opts.crop_mode)])
+                              B.crop_region(union_box, opts.union_margin, opts.crop_mode)])
     canvas_of = np.concatenate([np.arange(n), ragged.owners(counts)])
     rois = _upload(torch.from_numpy(np.concatenate([canvas_of[:, None], regions], 1).astype(np.float32)), device)
     pixels = _upload(batch.pixels, device).float()

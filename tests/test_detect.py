@@ -184,12 +184,12 @@ def test_detect_where_no_image_can_be_read_writes_nothing_and_says_so(setup, tmp
 def test_only_the_image_formats_the_project_reads_are_opened(tmp_path):
     from PIL import Image
 
-    from pipeline.images import read_image
+    from pipeline.images import read_sized
 
     Image.new("RGB", (8, 6), (10, 20, 30)).save(tmp_path / "real.jpg")
-    assert read_image(tmp_path / "real.jpg", None).shape == (6, 8, 3)
+    assert read_sized(tmp_path / "real.jpg", None).pixels.shape == (6, 8, 3)
     Image.new("RGB", (8, 6)).save(tmp_path / "disguised.jpg", format="PPM")  # a format PIL knows, not ours
-    assert "cannot decode" in read_image(tmp_path / "disguised.jpg", None)
+    assert "cannot decode" in read_sized(tmp_path / "disguised.jpg", None)
 
 
 def test_a_moved_teacher_is_named_and_found_again_by_sha256(setup, tmp_path):

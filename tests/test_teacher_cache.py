@@ -412,3 +412,30 @@ def test_bench_teacher_memory_builds_two_caches_in_children_and_reports_their_he
         assert all(r["heap"]["in_use"] > 0 and r["heap"]["free"] >= 0 for r in rows)
         assert any(line.strip().startswith("grown with the images") for line in lines)
     assert any("peak RSS, 2x the images" in line for line in lines)
+
+
+def test_a_large_image_is_decoded_reduced_and_its_crops_follow(world, reference, tmp_path, monkeypatch):
+    """The canvas holds each image at most TEACHER_MAX_SIDE on its long side (here 48 for the
+    world's 96 x 72 images), the boxes scaled with it: crops show the same regions, so the
+    embeddings stay those of full-size decoding up to the lost resolution."""
+    from pipeline import images as I
+    from pipeline import shard
+
+    names = sorted(p.name for p in Path(world["images"]).glob("*.jpg"))[:2]
+    spec = I.BatchSpec(str(world["images"]), tuple(names), (0, 1), max_side=48)
+    batch = I.load_batch(spec)
+    files = [Image.open(Path(world["images"]) / n).size for n in names]
+    assert batch.sizes.tolist() == [list(I.bounded_size(f, 48)) for f in files] and batch.sizes.max() == 48
+    assert max(batch.pixels.shape[2:]) <= 48 + 2 * I.BORDER + 2
+    assert np.allclose(batch.to_decoded, [[w / f[0], h / f[1]] * 2 for (w, h), f in zip(batch.sizes, files)])
+    assert I.load_batch(I.BatchSpec(str(world["images"]), tuple(names), (0, 1))).to_decoded is None
+
+    monkeypatch.setattr(shard, "TEACHER_MAX_SIDE", 48)
+    small = open_cache(build(world, tmp_path / "small.zarr"))
+    full = open_cache(reference)
+    assert small.verify() == []
+    for name in ("union/embedding", "global/embedding"):
+        a, b = small.read(name).astype(np.float32), full.read(name).astype(np.float32)
+        written = np.linalg.norm(b, axis=1) > 0  # padding rows hold zeros
+        cos = (a * b).sum(1)[written]
+        assert cos.mean() > 0.97 and cos.min() > 0.9, (name, cos.mean(), cos.min())
