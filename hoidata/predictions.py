@@ -213,7 +213,20 @@ def read_predictions(path, box_format: str | None = None) -> Predictions:
                                        a["boxes_o"], a["hoi"], a["score"], fmt)
         return _with_records(path, pred, classes, labelspace)
     pred = _read_json_fast(path, box_format)
-    return pred if pred is not None else _read_json_reference(path, box_format)
+    if pred is not None:
+        return pred
+    size = path.stat().st_size if path.is_file() else 0
+    if json_rows.available() and size > REFERENCE_READ_MAX:
+        raise PredictionsError(f"{path}: {size / 2**20:,.0f} MiB that the streaming reader does not take (not valid "
+                               "JSON, e.g. a truncated write, or a key given twice); json.load would hold about ten "
+                               "times that in memory, so it is not tried: check that the file is whole, or write "
+                               "it as .npz")
+    return _read_json_reference(path, box_format)
+
+
+# Past this size on disk, a file the streaming reader refuses is not handed to json.load
+# (about ten times the file in memory, only to name the error).
+REFERENCE_READ_MAX = 256 << 20
 
 
 def _with_records(path, pred: Predictions, classes, labelspace) -> Predictions:

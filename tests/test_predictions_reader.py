@@ -301,3 +301,16 @@ def test_a_gzip_bomb_is_refused_before_it_fills_memory(tmp_path, monkeypatch, fa
         monkeypatch.setattr(P, "_read_json_fast", lambda *a: None)
     with pytest.raises(PredictionsError, match="bomb.json.gz: expands to more than 1 MiB .*gzip bomb"):
         read_predictions(path)
+
+
+def test_a_large_truncated_file_is_refused_without_json_load(tmp_path, monkeypatch):
+    """json.load of a truncated file held about ten times the file in memory only to name the error."""
+    f = tmp_path / "cut.json"
+    f.write_text('{"box_format": "coord", "predictions": {"a": [' + "[1, 1, 10, 10, 21, 21, 40, 40, 0, 0.5], " * 200)
+    monkeypatch.setattr(P, "REFERENCE_READ_MAX", 1000)
+    monkeypatch.setattr(P, "_read_json_reference", lambda *a: pytest.fail("json.load was tried"))
+    with pytest.raises(PredictionsError, match=r"cut\.json: 0 MiB that the streaming reader does not take .*truncated"):
+        read_predictions(f)
+    monkeypatch.undo()
+    with pytest.raises(PredictionsError, match="not a readable JSON file"):  # a small one: json.load names it
+        read_predictions(f)
