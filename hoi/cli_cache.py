@@ -51,12 +51,15 @@ run_options = click_options(RunOptions)
               help="Pair rule: humans per image.")
 @click.option("--max-objects", type=click.IntRange(min=1), default=_PAIRS.max_objects,
               help="Pair rule: objects per image.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
+              help="Which split the images are, recorded in the cache (hoi train refuses a test split); default: "
+                   "what HICO-DET's file names say (HICO_train2015_*, HICO_test2015_*), else not recorded.")
 @run_options
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="The Zarr store to write (PATH.wip while in progress).")
 def teacher_cache(images, detections, annotations, labelspace, model, pretrained, model_config, templates,
-                  crop_mode, union_margin, global_size, human_score, object_score, max_humans, max_objects, output,
-                  **run):
+                  crop_mode, union_margin, global_size, human_score, object_score, max_humans, max_objects, split,
+                  output, **run):
     """Run a frozen CLIP once over every image and union box of a split into a Zarr cache."""
     from hoidata.labelspace import LabelSpace
     from pipeline.run import build_teacher_cache
@@ -67,7 +70,7 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
         teacher=TeacherOptions(model=model, pretrained=pretrained, templates=tuple(templates),
                                crop_mode=crop_mode, union_margin=union_margin, global_size=global_size),
         pair_rule=PairRule(human_score, object_score, max_humans, max_objects),
-        run=RunOptions(**run), model_configs=model_config)
+        run=RunOptions(**run), model_configs=model_config, split=split)
     click.echo(f"teacher cache: {final}")
 
 

@@ -139,7 +139,7 @@ def cache_step(p: dict, w: dict, ls, splits, echo) -> None:
     for split in splits:
         build_teacher_cache(p[f"{split}_cache"], images=w[f"images_{split}"], detections=w[f"detections_{split}"],
                             annotations=w[f"instances_{split}"], labelspace=ls,
-                            teacher=demo_teacher(), run=RunOptions(images_per_shard=512, workers=2))
+                            teacher=demo_teacher(), run=RunOptions(images_per_shard=512, workers=2), split=split)
 
 
 def _default_student(p: dict, config, evaluate: bool, echo) -> dict | None:

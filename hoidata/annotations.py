@@ -133,6 +133,19 @@ def _ints(values) -> np.ndarray:
     return a.astype(np.int64)
 
 
+SPLITS = ("train", "val", "test")
+_HICO_SPLIT = {"HICO_train2015_": "train", "HICO_test2015_": "test"}
+
+
+def split_of_names(file_names) -> str | None:
+    """The split HICO-DET's file names say (every one ``HICO_train2015_*`` or every one
+    ``HICO_test2015_*``), or None where they do not say one."""
+    for prefix, split in _HICO_SPLIT.items():
+        if file_names and all(str(n).startswith(prefix) for n in file_names):
+            return split
+    return None
+
+
 def _check_split(path, ann: "Annotations") -> "Annotations":
     """Refuse what would make the evaluation silently wrong: a file name twice (predictions
     would go to one copy), a box that is not finite or has no area."""

@@ -31,7 +31,7 @@ from cache.layout import Layout, plan
 from hoicore.device import resolve_device
 from hoidata import boxes as B
 from hoidata import ragged
-from hoidata.annotations import Annotations, read_annotations
+from hoidata.annotations import SPLITS, Annotations, read_annotations, split_of_names
 from hoidata.detections import Detections, load_detections
 from hoidata.errors import InputError
 from hoidata.files import check_inside, image_size, json_form
@@ -159,19 +159,23 @@ def _check_images(root: Path, names: list[str], on_error: str) -> None:
 def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labelspace: LabelSpace,
                         annotations: str | Path | None = None, teacher: TeacherOptions,
                         pair_rule: PairRule = PairRule(), run: RunOptions = RunOptions(),
-                        model_configs: tuple = ()) -> Path:
+                        model_configs: tuple = (), split: str | None = None) -> Path:
     """Build (or resume) the teacher cache at ``out``. Returns the final store path.
 
     One run at a time holds ``out`` (``OUT.lock``, taken first and held to the end, the final
     rename included); a second is refused naming the first. ``model_configs``: open_clip
-    config files or folders to register first, here and on every dask worker."""
+    config files or folders to register first, here and on every dask worker. ``split``:
+    train, val or test, recorded as ``dataset.split`` (``hoi train`` refuses a test split);
+    None: what HICO-DET's file names say, else not recorded."""
+    if split is not None and split not in SPLITS:
+        raise InputError(f"split {split!r}: one of {', '.join(SPLITS)}")
     # absolute: dask workers may start in another directory
     out, images = Path(out).absolute(), Path(images).absolute()
     if run.scheduler:
         reach_scheduler(run.scheduler)  # before the model loads and the store is prepared
     with exclusive(out, what="teacher-cache"):
         return _build(_Request(out, images, detections, labelspace, annotations, teacher, pair_rule, run,
-                               model_configs))
+                               model_configs, split))
 
 
 # Seconds to wait for a dask scheduler to answer before saying it cannot be reached.
@@ -206,6 +210,7 @@ class _Request:
     pair_rule: PairRule
     run: RunOptions
     model_configs: tuple
+    split: str | None = None
 
 
 @dataclass(frozen=True)
@@ -276,7 +281,8 @@ def _plan(req: _Request, t: Teacher, device, dets: Detections, ann: Annotations 
     teacher_attrs = _teacher_attrs(req.teacher, t, req.labelspace, device)
     clean = _clean_detections(dets)
     pairs = _pairs_of(clean, req.labelspace, req.pair_rule)
-    dataset_attrs = _dataset_attrs(req.labelspace, dets, req.detections, req.annotations)
+    dataset_attrs = _dataset_attrs(req.labelspace, dets, req.detections, req.annotations,
+                                   req.split or split_of_names(dets.file_names))
     run = req.run
     lay = plan(np.diff(pairs.offsets), run.images_per_shard, run.image_chunk, run.pair_chunk)
     emb_dim = int(t.model.visual.proj.shape[1])
@@ -370,9 +376,10 @@ def _teacher_attrs(teacher: TeacherOptions, t, labelspace: LabelSpace, device) -
     }
 
 
-def _dataset_attrs(labelspace: LabelSpace, dets: Detections, detections, annotations) -> dict:
-    """The dataset's identity: label space, image list, detections and ground truth, by content."""
-    return {
+def _dataset_attrs(labelspace: LabelSpace, dets: Detections, detections, annotations, split: str | None) -> dict:
+    """The dataset's identity: label space, image list, detections and ground truth, by
+    content, and the split when known (absent otherwise, as in caches made before it was)."""
+    return {**({"split": split} if split else {}),
         # the whole label space travels with the cache: readers need no other file
         "labelspace": labelspace.to_dict(), "labelspace_sha256": labelspace.fingerprint, "num_images": len(dets),
         "images_sha256": _sha256_arrays(np.array(dets.file_names), dets.sizes),

@@ -45,9 +45,10 @@ def build(world, out, **run):
     run = {"images_per_shard": 4, "workers": 0, "threads": 1, "progress": False, **run}
     teacher = run.pop("teacher", TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])))
     annotations = run.pop("annotations", world["annotations"])
+    split = run.pop("split", None)
     return build_teacher_cache(out, images=world["images"], detections=world["detections"],
                                annotations=annotations, labelspace=LabelSpace.load(world["labelspace"]),
-                               teacher=teacher, run=RunOptions(**run))
+                               teacher=teacher, run=RunOptions(**run), split=split)
 
 
 def arrays(path) -> dict:
@@ -439,3 +440,14 @@ def test_a_large_image_is_decoded_reduced_and_its_crops_follow(world, reference,
         written = np.linalg.norm(b, axis=1) > 0  # padding rows hold zeros
         cos = (a * b).sum(1)[written]
         assert cos.mean() > 0.97 and cos.min() > 0.9, (name, cos.mean(), cos.min())
+
+
+def test_the_split_is_recorded_when_given_or_said_by_hico_names(world, reference, tmp_path):
+    from hoidata.annotations import split_of_names
+
+    assert "split" not in open_cache(reference).attrs["dataset"]  # the world's names say none
+    assert open_cache(build(world, tmp_path / "val.zarr", split="val")).attrs["dataset"]["split"] == "val"
+    assert split_of_names(["HICO_test2015_00000001.jpg", "HICO_test2015_00000002.jpg"]) == "test"
+    assert split_of_names(["HICO_train2015_00000001.jpg"]) == "train"
+    assert split_of_names(["HICO_train2015_00000001.jpg", "HICO_test2015_00000001.jpg"]) is None
+    assert split_of_names([]) is None

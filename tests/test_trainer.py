@@ -158,6 +158,14 @@ def test_skipped_images_are_left_out(tmp_path):
     assert len(pred) and not np.isin(pred.image, [3, 4]).any() and len(pred.file_names) == 16
 
 
+def test_training_on_a_test_split_is_refused_before_anything_is_written(caches, tmp_path):
+    with pytest.raises(ConfigError, match=r"is a test split \(its dataset\.split\).*train on the train split's"):
+        train(caches["test"], tmp_path / "run", BASE)
+    assert not (tmp_path / "run").exists()
+    r = CliRunner().invoke(hoi_main, ["train", "--cache", str(caches["test"]), "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 1 and "is a test split" in r.output and "Traceback" not in r.output
+
+
 # -- switches ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("row", GRID, ids=[r.name for r in GRID])

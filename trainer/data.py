@@ -397,6 +397,14 @@ class Window:
         return joined.select(np.argsort(np.concatenate(where), kind="stable"))
 
 
+def refuse_test_split(cache: TeacherCache) -> None:
+    """Refuse to train on a cache its dataset attributes call the test split: every number
+    measured on it afterwards would be of a model that saw it."""
+    if cache.attrs["dataset"].get("split") == "test":
+        raise ConfigError(f"{cache.path} is a test split (its dataset.split): a student trained on it is measured "
+                          "on what it saw; train on the train split's cache (hoi teacher-cache --split train)")
+
+
 def require_ground_truth(cache: TeacherCache, why: str) -> None:
     """Refuse a cache without ground truth (built without annotations: ``gt/*`` empty), naming it and ``why``."""
     if cache.layout["num_gt"] == 0:

@@ -28,7 +28,15 @@ from hoidata.lock import exclusive
 
 from . import checkpoint as ckpt
 from .config import LABELLED, ConfigError, TrainConfig, runtime_fields
-from .data import Block, TrainData, object_class_mask, require_ground_truth, resolve_crop_mode, seen_classes
+from .data import (
+    Block,
+    TrainData,
+    object_class_mask,
+    refuse_test_split,
+    require_ground_truth,
+    resolve_crop_mode,
+    seen_classes,
+)
 from .losses import DistillationLoss
 from .model import Student
 
@@ -214,6 +222,7 @@ def _train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bo
             raise ConfigError(f"{ckpt_dir} exists: pass --resume to continue that run, or choose another --out")
         config = (config or TrainConfig()).replace(**overrides)
     device = resolve_device(config.device)  # before the run folder exists: a typo leaves nothing behind
+    refuse_test_split(cache)
     if config.supervision in LABELLED:
         require_ground_truth(cache, f"--supervision {config.supervision}")
     out.mkdir(parents=True, exist_ok=True)
