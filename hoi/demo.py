@@ -131,15 +131,26 @@ def cache_step(p: dict, w: dict, ls, splits, echo) -> None:
     """Teacher caches of ``splits``, each with its ground truth: the test split's for the
     evaluation, the train split's for the supervised references alone (no annotation-free
     student reads it; its CLIP arrays are the same with or without it)."""
+    from cache.store import CacheError
     from pipeline.options import RunOptions
     from pipeline.run import build_teacher_cache
 
     echo(f"[2/5] teacher cache of {', '.join(splits)} (the minibench CLIP; whole images at {GLOBAL_SIZE} px, "
          "union boxes at its input size)")
     for split in splits:
-        build_teacher_cache(p[f"{split}_cache"], images=w[f"images_{split}"], detections=w[f"detections_{split}"],
-                            annotations=w[f"instances_{split}"], labelspace=ls,
-                            teacher=demo_teacher(), run=RunOptions(images_per_shard=512, workers=2), split=split)
+        def build(overwrite: bool, split=split):
+            return build_teacher_cache(
+                p[f"{split}_cache"], images=w[f"images_{split}"], detections=w[f"detections_{split}"],
+                annotations=w[f"instances_{split}"], labelspace=ls, teacher=demo_teacher(), split=split,
+                run=RunOptions(images_per_shard=512, workers=2, overwrite=overwrite))
+        try:
+            build(overwrite=False)
+        except CacheError as e:  # the demo's own output, made by another version or setting: rebuilt
+            if "was made with a different" not in str(e):
+                raise
+            echo(f"      {p[f'{split}_cache']}: made with other settings ({str(e).split(': ', 1)[1][:90]}...); "
+                 "rebuilding it")
+            build(overwrite=True)
 
 
 def _default_student(p: dict, config, evaluate: bool, echo) -> dict | None:
