@@ -123,40 +123,34 @@ def _naive(teacher, images: Path, dets: Detections, pairs: tuple, num_images: in
 
 
 @contextmanager
-def _without_fsync():
-    """The store's commit points without their fsyncs (this process's shards and finalize):
-    the baseline durability is measured against. Never used outside the bench."""
+def _store_fsyncs(wrap):
+    """The store's fsyncs (this process's shards and finalize) replaced by ``wrap(fsync)``
+    for the block. Never used outside the bench."""
     from cache import store as cstore
 
-    saved = cstore._fsync_file, cstore.fsync_dir
-    cstore._fsync_file = cstore.fsync_dir = lambda path: None
+    saved = cstore.fsync_file, cstore.fsync_dir
+    cstore.fsync_file, cstore.fsync_dir = wrap(saved[0]), wrap(saved[1])
     try:
         yield
     finally:
-        cstore._fsync_file, cstore.fsync_dir = saved
+        cstore.fsync_file, cstore.fsync_dir = saved
 
 
-@contextmanager
-def _timed_fsync():
-    """Yield a one-item list that ends holding the seconds spent in the store's fsyncs."""
-    from cache import store as cstore
+def _skipped(fsync):
+    return lambda path: None
 
-    saved, spent = (cstore._fsync_file, cstore.fsync_dir), [0.0]
 
-    def timed(fn):
+def _timed(spent: list):
+    """A ``wrap`` for :func:`_store_fsyncs` adding each call's seconds to ``spent[0]``."""
+    def wrap(fsync):
         def call(path):
             t0 = time.perf_counter()
             try:
-                return fn(path)
+                return fsync(path)
             finally:
                 spent[0] += time.perf_counter() - t0
         return call
-
-    cstore._fsync_file, cstore.fsync_dir = timed(saved[0]), timed(saved[1])
-    try:
-        yield spent
-    finally:
-        cstore._fsync_file, cstore.fsync_dir = saved
+    return wrap
 
 
 def parse_run_overrides(items: list[str]) -> dict:
@@ -223,9 +217,10 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
         cold = pipeline("cold.zarr", opts)
         run = pipeline("cache.zarr", opts)
         assert (run["images"], run["crops"]) == (num_images, num_crops), "the baselines encoded other work"
-        with _without_fsync():  # durability's cost: the same run with the commit points' fsyncs skipped
+        with _store_fsyncs(_skipped):  # durability's cost: the same run with the commit points' fsyncs skipped
             unsynced = pipeline("unsynced.zarr", opts)
-        with _timed_fsync() as synced_s:  # and what the fsyncs themselves took in a synced run
+        synced_s = [0.0]
+        with _store_fsyncs(_timed(synced_s)):  # and what the fsyncs themselves took in a synced run
             again = pipeline("cache-again.zarr", opts)
         others = []
         for i, v in enumerate(variants):

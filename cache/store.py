@@ -48,7 +48,7 @@ from zarr.storage import LocalStore, WrapperStore
 
 from hoidata import __version__
 from hoidata.errors import HoiError
-from hoidata.files import fsync_dir, json_form
+from hoidata.files import fsync_dir, fsync_file, json_form
 
 from . import schema as S
 
@@ -64,6 +64,10 @@ _ROWS = {"image": "images", "pair": "pair rows", "det": "detections", "gt": "gro
 
 class CacheError(HoiError, ValueError):
     """A store that is missing, incomplete, damaged, malformed, or made with another configuration."""
+
+
+class CacheMismatch(CacheError):
+    """A store made with other settings than a command asks for (teacher, pair rule, dataset, levels)."""
 
 
 class ChunkMisplaced(CacheError):
@@ -331,7 +335,7 @@ class TeacherCache:
             value = json_form(value)
             diff = (S.teacher_difference if group == "teacher" else S.first_difference)(stored, value, group)
             if diff:
-                raise CacheError(
+                raise CacheMismatch(
                     f"{self.path} was made with a different {group}: {diff} is "
                     f"{S.lookup({group: stored}, diff)!r} in the cache but {S.lookup({group: value}, diff)!r} "
                     "was asked for; use another output path or --overwrite")
@@ -356,7 +360,7 @@ class TeacherCache:
         """Refuse to reuse the store for a run asking for levels it does not hold (a superset is fine)."""
         lacking = [lv for lv in wanted if lv not in self.levels]
         if lacking:
-            raise CacheError(f"{self.path} holds levels {list(self.levels)}, but levels {list(wanted)} were asked "
+            raise CacheMismatch(f"{self.path} holds levels {list(self.levels)}, but levels {list(wanted)} were asked "
                              f"for (it lacks {', '.join(lacking)}); use another output path or --overwrite")
 
     # -- geometry --------------------------------------------------------------------------
@@ -570,26 +574,22 @@ class TeacherCache:
 
     def shard_chunk_keys(self, k: int) -> list[str]:
         """Store keys of the chunks shard ``k`` writes (its done flag excepted)."""
-        keys = []
-        for name in self.array_names:
-            if S.ARRAYS[name].writer != S.SHARD or name == "images/shard_done":
-                continue
-            (lo, hi), arr = self._shard_range(k, name), self.array(name)
-            c = arr.chunks[0]
-            keys += [S.chunk_key(name, i, arr.ndim) for i in range(lo // c, -(-hi // c))] if hi > lo else []
-        return keys
+        only = np.zeros(self.num_shards, dtype=bool)
+        only[k] = True
+        return [S.chunk_key(name, int(i), self.array(name).ndim) for name, indices in self.expected_chunks(only).items()
+                if S.ARRAYS[name].writer == S.SHARD and name != "images/shard_done" for i in indices]
 
     def mark_shard_done(self, k: int) -> None:
         """Set shard ``k``'s done flag once its chunks are durable, and make the flag durable:
         after a power loss a flag set means the chunks are there."""
         keys = self.shard_chunk_keys(k)
         for key in keys:
-            _fsync_file(self.path / key)
+            fsync_file(self.path / key)
         for folder in sorted({key.rsplit("/", 1)[0] for key in keys}):
             fsync_dir(self.path / folder)
         self.array("images/shard_done")[k] = True
         flag = self.path / S.chunk_key("images/shard_done", k, 1)
-        _fsync_file(flag)
+        fsync_file(flag)
         fsync_dir(flag.parent)
 
     def replace_text(self, teacher: dict, text: np.ndarray) -> None:
@@ -603,8 +603,12 @@ class TeacherCache:
         self._set_attr("teacher", teacher)
 
     def _set_attr(self, key: str, value) -> None:
-        self.root.attrs[key] = value
-        self.attrs[key] = value
+        self._set_attrs({key: value})
+
+    def _set_attrs(self, values: dict) -> None:
+        """Set root attributes in one write of the root metadata, and in ``attrs``."""
+        self.root.attrs.update(values)
+        self.attrs.update(values)
 
     def set_attr(self, key: str, value) -> None:
         """Set a root attribute that is not part of the identity (e.g. run statistics)."""
@@ -654,14 +658,6 @@ class TeacherCache:
 
 def _num_chunks(arr: zarr.Array) -> int:
     return -(-arr.shape[0] // arr.chunks[0])
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _first_axis_range(sel, n: int) -> tuple[int, int]:
@@ -715,10 +711,8 @@ def finalize(cache: TeacherCache) -> Path:
         raise CacheError(f"{cache.path}: {int((~done).sum())} shard(s) not done; cannot finalise")
     cache.sweep_stray_files()  # before the store is marked complete: a finished store holds what it owns
     # one write of the root metadata: the placement record and completion land together
-    record = cache.record_chunk_crc()
-    cache.root.attrs.update({S.CHUNK_CRC: record, "complete": True})
-    cache.attrs.update({S.CHUNK_CRC: record, "complete": True})
-    _fsync_file(cache.path / "zarr.json")
+    cache._set_attrs({S.CHUNK_CRC: cache.record_chunk_crc(), "complete": True})
+    fsync_file(cache.path / "zarr.json")
     fsync_dir(cache.path)
     final = cache.path.with_name(cache.path.name.removesuffix(".wip"))
     if final == cache.path:

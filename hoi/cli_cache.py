@@ -6,6 +6,7 @@ import click
 
 from hoi.errors import HoiGroup
 from hoicore.options import click_options
+from hoidata.annotations import SPLITS
 from hoidata.boxes import CROP_MODES
 from hoidata.errors import InputError
 from hoidata.pairs import PairRule
@@ -51,7 +52,7 @@ run_options = click_options(RunOptions)
               help="Pair rule: humans per image.")
 @click.option("--max-objects", type=click.IntRange(min=1), default=_PAIRS.max_objects,
               help="Pair rule: objects per image.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
+@click.option("--split", type=click.Choice(SPLITS), default=None,
               help="Which split the images are, recorded in the cache (hoi train refuses a test split); default: "
                    "what HICO-DET's file names say (HICO_train2015_*, HICO_test2015_*), else not recorded.")
 @run_options

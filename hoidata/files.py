@@ -36,13 +36,22 @@ def json_form(value):
     return json.loads(json.dumps(value))
 
 
-def fsync_dir(path) -> None:
-    """Make a folder's entries (files created or renamed into it) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path) -> None:
+    """Make a folder's entries (files created or renamed into it) durable."""
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def fsync_file(path) -> None:
+    """Make a written file's bytes durable (before a rename or a flag that says it is there)."""
+    _fsync(path, os.O_RDONLY)
 
 
 _HOST = socket.gethostname()
@@ -58,11 +67,12 @@ def _sweep_dead_temporaries(path: Path) -> None:
         return
     for name in names:
         m = pattern.fullmatch(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             (path.parent / name).unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -83,8 +93,7 @@ def atomic_write(path):
     tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:  # the rename must not land before the data does
-            os.fsync(fh.fileno())
+        fsync_file(tmp)  # the rename must not land before the data does
         os.replace(tmp, path)
         fsync_dir(path.parent)  # and the rename itself must survive a power loss
     finally:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HoiError
+from .files import pid_alive
 
 
 class LockError(HoiError, ValueError):
@@ -91,14 +92,8 @@ def _unjudgeable(old: dict, mine: dict) -> str | None:
 def _alive(holder: dict) -> bool:
     """Whether the holder (on this host) still runs."""
     pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or pid <= 0 or not pid_alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        pass
     started = holder.get("pid_start")
     now = _process_start(pid)
     return started is None or now is None or now == started

@@ -123,11 +123,10 @@ def test_a_torn_last_metrics_line_is_dropped_and_the_run_resumes(cache, tmp_path
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from tinyworld import make_checkpoint, make_world
+    from tinyworld import make_world_with_model
 
     root = tmp_path_factory.mktemp("world")
-    paths = make_world(root, num_images=6)
-    paths["checkpoint"] = make_checkpoint(root / "model")
+    paths = make_world_with_model(root, num_images=6)
     return paths
 
 

@@ -16,7 +16,7 @@ import zarr
 from click.testing import CliRunner
 from conftest import rebind
 from PIL import Image
-from tinyworld import MODEL, make_checkpoint, make_world
+from tinyworld import MODEL, make_world_with_model
 
 from cache import schema as S
 from cache.store import CacheError, open_cache, wip_path
@@ -35,8 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
-    paths = make_world(root, num_images=10)
-    paths["checkpoint"] = make_checkpoint(root / "model")
+    paths = make_world_with_model(root, num_images=10)
     paths["config"] = root / "model" / f"{MODEL}.json"
     return paths
 

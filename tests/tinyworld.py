@@ -45,6 +45,13 @@ def make_checkpoint(folder: Path, seed: int = 0) -> Path:
     return path
 
 
+def make_world_with_model(root: Path, num_images: int) -> dict:
+    """:func:`make_world`'s paths, plus ``checkpoint``: the tiny CLIP saved under ``root/model``."""
+    paths = make_world(root, num_images=num_images)
+    paths["checkpoint"] = make_checkpoint(root / "model")
+    return paths
+
+
 def _image(rng, w, h) -> Image.Image:
     im = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 255, 3)))
     d = ImageDraw.Draw(im)

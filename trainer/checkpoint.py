@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +31,7 @@ from cache import schema as S
 from cache.store import TeacherCache
 from hoidata import __version__
 from hoidata.errors import HoiError
-from hoidata.files import atomic_write, fsync_dir, json_form
+from hoidata.files import atomic_write, fsync_dir, fsync_file, json_form
 
 FORMAT = "hoi-student/1"
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.safetensors", "checkpoint.json"
@@ -135,8 +134,7 @@ def _write_files(folder: Path, model, optimizer, config, cache, epoch, step, met
     moments = {f"{i}.{name}": t.detach().contiguous().cpu() for i, st in opt["state"].items() for name, t in st.items()}
     save_file(moments, str(folder / OPTIMIZER_FILE))
     for name in (MODEL_FILE, OPTIMIZER_FILE):
-        with open(folder / name, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_file(folder / name)
     meta = {"format": FORMAT, "package_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "epoch": epoch, "step": step, "config": config, "cache": cache_identity(cache),
