@@ -35,29 +35,29 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 demo: $(STAMP)
-	$(BIN)/hoi demo --out $(OUT)
+	$(BIN)/hoi demo --output $(OUT)
 
 teacher-cache: $(STAMP)
 ifdef IMAGES
 	$(BIN)/hoi teacher-cache --images $(IMAGES) --detections $(DETECTIONS) \
 	    $(if $(ANNOTATIONS),--annotations $(ANNOTATIONS)) --labelspace $(LABELSPACE) \
-	    --model $(MODEL) $(if $(PRETRAINED),--pretrained $(PRETRAINED)) -o $(CACHE)
+	    --teacher-model $(MODEL) $(if $(PRETRAINED),--pretrained $(PRETRAINED)) -o $(CACHE)
 else
-	$(BIN)/hoi demo --out $(OUT) --until teacher-cache
+	$(BIN)/hoi demo --output $(OUT) --until teacher-cache
 endif
 
 train: $(STAMP)
 ifdef TRAIN_CACHE
-	$(BIN)/hoi train --cache $(TRAIN_CACHE) --out $(OUT)/train
+	$(BIN)/hoi train --cache $(TRAIN_CACHE) --output $(OUT)/train
 else
-	$(BIN)/hoi demo --out $(OUT) --until train
+	$(BIN)/hoi demo --output $(OUT) --until train
 endif
 
 eval: $(STAMP)
 ifdef TEST_CACHE
-	$(BIN)/hoi eval --cache $(TEST_CACHE) --checkpoint $(OUT)/train/checkpoint --results $(OUT)/eval/results.json
+	$(BIN)/hoi eval --cache $(TEST_CACHE) --checkpoint $(OUT)/train/checkpoint -o $(OUT)/eval/results.json
 else
-	$(BIN)/hoi demo --out $(OUT) --until eval
+	$(BIN)/hoi demo --output $(OUT) --until eval
 endif
 
 # Rebuild the shipped minibench CLIP (renders the web corpus first).

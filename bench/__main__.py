@@ -17,10 +17,10 @@ import click
                                             "a small ViT on the CPU); random weights.")
 @click.option("--teacher-run", multiple=True, metavar="NAME=VALUE",
               help="A run option of the teacher-cache pipeline, repeatable: workers=16, decode=threads, "
-                   "writer=process, images_per_shard=1024, batch_size=64, crop_batch=512, threads=2, ...")
+                   "writer=process, images_per_shard=1024, batch_size=64, crop_batch=512, jobs=2, ...")
 @click.option("--teacher-variant", multiple=True, metavar="'NAME=VALUE ...'",
               help="One more teacher-cache run on the same images with these run options changed, repeatable: "
-                   "--teacher-variant 'threads=2' --teacher-variant 'threads=2 images_per_shard=1024'.")
+                   "--teacher-variant 'jobs=2' --teacher-variant 'jobs=2 images_per_shard=1024'.")
 def main(num: int, baseline_classes: int, only: str, teacher_images: int, model: str | None,
          teacher_run: tuple[str, ...], teacher_variant: tuple[str, ...]) -> None:
     """Print speed ratios of hoi-distill's stages against their baselines."""

@@ -48,7 +48,7 @@ def bench_detect(demo: str = "runs/demo", pairs_at: int = 40) -> None:
             t0 = time.perf_counter()
             build_teacher_cache(Path(tmp) / f"{levels}.zarr", images=w["images_test"], detections=w["detections_test"],
                                 labelspace=ls, teacher=demo_teacher(),
-                                run=RunOptions(levels=levels, images_per_shard=1024, threads=1, progress=False))
+                                run=RunOptions(levels=levels, images_per_shard=1024, jobs=1, progress=False))
             timed[levels] = time.perf_counter() - t0
         crops = open_cache(Path(tmp) / "all.zarr").layout["num_pairs"]
     rate = info["images_per_s"]

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from hoi.cli_train import overwrite_option, refuse_existing
+from hoi.cli_train import overwrite_option, plot_option, refuse_existing
 from hoi.errors import HoiGroup
 from hoi.logs import setup_logging
 from hoicore.memory import exec_with_heap_tunables
@@ -22,8 +22,10 @@ from hoidata.matlab import LAYOUTS
 @click.version_option(__version__, prog_name="hoi")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
-def main(verbose: int, quiet: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Zero-shot HOI detection by distilling CLIP at several levels."""
+    ctx.meta.update({"hoi.verbose": verbose, "hoi.quiet": int(quiet)})  # a command's own -v / -q add to these
     setup_logging(verbose, quiet)
 
 
@@ -62,8 +64,9 @@ def ground_truth_options(f):
               help="HICO-DET's anno.mat: its image-level labels give the Known-Object images, as in the "
                    "official code [default: the anno.mat beside an anno_bbox.mat --annotations; else the "
                    "images holding a ground-truth pair of the object, a stand-in].")
+@plot_option
 def eval_predictions(annotations, labelspace, split, predictions, box_format, ignore_unknown_images, as_json,
-                     per_class, image_labels):
+                     per_class, image_labels, plot):
     """HICO-DET mAP of a predictions file, exactly as the official MATLAB code computes it."""
     from hoidata.evaluation import evaluate_file, format_table
 
@@ -72,6 +75,12 @@ def eval_predictions(annotations, labelspace, split, predictions, box_format, ig
                         image_labels=image_labels or "auto")
     if per_class:
         res.save_per_class(per_class)
+    if plot:
+        from pathlib import Path
+
+        from hoidata.visualize import plot_result
+
+        plot_result(res, plot, title=f"Per-class AP of {Path(predictions).name}")
     if as_json:
         click.echo(res.summary_json())
     else:
@@ -100,6 +109,30 @@ def export_mat(predictions, annotations, labelspace, split, layout, box_format, 
                f"{len(info['files'])} file(s) ({layout} layout, 0-based boxes)")
 
 
+def drawing_options(f):
+    """How pictures are drawn (hoi visualize, hoi detect --draw), declared once."""
+    from hoidata.visualize import Drawing
+
+    d = Drawing()
+    for opt in reversed([
+        click.option("--draw-count", type=click.IntRange(min=1), default=d.count,
+                     help="Images drawn (the first ones with predictions)."),
+        click.option("--draw-top", type=click.IntRange(min=1), default=d.top,
+                     help="Pairs drawn per image (the highest scores)."),
+        click.option("--draw-size", type=click.IntRange(min=0), default=d.size,
+                     help="Long side of each picture in pixels (0: the image's own); lines and text are sized "
+                          "to it."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _drawing(draw_count: int, draw_top: int, draw_size: int):
+    from hoidata.visualize import Drawing
+
+    return Drawing(count=draw_count, top=draw_top, size=draw_size)
+
+
 @main.command("visualize")
 @click.option("--predictions", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Predictions in the interchange format.")
@@ -107,29 +140,28 @@ def export_mat(predictions, annotations, labelspace, split, layout, box_format, 
 @click.option("--labelspace", default=None, metavar="NAME|FILE",
               help="Label space of the predictions [default: the one the file records, else hico_det]; refused "
                    "if the file records another.")
-@click.option("--image", "names", multiple=True, help="Image file name to draw (repeatable); default: the first "
-                                                      "--count images with predictions.")
-@click.option("--count", default=4, type=click.IntRange(min=1), help="Images to draw when no --image is given.")
-@click.option("--top", default=3, help="Pairs drawn per image (highest scores).")
+@click.option("--image-name", "names", multiple=True,
+              help="Image file name to draw (repeatable) [default: the first --draw-count images with predictions].")
+@drawing_options
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the PNG files.")
-def visualize(predictions, images, labelspace, names, count, top, output):
-    """Draw images' top HOI detections (boxes, class names, scores) to PNG files."""
-    from pathlib import Path
-
+def visualize(predictions, images, labelspace, names, draw_count, draw_top, draw_size, output):
+    """Draw images' top HOI detections (human and object boxes, the pair, class and score, a
+    legend) to PNG files sized for a slide."""
     from hoidata.files import inside
     from hoidata.predictions import labelspace_of, read_predictions
-    from hoidata.visualize import draw
+    from hoidata.visualize import draw_images
 
     pred = read_predictions(predictions)
     ls = labelspace_of(pred, labelspace, predictions)
-    names = names or [pred.file_names[i] for i in sorted(set(pred.image.tolist()))[:count]]
-    for name in names:  # names from the predictions file are read only inside --images
-        image = inside(images, name, source=predictions)
-        click.echo(draw(image, pred, ls, Path(output) / (Path(name).stem + ".png"), k=top))
+    # names from the predictions file are read only inside --images
+    for path in draw_images(pred, ls, lambda name: inside(images, name, source=predictions), output,
+                            _drawing(draw_count, draw_top, draw_size), names):
+        click.echo(path)
 
 
 @main.command("demo")
-@click.option("--out", default="runs/demo", type=click.Path(file_okay=False), help="Folder for every output.")
+@click.option("--output", "-o", "out", default="runs/demo", type=click.Path(file_okay=False),
+              help="Folder for every output.")
 @click.option("--until", type=click.Choice(["teacher-cache", "train", "eval", "all"]), default="all",
               help="Last stage: the caches, the default student trained, it evaluated, or the whole ablation table.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
@@ -167,14 +199,14 @@ from hoi.queries import class_query_options  # noqa: E402
               help="A torchvision detection model or tiny-fcos [default: the detector shipped for the "
                    "checkpoint's label space (the bundled benchmark's)].")
 @click.option("--detector-weights", type=click.Path(exists=True), default=None,
-              help="The detector's weights (see hoi detections run --weights).")
+              help="The detector's weights (see hoi detections run --detector-weights).")
 @click.option("--teacher-model", default=None, metavar="NAME|local-dir:FOLDER",
               help="Where the checkpoint's CLIP is now, if it moved [default: the one the checkpoint records].")
 @click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Its weights file, if they moved; refused unless their sha256 is the checkpoint's.")
 @click.option("--draw", type=click.Path(file_okay=False), default=None,
               help="Also draw the top detections of the first --draw-count images into this folder.")
-@click.option("--draw-count", type=click.IntRange(min=1), default=20, help="Images drawn with --draw.")
+@drawing_options
 # not DetectOptions.batch_size: one batch size for the detector, CLIP and the student, with its own default
 @click.option("--batch-size", type=click.IntRange(min=1), default=32,
               help="Images per batch through detector, CLIP and student (memory stays flat).")
@@ -183,15 +215,16 @@ from hoi.queries import class_query_options  # noqa: E402
 @detector_run_options
 @overwrite_option
 def detect(images, images_list, checkpoint, output, detector, detector_weights, teacher_model, teacher_weights, draw,
-           draw_count, batch_size, union_weight, det_exponent, top_k, hoi, classes_file, add_classes, overwrite,
-           **options):
+           draw_count, draw_top, draw_size, batch_size, union_weight, det_exponent, top_k, hoi, classes_file,
+           add_classes, overwrite, **options):
     """HOI detections for a folder of photos: detector, CLIP's global pass, the student (no union crops)."""
     from hoi.detect import run_detect
     from pipeline.detect_options import DetectOptions
 
     refuse_existing(output, overwrite)
     info = run_detect(images, checkpoint, output, detector=detector, detector_weights=detector_weights,
-                      images_list=images_list, draw=draw, draw_count=draw_count,
+                      images_list=images_list, draw=draw,
+                      drawing=_drawing(draw_count, draw_top, draw_size),
                       options=DetectOptions(batch_size=batch_size, **options), batch_size=batch_size,
                       union_weight=union_weight, det_exponent=det_exponent, top_k=top_k, hoi=hoi,
                       classes_file=classes_file, add_classes=add_classes, teacher_model=teacher_model,
@@ -227,7 +260,7 @@ def run() -> None:
     command = next((a for a in args if not a.startswith("-")), None)  # the group's own options take no value
     if command not in UNTUNED_COMMANDS:
         exec_with_heap_tunables([sys.executable, "-c", RESTART, *args])
-    main()
+    main(prog_name="hoi")  # usage lines say what the user typed, `python -m hoi` or not
 
 
 # The restarted interpreter: `-c` puts the working folder first on sys.path (as `-m` would), so

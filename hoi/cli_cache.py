@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from hoi.command import HoiCommand
 from hoi.errors import HoiGroup
 from hoicore.options import click_options
 from hoidata.annotations import SPLITS
@@ -20,7 +21,7 @@ _TEACHER, _PAIRS = TeacherOptions(model=""), PairRule()
 run_options = click_options(RunOptions)
 
 
-@click.command("teacher-cache")
+@click.command("teacher-cache", cls=HoiCommand)
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
               help="Folder with the split's images (file names as in the detections file).")
 @click.option("--detections", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -28,12 +29,12 @@ run_options = click_options(RunOptions)
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Ground truth, for test splits: stored in the cache so evaluation needs only the cache.")
 @click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the dataset.")
-@click.option("--model", required=True, help="open_clip model name (ViT-B-16-quickgelu for OpenAI weights), "
-                                             "or local-dir:FOLDER.")
+@click.option("--teacher-model", "model", required=True, metavar="NAME|local-dir:FOLDER",
+              help="The CLIP: an open_clip model name (ViT-B-16-quickgelu for OpenAI weights), or local-dir:FOLDER.")
 @click.option("--pretrained", default=None, help="Pretrained tag (weights must already be cached: nothing is "
                                                  "downloaded) or a checkpoint file.")
 @click.option("--model-config", multiple=True, type=click.Path(exists=True),
-              help="Register an open_clip model config (JSON file or folder) before loading --model.")
+              help="Register an open_clip model config (JSON file or folder) before loading --teacher-model.")
 @click.option("--template", "templates", multiple=True, default=("{}",),
               help="Prompt template, repeatable: '{}' is the label space's prompt as written; others get its "
                    "description, e.g. 'a photo of {}.'. Embeddings are averaged over templates.")
@@ -75,7 +76,7 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
     click.echo(f"teacher cache: {final}")
 
 
-@click.command("rescore")
+@click.command("rescore", cls=HoiCommand)
 @click.argument("cache", type=click.Path(exists=True, file_okay=False))
 @click.option("--prompts", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON list of one prompt per HOI class (default: the label space's).")

@@ -27,7 +27,7 @@ def detections() -> None:
 @click.option("--folder", type=click.Path(exists=True, file_okay=False), default=None,
               help="A folder with one JSON per image ({boxes (x1 y1 x2 y2), scores, labels, size}), named "
                    "like the image with .json.")
-@click.option("--images", default="hico_det", metavar="FILE|hico_det",
+@click.option("--images-list", "images", default="hico_det", metavar="FILE|hico_det",
               help="The image list: an annotation file (either format), a COCO image-info JSON, or "
                    "'hico_det' for the bundled HICO-DET test set.")
 @click.option("--image-id", type=click.Choice(["index", "filename"]), default="filename",
@@ -40,10 +40,10 @@ def detections() -> None:
                    "coco80 for --folder.")
 @click.option("--score-threshold", type=float, default=0.0, help="Drop detections scoring below this.")
 @click.option("--detector", default="", show_default=False, help="Detector name, recorded in the file.")
-@click.option("--weights", default="", show_default=False,
+@click.option("--detector-weights", "weights", default="", show_default=False,
               help="Detector weights (file name, URL or hash), recorded in the file.")
 @click.option("--nms", default="", show_default=False, help="NMS settings used by the detector, recorded in the file.")
-@click.option("--skip-unknown-images", is_flag=True,
+@click.option("--ignore-unknown-images", "skip_unknown_images", is_flag=True,
               help="Skip results for image ids not in the image list instead of failing (--coco-results).")
 @click.option("--missing-ok", is_flag=True,
               help="Treat an image without a file as one without detections instead of failing (--folder).")
@@ -111,10 +111,10 @@ detector_run_options = click_options(DetectOptions, exclude=_RUN_OWN)
 
 @detections.command("run")
 @image_folder_options
-@click.option("--model", required=True, metavar="NAME",
+@click.option("--detector", "model", required=True, metavar="NAME",
               help="A torchvision detection model (fasterrcnn_resnet50_fpn_v2, retinanet_resnet50_fpn, "
-                   "fcos_resnet50_fpn, ...), or tiny-fcos (our small one; --weights is its folder).")
-@click.option("--weights", type=click.Path(exists=True), default=None,
+                   "fcos_resnet50_fpn, ...), or tiny-fcos (our small one; --detector-weights is its folder).")
+@click.option("--detector-weights", "weights", type=click.Path(exists=True), default=None,
               help="The weights: a state dict (.pth or .safetensors), or a tiny-fcos folder. Default for "
                    "torchvision models: torchvision's file in torch's hub cache (nothing is downloaded).")
 @click.option("--labelspace", default="hico_det", metavar="NAME|FILE",

@@ -12,6 +12,7 @@ import json
 
 import click
 
+from hoi.command import HoiCommand
 from hoi.queries import cache_classes, class_query_options
 from hoicore.options import click_options
 from trainer.config import PREDICTION_MODELS, TrainConfig
@@ -49,11 +50,11 @@ def prediction_options(f):
     opts = [
         click.option("--cache", "cache", required=True, type=click.Path(exists=True, file_okay=False),
                      help="Teacher cache of the split to predict on."),
-        click.option("--model", type=click.Choice(PREDICTION_MODELS), default="student",
+        click.option("--scorer", "model", type=click.Choice(PREDICTION_MODELS), default="student",
                      help="A trained student, the teacher alone (CLIP on union boxes), CLIP's dense map pooled "
                           "over the union boxes (dense: an untrained --residual student) or random scores."),
         click.option("--checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
-                     help="The student's checkpoint folder (RUN/checkpoint); with --model student."),
+                     help="The student's checkpoint folder (RUN/checkpoint); with --scorer student."),
         click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, show_default=False,
                      help="Softmax temperature of the teacher baseline's union scores.  [default: 0.01]"),
         click.option("--batch-size", type=click.IntRange(min=1), default=64,
@@ -76,16 +77,20 @@ def _predict_kwargs(o: dict) -> dict:
 labelspace_option = click.option(
     "--labelspace", default=None, metavar="NAME|FILE",
     help="Label space of the test split (Rare classes, zero-shot splits).  [default: the cache's dataset.labelspace]")
+plot_option = click.option(
+    "--plot", type=click.Path(dir_okay=False, writable=True), default=None,
+    help="Also draw the per-class AP (Default setting; classes sorted by AP, Rare ones marked) to this PNG.")
 image_labels_option = click.option(
     "--image-labels", type=click.Path(exists=True, dir_okay=False), default=None,
     help="HICO-DET's anno.mat: its image-level labels decide the Known-Object images, as in the official code "
          "[default: the images holding a ground-truth pair of the object, a stand-in; results say which].")
 
 
-@click.command("train", context_settings={"show_default": True})
+@click.command("train", cls=HoiCommand, context_settings={"show_default": True})
 @click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False), help="Training teacher cache.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: metrics.jsonl, checkpoint/.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint (same cache only).")
+@click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: metrics.jsonl, checkpoint/.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its checkpoint (same cache only).")
 @training_options
 def train_cmd(cache, out, resume, **options):
     """Train the student on a teacher cache (never runs CLIP)."""
@@ -109,7 +114,7 @@ def refuse_existing(output, overwrite: bool) -> None:
         raise click.UsageError(f"{output} exists; pass --overwrite to replace it, or choose another --output")
 
 
-@click.command("predict", context_settings={"show_default": True})
+@click.command("predict", cls=HoiCommand, context_settings={"show_default": True})
 @prediction_options
 @class_query_options
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
@@ -125,17 +130,18 @@ def predict_cmd(output, hoi, classes_file, add_classes, overwrite, **options):
     click.echo(f"wrote {info['num_predictions']:,} predictions ({info['model']}) to {output}")
 
 
-@click.command("eval", context_settings={"show_default": True})
+@click.command("eval", cls=HoiCommand, context_settings={"show_default": True})
 @prediction_options
 @class_query_options
 @labelspace_option
 @image_labels_option
-@click.option("--results", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("--output", "-o", "results", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the results JSON (the evaluator's summary plus what made the predictions) here.")
-@click.option("--predictions", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("--save-predictions", "predictions", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the predictions here (.json, .json.gz or .npz).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results JSON instead of the table.")
-def eval_cmd(labelspace, image_labels, results, predictions, as_json, hoi, classes_file, add_classes, **options):
+@plot_option
+def eval_cmd(labelspace, image_labels, results, predictions, as_json, plot, hoi, classes_file, add_classes, **options):
     """Predict on a test cache and print its HICO-DET mAP (ground truth from the cache)."""
     from hoidata.evaluation import format_table
     from trainer.predict import run_eval
@@ -143,15 +149,21 @@ def eval_cmd(labelspace, image_labels, results, predictions, as_json, hoi, class
     classes = cache_classes(options["cache"], hoi, classes_file, add_classes, labelspace)
     res, report = run_eval(options["cache"], results=results, predictions=predictions, labelspace=labelspace,
                            image_labels=image_labels, classes=classes, **_predict_kwargs(options))
+    if plot:
+        from pathlib import Path
+
+        from hoidata.visualize import plot_result
+
+        plot_result(res, plot, title=f"Per-class AP: {report['model']} on {Path(options['cache']).name}")
     click.echo(json.dumps(report, indent=1) if as_json else f"model: {report['model']}\n{format_table(res)}")
 
 
-@click.command("ablate", context_settings={"show_default": True})
+@click.command("ablate", cls=HoiCommand, context_settings={"show_default": True})
 @click.option("--train-cache", required=True, type=click.Path(exists=True, file_okay=False),
               help="Training teacher cache.")
 @click.option("--test-cache", required=True, type=click.Path(exists=True, file_okay=False),
               help="Test teacher cache (with ground truth).")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for one run per row, the results and ablation.json.")
 @click.option("--det-exponent", type=float, default=1.0,
               help="Pair scores are multiplied by (human score x object score) to this power.")

@@ -47,7 +47,8 @@ def demo_paths(out) -> dict[str, Path]:
     return {"world": out / "world", "train_cache": out / "cache" / "train.zarr",
             "val_cache": out / "cache" / "val.zarr", "test_cache": out / "cache" / "test.zarr",
             "train": out / "train", "eval": out / "eval", "ablation": out / "ablation",
-            "detected": out / "detected", "results": out / "results.json", "figures": out / "figures"}
+            "detected": out / "detected", "results": out / "results.json", "figures": out / "figures",
+            "ap_figure": out / "ap_per_class.png"}
 
 
 class _Stages:
@@ -272,16 +273,17 @@ def _detected_row(p: dict, w: dict, ls, echo) -> dict | None:
 
 
 def _figures(p: dict, w: dict, ls, count: int, echo) -> None:
-    """Pictures of the all-late student's top detections on the first test images with pairs."""
-    from hoidata.predictions import write_predictions
-    from hoidata.visualize import draw
-    from trainer.predict import predict
+    """Pictures of the all-late student's top detections on the first test images with pairs,
+    and its per-class AP (the table's all-late row, class by class)."""
+    from hoidata.predictions import read_predictions
+    from hoidata.visualize import Drawing, draw_images, plot_result
+    from trainer.predict import run_eval
 
-    echo(f"[5/5] pictures of the all-late student's top detections -> {p['figures']}")
-    pred, _ = predict(p["test_cache"], checkpoint=p["ablation"] / "all-late" / "checkpoint")
-    write_predictions(pred, p["ablation"] / "all-late" / "predictions.json.gz")
+    echo(f"[5/5] the all-late student's top detections -> {p['figures']}, its per-class AP -> {p['ap_figure']}")
+    saved = p["ablation"] / "all-late" / "predictions.json.gz"
+    res, _ = run_eval(p["test_cache"], checkpoint=p["ablation"] / "all-late" / "checkpoint", predictions=saved)
+    pred = read_predictions(saved)
     for old in p["figures"].glob("*.png"):
         old.unlink()
-    for i in sorted(set(pred.image.tolist()))[:count]:  # images that have pairs at all
-        name = pred.file_names[i]
-        draw(w["images_test"] / name, pred, ls, p["figures"] / (Path(name).stem + ".png"))
+    plot_result(res, p["ap_figure"], title="Per-class AP: all levels, late fusion (minibench test)")
+    draw_images(pred, ls, lambda name: w["images_test"] / name, p["figures"], Drawing(count=count))

@@ -74,12 +74,13 @@ def _teacher_options(teacher: dict, model: str | None = None, weights=None):
 
 
 def run_detect(images, checkpoint, output, *, detector: str | None = None, detector_weights=None,
-               images_list=None, draw=None, draw_count: int = 20, options=None, batch_size: int = 32,
+               images_list=None, draw=None, drawing=None, options=None, batch_size: int = 32,
                union_weight: float = 0.5, det_exponent: float = 1.0, top_k: int = 0, hoi=(), classes_file=None,
                add_classes: bool = False, teacher_model: str | None = None, teacher_weights=None) -> dict:
     """HOI detections of every image in ``images`` (or ``images_list``) by the student of
     ``checkpoint``, written to ``output`` (.json, .json.gz or .npz) with their provenance;
-    pictures of the top detections of the first ``draw_count`` images in ``draw`` when given.
+    pictures of the top detections in ``draw`` when given, as ``drawing`` says
+    (:class:`hoidata.visualize.Drawing`: images, pairs per image, size).
     ``options``: the detector's :class:`pipeline.detect_options.DetectOptions` (its device and
     on_error serve every stage). hoi, classes_file, add_classes: classes asked for in words
     (:mod:`hoi.queries`), scored instead of (or beside) the checkpoint's own and recorded in
@@ -160,7 +161,9 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     provenance["decoded_max_side"] = max_side  # larger images were reduced to this long side as decoded
     write_predictions(pred, output, provenance=provenance)
     if draw:
-        _draw(root, pred, scored, Path(draw), draw_count)
+        from hoidata.visualize import Drawing, draw_images
+
+        draw_images(pred, scored, lambda name: root / name, draw, drawing or Drawing())
     log.info("%s: %d predictions on %d images (%s images/s)", output, len(pred), len(names),
              provenance["images_per_s"]["total"])
     return provenance
@@ -260,11 +263,3 @@ def _provenance(det, opts, precision, teacher_opts, clip, checkpoint, meta, rule
         "seconds": {k: round(getattr(seconds, k), 3) for k in ("detector", "clip", "student")},
         "images_per_s": seconds.images_per_s(),
     }
-
-
-def _draw(root: Path, pred, ls, folder: Path, count: int) -> None:
-    from hoidata.visualize import draw
-
-    for i in sorted(set(pred.image.tolist()))[:count]:  # images with at least one pair
-        name = pred.file_names[i]
-        draw(root / name, pred, ls, folder / (Path(name).stem + ".png"))

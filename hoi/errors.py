@@ -11,6 +11,8 @@ import errno
 
 import click
 
+from hoi.command import HoiCommand
+
 # errno values of OSErrors a user fixes (a path, a permission, a full disk): one line too
 _USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EEXIST, errno.ENOTDIR,
                 errno.EISDIR, errno.EDQUOT, errno.ENAMETOOLONG}
@@ -29,11 +31,13 @@ class HoiGroup(click.Group):
     item and fix; anything else is a bug and keeps its traceback; with ``-v`` everything
     shows its traceback."""
 
+    command_class = HoiCommand  # -v / -q after the command name, old spellings of renamed options
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except Exception as e:
-            if not user_fixable(e) or ctx.find_root().params.get("verbose"):
+            if not user_fixable(e) or ctx.meta.get("hoi.verbose"):
                 raise
             raise click.ClickException(message(e, ctx.invoked_subcommand)) from None
 

@@ -59,7 +59,8 @@ def _click_type(f, kind: type):
 def click_options(cls, *, given_only: bool = False, only: tuple[str, ...] | None = None,
                   exclude: tuple[str, ...] = ()):
     """A decorator adding one click option per field of the dataclass ``cls``, in declaration
-    order: ``--name/--no-name`` for bools, typed (choices, bounds) for the rest. ``only`` /
+    order: ``--name/--no-name`` for bools (a plain ``--name`` flag for one off by default,
+    unless ``given_only``), typed (choices, bounds) for the rest. ``only`` /
     ``exclude``: field names, for a command that takes some of the fields (the others then
     keep their defaults, or the command declares them its own way)."""
     unknown = (set(only or ()) | set(exclude)) - {f.name for f in fields(cls)}
@@ -76,7 +77,9 @@ def click_options(cls, *, given_only: bool = False, only: tuple[str, ...] | None
                 shown = ("on" if f.default else "off") if kind is bool else f.default
                 help_text = f"{help_text}  [default: {shown}]"
             extra = {"show_default": False} if given_only else {}
-            if kind is bool:
+            if kind is bool and not given_only and not f.default:  # off unless given: a plain flag
+                command = click.option(f"--{flag}", f.name, is_flag=True, default=False, help=help_text)(command)
+            elif kind is bool:
                 command = click.option(f"--{flag}/--no-{flag}", f.name, default=default, help=help_text,
                                        **extra)(command)
             else:

@@ -143,7 +143,7 @@ def _torchvision_model(name: str, weights: str | Path | None) -> tuple[torch.nn.
         path = hub_weights_path(name)
         if not path.is_file():
             raise DetectorError(f"no weights for {name}: expected torchvision's file at {path}; nothing is "
-                                "downloaded here, so put the file there or pass --weights FILE")
+                                "downloaded here, so put the file there or pass --detector-weights FILE")
     else:
         path = Path(weights)
         if not path.is_file():
@@ -177,7 +177,7 @@ def load_detector(name: str, weights: str | Path | None, labelspace: LabelSpace)
         from pipeline.tiny_fcos import TinyFcosError, load_tiny_fcos
 
         if weights is None:
-            raise DetectorError(f"{TINY_FCOS} needs --weights: its checkpoint folder (config and safetensors)")
+            raise DetectorError(f"{TINY_FCOS} needs --detector-weights: its checkpoint folder (config and safetensors)")
         try:
             model, cfg, path = load_tiny_fcos(weights)
         except TinyFcosError as e:

@@ -38,9 +38,9 @@ class RunOptions:
     crop_batch: int = option(256, "Union crops per encoder batch.", minimum=1)
     workers: int = option(4, "Threads or processes decoding images ahead of the encoder.", minimum=0)
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    threads: int = option(2, "Shards run at once by the local scheduler: with two, one shard's start and end "
-                           "(decoding its first batch, waiting for its last writes) overlap with the other's work.",
-                       minimum=1)
+    jobs: int = option(2, "Shards run at once by the local scheduler: with two, one shard's start and end "
+                        "(decoding its first batch, waiting for its last writes) overlap with the other's work.",
+                    minimum=1)
     scheduler: str | None = option(None, "A dask.distributed scheduler address (tcp://host:8786): run the shards "
                                        "on that cluster.", metavar="ADDRESS")
     on_error: str = option("fail", "An unreadable image stops the run (fail) or is recorded as skipped (skip).",

@@ -486,7 +486,7 @@ def _run_shards(job: ShardJob, todo: list[int], run: RunOptions, cache, lay) -> 
     prog = _Progress(total, run.progress)
     try:
         tasks = [dask.delayed(run_shard)(job, k, prog, dask_key_name=f"shard-{k}") for k in todo]
-        return list(dask.compute(*tasks, scheduler="threads", num_workers=run.threads))
+        return list(dask.compute(*tasks, scheduler="threads", num_workers=run.jobs))
     finally:
         prog.close()
 

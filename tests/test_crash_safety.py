@@ -141,7 +141,7 @@ def _build(world, out):
         out, images=world["images"], detections=world["detections"], annotations=world["annotations"],
         labelspace=LabelSpace.load(world["labelspace"]),
         teacher=TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])),
-        run=RunOptions(images_per_shard=3, workers=0, threads=1, writer="thread", progress=False))
+        run=RunOptions(images_per_shard=3, workers=0, jobs=1, writer="thread", progress=False))
 
 
 def _chunks(store) -> dict[str, bytes]:

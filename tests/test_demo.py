@@ -6,6 +6,7 @@ import shlex
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from hoi.cli import main as hoi_main
 from hoi.demo import run_demo
@@ -43,6 +44,8 @@ def test_demo_writes_the_results_table(demo):
     assert set(written["stage_seconds"]) == {"world", "teacher_cache", "students", "asked_in_words", "detected",
                                              "figures"} and written["complete"] is True
     assert len(list((out / "figures").glob("*.png"))) == 2
+    with Image.open(out / "ap_per_class.png") as im:  # the all-late row, class by class, beside the results
+        assert im.format == "PNG"
     assert any("all-late" in line or "late fusion" in line for line in lines)
     # the rows trained on HOI labels are printed apart, under a line that says so
     head = next(k for k, line in enumerate(lines) if "trained on HOI labels" in line)

@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
     run_detector(root / "detected.h5", images=world["images"], model="tiny-fcos", weights=root / "detector",
                  labelspace=ls, options=OPTS)
     teacher = TeacherOptions(model=MODEL, pretrained=str(make_checkpoint(root / "clip")))
-    run = dict(images_per_shard=BATCH, batch_size=BATCH, workers=0, threads=1, progress=False)
+    run = dict(images_per_shard=BATCH, batch_size=BATCH, workers=0, jobs=1, progress=False)
     caches = {levels: build_teacher_cache(root / f"{levels}.zarr", images=world["images"],
                                           detections=root / "detected.h5", labelspace=ls, teacher=teacher,
                                           pair_rule=RULE, run=RunOptions(levels=levels, **run))
@@ -164,7 +164,7 @@ def test_classes_asked_for_in_words_score_as_the_cache_s_own_text_does(setup, tm
                detector_weights=setup["detector"], options=OPTS, hoi=("kick cup",))
     r = CliRunner().invoke(hoi_main, evaluate + [str(tmp_path / "new.json")])
     assert r.exit_code == 1 and "does not have: kick cup" in r.output
-    r = CliRunner().invoke(hoi_main, ["predict", "--cache", str(cache), "--model", "teacher", "--hoi", "kick ball",
+    r = CliRunner().invoke(hoi_main, ["predict", "--cache", str(cache), "--scorer", "teacher", "--hoi", "kick ball",
                                       "-o", str(tmp_path / "t.json")])
     assert r.exit_code == 1 and "scored by a student" in r.output
 
@@ -207,7 +207,7 @@ def test_a_moved_teacher_is_named_and_found_again_by_sha256(setup, tmp_path):
                                 detections=setup["root"] / "detected.h5", labelspace=ls,
                                 teacher=TeacherOptions(model=MODEL, pretrained=str(moved)), pair_rule=RULE,
                                 run=RunOptions(levels="global", images_per_shard=BATCH, batch_size=BATCH, workers=0,
-                                               threads=1, progress=False))
+                                               jobs=1, progress=False))
     student = train(cache, tmp_path / "s", TrainConfig(epochs=1, batch_size=4, hidden_dim=16, progress=False,
                                                        threads=1, device="cpu", union_branch=False, w_union=0.0))
     moved.unlink()

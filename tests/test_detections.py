@@ -331,9 +331,9 @@ def test_cli_import_and_inspect(tmp_path):
     info = write_json(tmp_path / "info.json", {"images": [{"id": i, "file_name": f, "width": w, "height": h}
                                                           for i, f, w, h in IMAGES]})
     out = tmp_path / "d.h5"
-    r = CliRunner().invoke(cli, ["import", "--coco-results", str(res), "--images", str(info), "--detector", "detr-r50",
-                                 "--weights", "detr-r50-e632da11.pth", "--nms", "none", "--score-threshold", "0.1",
-                                 "--output", str(out)])
+    r = CliRunner().invoke(cli, ["import", "--coco-results", str(res), "--images-list", str(info),
+                                 "--detector", "detr-r50", "--detector-weights", "detr-r50-e632da11.pth",
+                                 "--nms", "none", "--score-threshold", "0.1", "--output", str(out)])
     assert r.exit_code == 0, r.output
     assert "images      3 (1 without detections)" in r.output and "detections  5" in r.output
     assert "unmapped class 1" in r.output and "zero area 2" in r.output

@@ -160,16 +160,17 @@ def test_the_cli_options_are_the_dataclass_fields(tmp_path, files):
     params = {p.name: p for p in cli.commands["run"].params}
     for f in dataclasses.fields(DetectOptions):
         assert params[f.name].default == f.default and params[f.name].help == f.metadata["help"]
-    res = CliRunner().invoke(cli, ["run", "--images", str(files["good"]), "--model", "tiny-fcos", "--nms-iou", "0",
+    res = CliRunner().invoke(cli, ["run", "--images", str(files["good"]), "--detector", "tiny-fcos", "--nms-iou", "0",
                                    "-o", str(tmp_path / "never.h5")])
     assert res.exit_code == 2 and "--nms-iou" in res.output and "0<x<=1" in res.output
 
 
 def test_tiny_fcos_real_forward_through_the_cli(tmp_path, files, tiny_ls):
     out = tmp_path / "cli.h5"
-    res = CliRunner().invoke(cli, ["run", "--images", str(files["good"]), "--model", "tiny-fcos", "--weights",
-                                   str(files["fcos"]), "--labelspace", str(files["labelspace"]), "--device", "cpu",
-                                   "--score-threshold", "0", "--max-per-image", "5", "--no-progress", "-o", str(out)])
+    res = CliRunner().invoke(cli, ["run", "--images", str(files["good"]), "--detector", "tiny-fcos",
+                                   "--detector-weights", str(files["fcos"]), "--labelspace", str(files["labelspace"]),
+                                   "--device", "cpu", "--score-threshold", "0", "--max-per-image", "5", "--no-progress",
+                                   "-o", str(out)])
     assert res.exit_code == 0, res.output
     dets = load_detections(out, tiny_ls)
     assert dets.num_detections > 0 and dets.counts.max() <= 5
@@ -246,8 +247,8 @@ def test_missing_hub_weights_say_where_to_put_them(tmp_path, files, tiny_ls, mon
     with pytest.raises(DetectorError) as e:
         load_detector("fasterrcnn_resnet50_fpn", None, tiny_ls)
     msg = str(e.value)
-    assert str(expected) in msg and "nothing is downloaded" in msg and "--weights" in msg and "\n" not in msg
-    # The file where torchvision would keep it: found without --weights
+    assert str(expected) in msg and "nothing is downloaded" in msg and "--detector-weights" in msg and "\n" not in msg
+    # The file where torchvision would keep it: found without --detector-weights
     hub = hub_weights_path(SSD)
     hub.parent.mkdir(parents=True)
     hub.write_bytes(files["ssd"].read_bytes())

@@ -320,13 +320,59 @@ def test_visualize_draws_the_top_pairs(tmp_path, tiny_ls):
     p = preds({"a.png": [([1, 1, 10, 10], [21, 21, 40, 40], 0, 0.2), ([5, 5, 30, 30], [2, 2, 8, 8], 1, 0.9)]},
               "coord")
     assert top_detections(p, "a.png", 1).tolist() == [1]
-    out = draw(tmp_path / "a.png", p, tiny_ls, tmp_path / "out" / "a.png", k=1, scale=1)
+    out = draw(tmp_path / "a.png", p, tiny_ls, tmp_path / "out" / "a.png", k=1, size=0)
     im = np.asarray(Image.open(out))
-    assert im.shape == (50, 60, 3)
-    assert (im[5, 10:30] != 255).any()       # the best pair's human box is drawn
+    assert im.shape[1:] == (60, 3) and im.shape[0] > 50  # the image at its own size, the legend under it
+    assert (im[20, 4:7] != 255).any()        # the best pair's human box (left edge at x = 5) is drawn
     assert (im[38:41, 22:38] == 255).all()   # the other pair's object box (bottom edge at y = 40) is not
     with pytest.raises(ValueError, match="no predictions for image b.png"):
         top_detections(p, "b.png")
+
+
+def test_pictures_are_sized_to_their_long_side(tmp_path, tiny_ls):
+    """A small scene is resampled up, a large photo down, to the size asked for; lines and
+    text grow with it (a 2 px line on an 8000 px photo is invisible)."""
+    from PIL import Image
+
+    from hoidata.visualize import draw, sizes_for
+
+    for side, size in ((40, 400), (2000, 500)):
+        Image.new("RGB", (side, side // 2), (255, 255, 255)).save(tmp_path / "a.png")
+        box = side // 10
+        p = preds({"a.png": [([box, box, 4 * box, 4 * box], [6 * box, box, 9 * box, 4 * box], 0, 0.9)]}, "coord")
+        with Image.open(draw(tmp_path / "a.png", p, tiny_ls, tmp_path / f"{side}.png", size=size)) as im:
+            assert im.width == size and im.height > size // 2
+    assert sizes_for(300) == (2, 12) and sizes_for(3000) == (12, 75)
+
+
+def test_labels_never_overlap_and_stay_in_the_picture():
+    from hoidata.visualize import _overlaps, place_labels
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 8))
+        sizes = [(int(rng.integers(20, 120)), 16) for _ in range(n)]
+        anchors = [[tuple(rng.uniform(-20, 320, 2)) for _ in range(3)] for _ in range(n)]
+        boxes = place_labels(sizes, anchors, (320, 240))
+        assert all(0 <= b[0] and b[2] <= 320 and 0 <= b[1] and b[3] <= 240 for b in boxes)
+        assert all((b[2] - b[0], b[3] - b[1]) == s for b, s in zip(boxes, sizes))
+        assert not any(_overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    # the best pair's label goes where it asked first
+    assert place_labels([(30, 10)], [[(50, 60), (0, 0)]], (320, 240)) == [(50, 60, 80, 70)]
+
+
+def test_the_per_class_ap_figure(tmp_path, tiny_ls):
+    from PIL import Image
+
+    from hoidata.visualize import plot_class_ap
+
+    ap = np.array([0.5, np.nan, 0.25])
+    out = plot_class_ap(ap, np.array([True, False, False]), ["a b", "c d", "e f"], tmp_path / "ap.png", title="t")
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.width > 600
+    with pytest.raises(ValueError, match="no class has a defined AP"):
+        plot_class_ap(np.array([np.nan]), np.array([False]), ["a"], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_bundled_ground_truth_needs_its_own_label_space(tmp_path, tiny_ls):
@@ -361,5 +407,5 @@ def test_visualize_refuses_count_zero(tmp_path):
 
     (tmp_path / "p.json").write_text("{}")
     r = CliRunner().invoke(hoi_main, ["visualize", "--predictions", str(tmp_path / "p.json"), "--images",
-                                      str(tmp_path), "--count", "0", "-o", str(tmp_path / "out")])
-    assert r.exit_code == 2 and "--count" in r.output and not (tmp_path / "out").exists()
+                                      str(tmp_path), "--draw-count", "0", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "--draw-count" in r.output and not (tmp_path / "out").exists()

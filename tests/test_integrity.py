@@ -48,7 +48,7 @@ def world(tmp_path_factory):
 
 
 def build(world, out, detections=None, annotations="world", **run):
-    run = {"images_per_shard": 4, "workers": 0, "threads": 1, "progress": False, **run}
+    run = {"images_per_shard": 4, "workers": 0, "jobs": 1, "progress": False, **run}
     return build_teacher_cache(out, images=world["images"], detections=detections or world["detections"],
                                annotations=world["annotations"] if annotations == "world" else annotations,
                                labelspace=LabelSpace.load(world["labelspace"]),

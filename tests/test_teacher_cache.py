@@ -41,7 +41,7 @@ def world(tmp_path_factory):
 
 
 def build(world, out, **run):
-    run = {"images_per_shard": 4, "workers": 0, "threads": 1, "progress": False, **run}
+    run = {"images_per_shard": 4, "workers": 0, "jobs": 1, "progress": False, **run}
     teacher = run.pop("teacher", TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])))
     annotations = run.pop("annotations", world["annotations"])
     split = run.pop("split", None)
@@ -140,7 +140,7 @@ def test_resume_after_sigkill_is_byte_identical(world, reference, tmp_path, help
     out = tmp_path / "cache.zarr"
     cmd = [sys.executable, "-m", "hoi", "-q", "teacher-cache", "--images", str(world["images"]),
            "--detections", str(world["detections"]), "--annotations", str(world["annotations"]),
-           "--labelspace", str(world["labelspace"]), "--model", MODEL, "--model-config", str(world["config"]),
+           "--labelspace", str(world["labelspace"]), "--teacher-model", MODEL, "--model-config", str(world["config"]),
            "--pretrained", str(world["checkpoint"]), "--images-per-shard", "4", *helpers, "--no-progress",
            "-o", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -209,7 +209,7 @@ def test_corrupt_image_is_named_and_nothing_marked_done(world, tmp_path):
 
 
 def test_two_shards_at_once_lose_nothing(world, reference, tmp_path):
-    out = build(world, tmp_path / "cache.zarr", threads=2)
+    out = build(world, tmp_path / "cache.zarr", jobs=2)
     a, b = arrays(out), arrays(reference)
     for name in S.ARRAYS:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
@@ -395,7 +395,7 @@ def test_bench_teacher_compares_the_same_work_even_on_few_images():
     from bench.teacher import bench_teacher
 
     lines = []
-    res = bench_teacher(num_images=3, run={"workers": 0, "threads": 1}, echo=lines.append)
+    res = bench_teacher(num_images=3, run={"workers": 0, "jobs": 1}, echo=lines.append)
     assert res["images"] == 3 and res["crops"] > 0
     assert res["ratio_to_bare"] > 0 and res["ratio_to_naive"] > 0
     assert any("goal >= 0.85" in line for line in lines) and any("warm-up" in line for line in lines)

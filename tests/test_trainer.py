@@ -162,7 +162,7 @@ def test_training_on_a_test_split_is_refused_before_anything_is_written(caches, 
     with pytest.raises(ConfigError, match=r"is a test split \(its dataset\.split\).*train on the train split's"):
         train(caches["test"], tmp_path / "run", BASE)
     assert not (tmp_path / "run").exists()
-    r = CliRunner().invoke(hoi_main, ["train", "--cache", str(caches["test"]), "--out", str(tmp_path / "cli")])
+    r = CliRunner().invoke(hoi_main, ["train", "--cache", str(caches["test"]), "--output", str(tmp_path / "cli")])
     assert r.exit_code == 1 and "is a test split" in r.output and "Traceback" not in r.output
 
 
@@ -458,26 +458,27 @@ def test_predict_then_evaluate_end_to_end(caches, reference, tmp_path):
 def test_cli_train_predict_eval(caches, reference, tmp_path):
     runner = CliRunner()
     out, _ = reference
-    r = runner.invoke(hoi_main, ["train", "--cache", str(caches["train"]), "--out", str(tmp_path / "run"),
+    r = runner.invoke(hoi_main, ["train", "--cache", str(caches["train"]), "--output", str(tmp_path / "run"),
                                   "--epochs", "1", "--hidden-dim", "16", "--no-global-branch", "--no-progress",
                                   "--threads", "1"])
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "run" / "checkpoint" / "checkpoint.json").read_text())
     assert meta["config"]["global_branch"] is False and meta["config"]["hidden_dim"] == 16
     assert meta["cache"]["fingerprint"] == open_cache(caches["train"]).fingerprint and meta["package_version"]
-    r = runner.invoke(hoi_main, ["train", "--cache", str(caches["test"]), "--out", str(tmp_path / "run"), "--resume"])
+    r = runner.invoke(hoi_main, ["train", "--cache", str(caches["test"]), "--output", str(tmp_path / "run"),
+                                 "--resume"])
     assert r.exit_code == 1 and "dataset.split" in r.output
     r = runner.invoke(hoi_main, ["predict", "--cache", str(caches["test"]), "--checkpoint", str(out / "checkpoint"),
                                     "-o", str(tmp_path / "p.json.gz")])
     assert r.exit_code == 0 and "predictions (student)" in r.output, r.output
-    again = ["predict", "--cache", str(caches["test"]), "--model", "teacher", "-o", str(tmp_path / "p.json.gz")]
+    again = ["predict", "--cache", str(caches["test"]), "--scorer", "teacher", "-o", str(tmp_path / "p.json.gz")]
     r = runner.invoke(hoi_main, again)
     assert r.exit_code == 2 and "p.json.gz exists; pass --overwrite" in r.output
     assert runner.invoke(hoi_main, again + ["--overwrite"]).exit_code == 0
-    r = runner.invoke(hoi_main, ["eval", "--cache", str(caches["test"]), "--model", "teacher", "--results",
+    r = runner.invoke(hoi_main, ["eval", "--cache", str(caches["test"]), "--scorer", "teacher", "--output",
                                  str(tmp_path / "r.json")])
     assert r.exit_code == 0 and "default" in r.output and (tmp_path / "r.json").exists(), r.output
-    r = runner.invoke(hoi_main, ["eval", "--cache", str(caches["train"]), "--model", "teacher"])
+    r = runner.invoke(hoi_main, ["eval", "--cache", str(caches["train"]), "--scorer", "teacher"])
     assert r.exit_code == 1 and "no ground truth" in r.output
 
 
@@ -496,8 +497,8 @@ def test_eval_takes_known_object_images_from_anno_mat(caches, tmp_path):
         list_action[c, 0] = (ls.objects[o], ls.verbs[v])
     scipy.io.savemat(tmp_path / "anno.mat", {"anno_test": np.ones((ls.num_classes, len(names))), "list_test": cells,
                                              "list_action": list_action})
-    r = CliRunner().invoke(hoi_main, ["eval", "--cache", str(caches["test"]), "--model", "teacher", "--image-labels",
-                                      str(tmp_path / "anno.mat"), "--results", str(tmp_path / "labels.json")])
+    r = CliRunner().invoke(hoi_main, ["eval", "--cache", str(caches["test"]), "--scorer", "teacher", "--image-labels",
+                                      str(tmp_path / "anno.mat"), "--output", str(tmp_path / "labels.json")])
     assert r.exit_code == 0, r.output
     _, stand_in = run_eval(caches["test"], model="teacher")
     labels = json.loads((tmp_path / "labels.json").read_text())["results"]
@@ -511,7 +512,7 @@ def test_cli_ablate_prints_one_table_and_rows_in_parallel_give_the_same_numbers(
     """Two rows at a time, each in a worker process on one thread: the same table as one
     row after the other in this process."""
     r = CliRunner().invoke(hoi_main, ["ablate", "--train-cache", str(caches["train"]),
-                                        "--test-cache", str(caches["test"]), "--out", str(tmp_path / "par"),
+                                        "--test-cache", str(caches["test"]), "--output", str(tmp_path / "par"),
                                         "--epochs", "1", "--hidden-dim", "16",
                                         "--no-progress", "--threads", "1", "--jobs", "2"])
     assert r.exit_code == 0, r.output
@@ -823,14 +824,14 @@ _RUN_CHILD = """
 import sys
 import hoi.cli
 hoi.cli.exec_with_heap_tunables = lambda argv: print("restart", argv[3:])
-hoi.cli.main = lambda: print("main")
+hoi.cli.main = lambda **kw: print("main")
 sys.argv = ["hoi", *sys.argv[1:]]
 hoi.cli.run()
 """
 
 
 @pytest.mark.parametrize("args, restarted", [
-    (["-v", "train", "--cache", "demo"], True), (["demo", "--out", "x"], False), (["-q", "demo"], False),
+    (["-v", "train", "--cache", "demo"], True), (["demo", "--output", "x"], False), (["-q", "demo"], False),
     (["--version"], True)])
 def test_every_command_but_the_demo_restarts_with_the_heap_tunables(args, restarted):
     import subprocess

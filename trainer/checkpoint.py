@@ -151,7 +151,7 @@ def read_meta(directory) -> dict:
     if not path.is_file():
         if _complete(_sibling(directory, ".old")) or _complete(_sibling(directory, ".tmp")):
             raise CheckpointError(f"{directory}: a save was interrupted and left its checkpoint beside this name; "
-                                  "`hoi train --resume` (the same --out) finishes the save and goes on")
+                                  "`hoi train --resume` (the same --output) finishes the save and goes on")
         if _sibling(directory, ".tmp").exists():
             raise CheckpointError(f"{directory}: the run was stopped during its first checkpoint save, so there is "
                                   "nothing to resume from; start it again without --resume")
@@ -280,7 +280,7 @@ def check_same_cache(meta: dict, cache: TeacherCache, directory) -> None:
     raise CheckpointError(
         f"{directory} was trained on {stored['path']}, not on {cache.path}: {diff} is "
         f"{_short(S.lookup(ident, diff))} there but {_short(S.lookup(here, diff))} here. A run continues on "
-        "its own cache only; start a new run (another --out) to train on this one")
+        "its own cache only; start a new run (another --output) to train on this one")
 
 
 def check_teacher(meta: dict, cache: TeacherCache, directory) -> None:

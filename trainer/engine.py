@@ -143,7 +143,7 @@ def _resumed_config(meta: dict, config: TrainConfig | None, overrides: dict) -> 
     if changed:
         pairs = ", ".join(f"{k}: {getattr(stored, k)!r} -> {getattr(wanted, k)!r}" for k in changed)
         raise ConfigError(f"a resumed run keeps its configuration, but these fields differ from the checkpoint's: "
-                          f"{pairs}. Drop them, or start a new run (another --out)")
+                          f"{pairs}. Drop them, or start a new run (another --output)")
     if wanted.epochs < meta["epoch"]:
         raise ConfigError(f"the checkpoint has already trained {meta['epoch']} epochs; --epochs {wanted.epochs} "
                           "is fewer")
@@ -219,7 +219,7 @@ def _train(cache_path, out_dir, config: TrainConfig | None = None, *, resume: bo
         config = _resumed_config(meta, config, overrides)
     else:
         if (ckpt_dir / ckpt.META_FILE).exists():
-            raise ConfigError(f"{ckpt_dir} exists: pass --resume to continue that run, or choose another --out")
+            raise ConfigError(f"{ckpt_dir} exists: pass --resume to continue that run, or choose another --output")
         config = (config or TrainConfig()).replace(**overrides)
     device = resolve_device(config.device)  # before the run folder exists: a typo leaves nothing behind
     refuse_test_split(cache)

@@ -158,7 +158,7 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
     if model not in MODELS:
         raise ConfigError(f"model {model!r}: choose one of {', '.join(MODELS)}")
     if (model == "student") != (checkpoint is not None):
-        raise ConfigError("--checkpoint goes with --model student (and only with it)")
+        raise ConfigError("--checkpoint goes with --scorer student (and only with it)")
     if classes is not None and model != "student":
         raise ConfigError(f"classes asked for in words (--hoi, --classes) are scored by a student; the {model} "
                           "baseline scores the cache's own classes")
