@@ -47,10 +47,10 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore, WrapperStore
 
 from hoidata import __version__
-from hoidata.errors import HoiError
 from hoidata.files import fsync_dir, fsync_file, json_form
 
 from . import schema as S
+from .errors import CacheError, CacheMismatch, ChunkMisplaced  # noqa: F401 (readers import them from here too)
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +60,6 @@ _KEY_ENCODING = {"name": "default", "separator": "."}  # chunk files side by sid
 _REBUILD = "restore it from a copy or rebuild it (hoi teacher-cache ... --overwrite)"
 _ROWS = {"image": "images", "pair": "pair rows", "det": "detections", "gt": "ground-truth pairs",
          "image1": "offsets", "class": "classes", "shard": "shards"}
-
-
-class CacheError(HoiError, ValueError):
-    """A store that is missing, incomplete, damaged, malformed, or made with another configuration."""
-
-
-class CacheMismatch(CacheError):
-    """A store made with other settings than a command asks for (teacher, pair rule, dataset, levels)."""
-
-
-class ChunkMisplaced(CacheError):
-    """A chunk file whose bytes are not those finalize recorded under its key."""
 
 
 class _BoundStore(WrapperStore):

@@ -26,7 +26,7 @@ import numpy as np
 from hoidata import ragged
 
 from . import schema as S
-from .store import ChunkMisplaced
+from .errors import ChunkMisplaced
 
 BLOCK_BYTES = 64 << 20   # per array read at once
 # What float16 storage allows, no more. A unit vector rounded to float16 (relative error

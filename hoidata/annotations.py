@@ -21,7 +21,9 @@ Readers:
   [{subject_id, object_id, category_id}]}]``; COCO category ids, verbs 1..117).
 
 - :func:`hoidata.hico_mat.read_anno_bbox`: HICO-DET's own ``anno_bbox.mat``
-  (``bbox_train`` / ``bbox_test`` struct arrays; needs scipy).
+  (``bbox_train`` / ``bbox_test`` struct arrays; needs scipy), built on this module.
+
+:mod:`hoidata.ground_truth` reads any of the three by what the file is.
 
 All three carry the official MATLAB numbers (1-based inclusive pixels), hence the
 default ``box_format='pixel1'``.
@@ -146,7 +148,7 @@ def split_of_names(file_names) -> str | None:
     return None
 
 
-def _check_split(path, ann: "Annotations") -> "Annotations":
+def check_split(path, ann: "Annotations") -> "Annotations":
     """Refuse what would make the evaluation silently wrong: a file name twice (predictions
     would go to one copy), a box that is not finite or has no area."""
     bad_name = next((n for n in ann.file_names if not isinstance(n, str) or not n), None)
@@ -213,7 +215,7 @@ def _from_hicodet(d, path, labelspace: LabelSpace, box_format: str) -> Annotatio
                           "boxes_o": B.convert(bo, box_format, "coord"),
                           "hoi": hoi, "verb": verb, "object": obj})
     ann = Annotations.from_lists(d["filenames"], sizes.astype(np.int64), per_image, labelspace.name)
-    return _check_split(path, ann)
+    return check_split(path, ann)
 
 
 def read_qpic_json(path, labelspace: LabelSpace, box_format: str = "pixel1",
@@ -265,7 +267,7 @@ def _from_qpic(d, path, labelspace: LabelSpace, box_format: str, sizes, image_ro
         per_image.append({"boxes_h": B.convert(bx[sub], box_format, "coord"),
                           "boxes_o": B.convert(bx[ob], box_format, "coord"),
                           "hoi": hoi, "verb": verb, "object": o})
-    return _check_split(path, Annotations.from_lists(names, wh, per_image, labelspace.name))
+    return check_split(path, Annotations.from_lists(names, wh, per_image, labelspace.name))
 
 
 def _size_of(name, sizes, image_root, source) -> tuple[int, int]:
@@ -279,19 +281,13 @@ def _size_of(name, sizes, image_root, source) -> tuple[int, int]:
     return (-1, -1)
 
 
-def read_annotations(path, labelspace: LabelSpace, box_format: str = "pixel1", **kw) -> Annotations:
-    """Read any of the three formats: a ``.mat`` file is ``anno_bbox.mat`` (split ``kw['split']``,
-    ``'test'`` by default); JSON formats are told apart by the top-level type (parsed once)."""
-    if Path(path).suffix == ".mat":
-        from .hico_mat import read_anno_bbox
-
-        if box_format != "pixel1":
-            raise AnnotationError(f"{path}: anno_bbox.mat holds 1-based boxes by definition; "
-                                  f"drop box_format {box_format!r}")
-        return read_anno_bbox(path, labelspace, kw.get("split", "test"))
+def read_json_annotations(path, labelspace: LabelSpace, box_format: str = "pixel1", sizes=None,
+                          image_root=None) -> Annotations:
+    """Either JSON format, told apart by the top-level type (the file parsed once): a list is
+    QPIC's (``sizes``, ``image_root``: see :func:`read_qpic_json`), an object fredzzhang's."""
     d = _load_json(path)
     if isinstance(d, list):
-        return _from_qpic(d, path, labelspace, box_format, kw.get("sizes"), kw.get("image_root"))
+        return _from_qpic(d, path, labelspace, box_format, sizes, image_root)
     return _from_hicodet(d, path, labelspace, box_format)
 
 
@@ -301,30 +297,6 @@ def hico_test_annotations() -> Annotations:
     ref = resources.files("hoidata") / "data" / "hico_det" / "instances_test2015.json.gz"
     with resources.as_file(ref) as p:
         return read_hicodet_json(p, hico_det())
-
-
-def load_split(annotations, labelspace: str | LabelSpace = "hico_det",
-               split: str = "test") -> tuple[Annotations, LabelSpace]:
-    """Ground truth and label space of an evaluation: ``annotations`` is a file in any
-    format or ``'hico_det'`` (the bundled test set); ``labelspace`` a name, file or object;
-    ``split`` the split of an ``anno_bbox.mat``. The test split of an ``anno_bbox.mat`` in
-    the hico_det label space is compared with the bundled test set, in one log line."""
-    from .labelspace import LabelSpaceError, hico_det
-
-    ls = labelspace if isinstance(labelspace, LabelSpace) else LabelSpace.load(labelspace)
-    if str(annotations) != "hico_det":
-        ann = read_annotations(annotations, ls, split=split)
-        if Path(annotations).suffix == ".mat" and split == "test" and ls.fingerprint == hico_det().fingerprint:
-            from .hico_mat import compare_with_bundled
-
-            report = compare_with_bundled(ann)
-            (log.info if report.equal else log.warning)("%s: %s", annotations, report.line(ls))
-        return ann, ls
-    if ls.fingerprint != hico_det().fingerprint:
-        raise LabelSpaceError(f"the bundled HICO-DET test set ('hico_det') is labelled in the hico_det label "
-                              f"space, not in {ls.name!r} (the label space given, or the predictions' own): pass the "
-                              "annotations of that label space with --annotations FILE")
-    return hico_test_annotations(), ls
 
 
 def write_hicodet_json(ann: Annotations, labelspace: LabelSpace, path) -> None:

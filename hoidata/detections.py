@@ -367,7 +367,8 @@ def load_image_list(spec: str | Path, labelspace: LabelSpace, image_id: str = "f
     """The image list named by ``spec``: ``'hico_det'`` (the bundled HICO-DET test set), a
     COCO-style image-info JSON (ids from the file), or an annotation file in either format
     (ids by ``image_id``, see :func:`images_from_annotations`)."""
-    from .annotations import hico_test_annotations, read_annotations
+    from .annotations import hico_test_annotations
+    from .ground_truth import read_annotations
 
     if str(spec) == "hico_det":
         return images_from_annotations(hico_test_annotations(), image_id)

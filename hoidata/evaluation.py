@@ -323,7 +323,7 @@ def evaluate_file(annotations, predictions, *, labelspace: str | LabelSpace | No
     records, else HICO-DET's (a file recording another than the one given is refused).
     """
     from . import matlab
-    from .annotations import load_split
+    from .ground_truth import load_split
     from .predictions import labelspace_of, read_predictions
 
     official = Path(predictions).is_dir() or Path(predictions).suffix == ".mat"  # the official detection files

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as B
-from .annotations import AnnotationError, Annotations, _check_split, hico_test_annotations
+from .annotations import AnnotationError, Annotations, check_split, hico_test_annotations
 from .files import scipy_io
 from .labelspace import LabelSpace
 
@@ -217,7 +217,7 @@ def read_anno_bbox(path, labelspace: LabelSpace, split: str = "test") -> Annotat
         name, c = replaced[0]
         log.warning("%s: %d visible hoi entries repeat a class of their image (first: %s, %s); the later "
                     "replaces the earlier, as in eval_one.m", path, len(replaced), name, labelspace.class_name(c))
-    return _check_split(path, Annotations.from_lists(names, sizes, per_image, labelspace.name))
+    return check_split(path, Annotations.from_lists(names, sizes, per_image, labelspace.name))
 
 
 # -- anno.mat: Known-Object image sets ---------------------------------------------------

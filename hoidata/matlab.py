@@ -37,9 +37,9 @@ import numpy as np
 
 from . import __version__
 from . import boxes as B
-from .annotations import load_split
 from .errors import HoiError, InputError
 from .files import scipy_io as _scipy_io
+from .ground_truth import load_split
 from .labelspace import LabelSpace
 from .lock import exclusive
 from .predictions import Predictions, PredictionsError, labelspace_of, read_predictions

@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hoidata.annotations import read_annotations
 from hoidata.box_ap import BoxAP, box_ap, ground_truth_boxes
 from hoidata.detections import load_detections
+from hoidata.ground_truth import read_annotations
 from hoidata.labelspace import LabelSpace
 from pipeline.detect_options import DetectOptions
 from pipeline.images import decode

@@ -31,10 +31,11 @@ from cache.layout import Layout, plan
 from hoicore.device import resolve_device
 from hoidata import boxes as B
 from hoidata import ragged
-from hoidata.annotations import SPLITS, Annotations, read_annotations, split_of_names
+from hoidata.annotations import SPLITS, Annotations, split_of_names
 from hoidata.detections import Detections, load_detections
 from hoidata.errors import InputError
 from hoidata.files import check_inside, image_size, json_form
+from hoidata.ground_truth import read_annotations
 from hoidata.labelspace import LabelSpace
 from hoidata.lock import exclusive
 from hoidata.pairs import PairRule, make_pairs

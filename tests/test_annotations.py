@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from hoidata import boxes as B
-from hoidata.annotations import AnnotationError, read_annotations, read_hicodet_json, read_qpic_json
+from hoidata.annotations import AnnotationError, read_hicodet_json, read_qpic_json
+from hoidata.ground_truth import read_annotations
 from hoidata.labelspace import LabelSpace, LabelSpaceError, hico_det
 
 # Two images in both formats, written by hand. HICO objects: person = 49, bicycle = 9,

@@ -15,8 +15,8 @@ import os
 
 import pytest
 import torch
+from synthetic_cache import make_synthetic_cache
 
-from cache.synthetic import make_synthetic_cache
 from trainer import checkpoint as ckpt
 from trainer.checkpoint import load_weights
 from trainer.config import TrainConfig

@@ -13,8 +13,9 @@ import scipy.io
 from click.testing import CliRunner
 from conftest import TINY
 
-from hoidata.annotations import AnnotationError, Annotations, hico_test_annotations, load_split, read_annotations
+from hoidata.annotations import AnnotationError, Annotations, hico_test_annotations
 from hoidata.evaluation import KO_IMAGE_LABELS, KO_STAND_IN, THRESHOLDS, evaluate, evaluate_file, format_table
+from hoidata.ground_truth import load_split, read_annotations
 from hoidata.hico_mat import compare_with_bundled, read_anno_bbox, read_image_labels
 from hoidata.labelspace import hico_det
 from hoidata.predictions import Predictions, write_predictions

@@ -19,12 +19,12 @@ import zarr
 from click.testing import CliRunner
 from conftest import rebind
 from PIL import Image
+from synthetic_cache import make_synthetic_cache
 from tinyworld import MODEL, make_world_with_model
 
 from cache import schema as S
 from cache import store as cstore
 from cache.store import CacheError, open_cache, wip_path
-from cache.synthetic import make_synthetic_cache
 from hoidata.detections import Detections, load_detections, save_detections
 from hoidata.files import UnsafeNameError, inside
 from hoidata.labelspace import LabelSpace

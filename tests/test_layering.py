@@ -43,3 +43,48 @@ def test_a_package_imports_only_what_its_layer_allows(package):
 def test_bench_is_beside_the_packages_not_inside_them():
     assert (ROOT / "bench" / "__main__.py").is_file()
     assert not [p for p in ("hoi/bench.py", "pipeline/bench.py", "trainer/bench.py") if (ROOT / p).exists()]
+
+
+def _module_imports(package: str) -> dict[str, set[str]]:
+    """module -> modules of the same package it imports, at any depth (function-local too:
+    an import inside a function only hides a circle until the function runs)."""
+    graph = {}
+    for f in sorted((ROOT / package).rglob("*.py")):
+        mod = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        base = mod if f.name == "__init__.py" else mod.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.ImportFrom):
+                parent = base.rsplit(".", node.level - 1)[0] if node.level else ""
+                target = ".".join(p for p in (parent, node.module or "") if p) if node.level else node.module
+                deps.add(target)
+                deps.update(f"{target}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[mod] = {d for d in deps if d.split(".")[0] == package} - {mod, package}
+    known = set(graph)
+    return {m: {d for d in deps if d in known} for m, deps in graph.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m):
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if d not in state and (found := visit(d)):
+                return found
+        state[m] = 2
+        stack.pop()
+        return None
+
+    return next((c for m in sorted(graph) if m not in state and (c := visit(m))), None)
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_the_modules_of_a_package_import_each_other_without_a_circle(package):
+    assert _cycle(_module_imports(package)) is None

@@ -1,4 +1,4 @@
-"""A synthetic teacher cache with learnable structure, written through the cache API.
+"""A synthetic teacher cache with learnable structure, written through the cache API (a test fixture).
 
 For tests and benchmarks of everything downstream of the teacher (the trainer, prediction,
 evaluation) without images or CLIP. The world:
@@ -34,11 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cache import schema as S
+from cache.layout import plan
+from cache.store import create, finalize
 from hoidata import ragged
-
-from . import schema as S
-from .layout import plan
-from .store import create, finalize
 
 IMAGE_SIZES = np.array([(640, 480), (480, 640), (500, 375), (640, 427), (427, 640)], dtype=np.int32)
 NOISE = 0.5          # norm of the per-cell noise vector (identity vectors have norm 1)
