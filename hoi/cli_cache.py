@@ -6,19 +6,16 @@ import click
 
 from hoi.command import HoiCommand
 from hoi.errors import HoiGroup
-from hoicore.options import click_options
+from hoicore.options import click_options, take
 from hoidata.annotations import SPLITS
-from hoidata.boxes import CROP_MODES
 from hoidata.errors import InputError
 from hoidata.pairs import PairRule
-from pipeline.options import RunOptions, TeacherOptions
+from pipeline.options import TEACHER_CLI, RunOptions, TeacherOptions
 
-# The defaults of the teacher and the pair rule are their dataclasses' (declared once, there).
-_TEACHER, _PAIRS = TeacherOptions(model=""), PairRule()
-
-
-# One option per field of RunOptions, declared once there.
+# One option per field of RunOptions, TeacherOptions (but mean and std) and PairRule, declared once there.
 run_options = click_options(RunOptions)
+teacher_options = click_options(TeacherOptions, only=TEACHER_CLI)
+pair_rule_options = click_options(PairRule)
 
 
 @click.command("teacher-cache", cls=HoiCommand)
@@ -29,50 +26,25 @@ run_options = click_options(RunOptions)
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Ground truth, for test splits: stored in the cache so evaluation needs only the cache.")
 @click.option("--labelspace", default="hico_det", metavar="NAME|FILE", help="Label space of the dataset.")
-@click.option("--teacher-model", "model", required=True, metavar="NAME|local-dir:FOLDER",
-              help="The CLIP: an open_clip model name (ViT-B-16-quickgelu for OpenAI weights), or local-dir:FOLDER.")
-@click.option("--pretrained", default=None, help="Pretrained tag (weights must already be cached: nothing is "
-                                                 "downloaded) or a checkpoint file.")
+@teacher_options
 @click.option("--model-config", multiple=True, type=click.Path(exists=True),
               help="Register an open_clip model config (JSON file or folder) before loading --teacher-model.")
-@click.option("--template", "templates", multiple=True, default=("{}",),
-              help="Prompt template, repeatable: '{}' is the label space's prompt as written; others get its "
-                   "description, e.g. 'a photo of {}.'. Embeddings are averaged over templates.")
-@click.option("--crop-mode", type=click.Choice(CROP_MODES), default=_TEACHER.crop_mode,
-              help="How a non-square box becomes the square encoder input.")
-@click.option("--union-margin", type=click.FloatRange(min=0), default=_TEACHER.union_margin,
-              help="Grow union boxes by this fraction per side (context).")
-@click.option("--global-size", type=click.IntRange(min=1), default=None,
-              help="Input size of the global pass (dense map of global-size/patch tokens a side); default: "
-                   "the model's.")
-@click.option("--human-score", type=click.FloatRange(0, 1), default=_PAIRS.human_score,
-              help="Pair rule: minimum person detection score.")
-@click.option("--object-score", type=click.FloatRange(0, 1), default=_PAIRS.object_score,
-              help="Pair rule: minimum object detection score.")
-@click.option("--max-humans", type=click.IntRange(min=1), default=_PAIRS.max_humans,
-              help="Pair rule: humans per image.")
-@click.option("--max-objects", type=click.IntRange(min=1), default=_PAIRS.max_objects,
-              help="Pair rule: objects per image.")
+@pair_rule_options
 @click.option("--split", type=click.Choice(SPLITS), default=None,
               help="Which split the images are, recorded in the cache (hoi train refuses a test split); default: "
                    "what HICO-DET's file names say (HICO_train2015_*, HICO_test2015_*), else not recorded.")
 @run_options
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="The Zarr store to write (PATH.wip while in progress).")
-def teacher_cache(images, detections, annotations, labelspace, model, pretrained, model_config, templates,
-                  crop_mode, union_margin, global_size, human_score, object_score, max_humans, max_objects, split,
-                  output, **run):
+def teacher_cache(images, detections, annotations, labelspace, model_config, split, output, **options):
     """Run a frozen CLIP once over every image and union box of a split into a Zarr cache."""
     from hoidata.labelspace import LabelSpace
     from pipeline.run import build_teacher_cache
 
-    final = build_teacher_cache(
-        output, images=images, detections=detections, annotations=annotations,
-        labelspace=LabelSpace.load(labelspace),
-        teacher=TeacherOptions(model=model, pretrained=pretrained, templates=tuple(templates),
-                               crop_mode=crop_mode, union_margin=union_margin, global_size=global_size),
-        pair_rule=PairRule(human_score, object_score, max_humans, max_objects),
-        run=RunOptions(**run), model_configs=model_config, split=split)
+    teacher, pair_rule = take(TeacherOptions, options), take(PairRule, options)
+    final = build_teacher_cache(output, images=images, detections=detections, annotations=annotations,
+                                labelspace=LabelSpace.load(labelspace), teacher=teacher, pair_rule=pair_rule,
+                                run=take(RunOptions, options), model_configs=model_config, split=split)
     click.echo(f"teacher cache: {final}")
 
 
@@ -80,8 +52,7 @@ def teacher_cache(images, detections, annotations, labelspace, model, pretrained
 @click.argument("cache", type=click.Path(exists=True, file_okay=False))
 @click.option("--prompts", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON list of one prompt per HOI class (default: the label space's).")
-@click.option("--template", "templates", multiple=True, default=("{}",),
-              help="Prompt template, repeatable (as in teacher-cache); embeddings averaged over templates.")
+@click_options(TeacherOptions, only=("templates",))
 @click.option("--model-config", multiple=True, type=click.Path(exists=True),
               help="Register an open_clip model config before loading the cache's model.")
 @click.option("--device", default="cpu", help="Device of the text encoder.")

@@ -22,8 +22,18 @@ from trainer.config import PREDICTION_MODELS, TrainConfig
 training_options = click_options(TrainConfig, given_only=True)
 
 
-def _given(options: dict) -> dict:
-    return {k: v for k, v in options.items() if v is not None}
+def _given(options: dict, config_file=None) -> dict:
+    """The training fields set: those of ``--config FILE``, then the options given over them."""
+    from trainer.config import read_config_file
+
+    from_file = read_config_file(config_file) if config_file else {}
+    return {**from_file, **{k: v for k, v in options.items() if v is not None}}
+
+
+config_file_option = click.option(
+    "--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="Training settings from a JSON or YAML file of TrainConfig fields (e.g. the 'config' of a checkpoint's "
+         "checkpoint.json); the options given on the command line override it.")
 
 
 # How pair rows are scored from the student's branches: shared by every command that predicts
@@ -91,12 +101,13 @@ image_labels_option = click.option(
 @click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False),
               help="Run folder: metrics.jsonl, checkpoint/.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its checkpoint (same cache only).")
+@config_file_option
 @training_options
-def train_cmd(cache, out, resume, **options):
+def train_cmd(cache, out, resume, config_file, **options):
     """Train the student on a teacher cache (never runs CLIP)."""
     from trainer.engine import train
 
-    m = train(cache, out, resume=resume, **_given(options))
+    m = train(cache, out, resume=resume, **_given(options, config_file))
     click.echo(f"epoch {m['epoch']}: loss {m['loss']:.4f}, {m['pairs_per_s']:,.0f} pairs/s; "
                f"checkpoint {m['checkpoint']}")
 
@@ -175,13 +186,15 @@ def eval_cmd(labelspace, image_labels, results, predictions, as_json, plot, hoi,
                    "and on pair HOI labels; the train cache needs its ground truth: teacher-cache --annotations).")
 @labelspace_option
 @image_labels_option
+@config_file_option
 @training_options
-def ablate_cmd(train_cache, test_cache, out, det_exponent, references, labelspace, image_labels, jobs, **options):
+def ablate_cmd(train_cache, test_cache, out, det_exponent, references, labelspace, image_labels, jobs, config_file,
+               **options):
     """Train and evaluate the paper's ablation grid; print one table."""
     from trainer.ablate import GRID, LABELLED_ROWS, ablate, format_ablation
     from trainer.config import TrainConfig
 
-    rows = ablate(train_cache, test_cache, out, TrainConfig().replace(**_given(options)),
+    rows = ablate(train_cache, test_cache, out, TrainConfig().replace(**_given(options, config_file)),
                   rows=GRID + (LABELLED_ROWS if references else ()),
                   det_exponent=det_exponent, labelspace=labelspace, image_labels=image_labels, jobs=jobs)
     click.echo(format_ablation(rows))

@@ -10,25 +10,26 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from hoicore.options import check_fields, option
+
 from . import ragged
 from .errors import InputError
 
 
 @dataclass(frozen=True)
 class PairRule:
-    """Humans x objects after score thresholds and per-image caps (UPT-like defaults)."""
+    """Humans x objects after score thresholds and per-image caps (UPT-like defaults). Each
+    field's help and bounds are the command line's (``hoi teacher-cache``)."""
 
-    human_score: float = 0.2      # keep person detections at or above this score
-    object_score: float = 0.2     # keep object detections (people included) at or above this
-    max_humans: int = 15          # per image, highest scores first
-    max_objects: int = 15         # per image, highest scores first (a person may be both)
+    human_score: float = option(0.2, "Pair rule: minimum person detection score.", minimum=0, maximum=1)
+    object_score: float = option(0.2, "Pair rule: minimum object detection score (people included).", minimum=0,
+                                 maximum=1)
+    max_humans: int = option(15, "Pair rule: humans per image, highest scores first.", minimum=1)
+    max_objects: int = option(15, "Pair rule: objects per image, highest scores first (a person may be both).",
+                              minimum=1)
 
     def __post_init__(self):
-        if self.max_humans < 1 or self.max_objects < 1:
-            raise InputError(f"max_humans and max_objects must be at least 1, got {self.max_humans}, "
-                             f"{self.max_objects}")
-        if not (0 <= self.human_score <= 1 and 0 <= self.object_score <= 1):
-            raise InputError(f"score thresholds must lie in [0, 1], got {self.human_score}, {self.object_score}")
+        check_fields(self, InputError)
 
     def as_dict(self) -> dict:
         return asdict(self)

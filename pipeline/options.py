@@ -4,24 +4,40 @@ shard tasks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 
 from hoicore.options import check_fields, option
+from hoidata.boxes import CROP_MODES
 from hoidata.errors import InputError
 
 
 @dataclass(frozen=True)
 class TeacherOptions:
-    """What defines the teacher (recorded in the store and compared on reuse)."""
+    """What defines the teacher (recorded in the store and compared on reuse). Each field's
+    help, choices and bounds are the command line's (``hoi teacher-cache``); ``mean`` and
+    ``std`` are for code only."""
 
-    model: str                            # open_clip name, or local-dir:FOLDER
-    pretrained: str | None = None         # tag or checkpoint file
-    templates: tuple[str, ...] = ("{}",)  # prompt templates, averaged
-    crop_mode: str = "squash"             # squash | pad | center
-    union_margin: float = 0.0             # fraction of the union box added on each side
-    global_size: int | None = None        # input size of the global pass (default: the model's)
+    model: str = option(MISSING, "The CLIP: an open_clip model name (ViT-B-16-quickgelu for OpenAI weights), or "
+                                 "local-dir:FOLDER.", metavar="NAME|local-dir:FOLDER", flag="teacher-model")
+    pretrained: str | None = option(None, "Pretrained tag (weights must already be cached: nothing is downloaded) "
+                                          "or a checkpoint file.")
+    templates: tuple[str, ...] = option(("{}",), "Prompt template, repeatable: '{}' is the label space's prompt as "
+                                                 "written; others get its description, e.g. 'a photo of {}.'. "
+                                                 "Embeddings are averaged over templates.", flag="template")
+    crop_mode: str = option("squash", "How a non-square box becomes the square encoder input.", CROP_MODES)
+    union_margin: float = option(0.0, "Grow union boxes by this fraction per side (context).", minimum=0)
+    global_size: int | None = option(None, "Input size of the global pass (dense map of global-size/patch tokens a "
+                                           "side); default: the model's.", minimum=1)
     mean: tuple | None = None             # override the weights' normalisation
     std: tuple | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "templates", tuple(self.templates))  # a list from JSON or click reads the same
+        check_fields(self, InputError)
+
+
+# The fields of TeacherOptions that are command-line options.
+TEACHER_CLI = ("model", "pretrained", "templates", "crop_mode", "union_margin", "global_size")
 
 
 @dataclass(frozen=True)

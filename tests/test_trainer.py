@@ -572,11 +572,11 @@ def test_checkpoint_of_the_earlier_one_adapter_student_is_refused_with_the_fix(r
 
 
 @pytest.mark.parametrize("edit, words", [
-    (lambda m: m["config"].update(hidden_dim="256"), r"hidden_dim is '256' \(str\); it must be a int"),
+    (lambda m: m["config"].update(hidden_dim="256"), r"hidden_dim is '256' \(str\); it must be an integer"),
     (lambda m: m["config"].update(hidden_dim=256.0), r"hidden_dim is 256.0 \(float\)"),
     (lambda m: m["config"].update(hidden_dim=None), r"hidden_dim is None"),
     (lambda m: m["config"].update(temperature="0.01"), r"temperature is '0.01' \(str\); it must be a number"),
-    (lambda m: m["config"].update(union_branch="false"), r"union_branch is 'false' \(str\); it must be a bool"),
+    (lambda m: m["config"].update(union_branch="false"), r"union_branch is 'false' \(str\); it must be a boolean"),
     (lambda m: m["config"].update(hidden_dim=10 ** 7), r"hidden_dim = 10000000 is beyond"),
     (lambda m: m.pop("cache"), r"field cache is None"),
     (lambda m: m.update(epoch="2"), r"field epoch is '2'"),

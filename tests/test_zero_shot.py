@@ -99,7 +99,7 @@ def test_the_feature_loss_is_one_minus_cosine_to_clip_s_embedding_of_each_branch
     # it names no class: the same value whatever split is held out
     assert DistillationLoss(cfg.replace(unseen="unseen_verb"))(model.logits(emb), batch, emb)["feature"] == \
         losses["feature"]
-    with pytest.raises(ConfigError, match="w_feature must not be negative"):
+    with pytest.raises(ConfigError, match="w_feature must be at least 0"):
         BASE.replace(w_feature=-1.0)
 
 

@@ -1,6 +1,6 @@
 """Every switch of a training run, in one dataclass that round-trips through JSON.
 
-Each field carries its help text (and choices, where it has them) as metadata: the command
+Each field carries its help text, choices and bounds as metadata: the command
 line builds its options from this table, so an option is declared once, here.
 
 Fields marked ``runtime`` change how a run executes, not what it computes; a resumed run
@@ -9,11 +9,12 @@ may change them (and may raise ``epochs``), every other field must match the che
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from hoicore.options import check_fields, option
 from hoidata.errors import HoiError
+from hoidata.files import load_json
 
 # Scorers of cached pairs that `predict` knows (see trainer.predict).
 PREDICTION_MODELS = ("student", "teacher", "dense", "random")
@@ -33,8 +34,8 @@ class ConfigError(HoiError, ValueError):
 @dataclass
 class TrainConfig:
     # -- model ----------------------------------------------------------------------------
-    hidden_dim: int = option(256, "Width of the student's features.")
-    roi_size: int = option(3, "RoI-align output size (roi_size x roi_size cells per box).")
+    hidden_dim: int = option(256, "Width of the student's features.", minimum=1, maximum=8192)
+    roi_size: int = option(3, "RoI-align output size (roi_size x roi_size cells per box).", minimum=1, maximum=32)
     global_branch: bool = option(True, "Global branch: image-level HOI scores from the pooled map.")
     ho_branch: bool = option(True, "Human-object branch: pair scores from human and object features and layout.")
     union_branch: bool = option(True, "Union branch: pair scores from union-box features.")
@@ -58,22 +59,27 @@ class TrainConfig:
                                   "'auto' reads the cache's teacher.crop_mode, else squash.",
                           ("auto", "squash", "pad", "center"))
     # -- soft labels and losses -----------------------------------------------------------
-    temperature: float = option(0.01, "Soft labels: softmax(raw cosine / temperature); CLIP's own is 0.01.")
+    temperature: float = option(0.01, "Soft labels: softmax(raw cosine / temperature); CLIP's own is 0.01.",
+                                minimum=0, min_open=True)
     label_support: str = option("object", "Pair soft labels (union and human-object) over the classes of the "
                                         "pair's detected object, or over all classes.", ("object", "all"))
     mil: str = option("max", "Multiple-instance pooling of pair scores over an image: 'max', or 'lme' "
                            "(log-mean-exp, a soft maximum).", ("max", "lme"))
-    mil_temperature: float = option(1.0, "Temperature of 'lme' pooling, in logit units (smaller: closer to max).")
-    w_global: float = option(1.0, "Weight of the global loss (global branch <- global CLIP scores); 0 disables it.")
+    mil_temperature: float = option(1.0, "Temperature of 'lme' pooling, in logit units (smaller: closer to max).",
+                                    minimum=0, min_open=True)
+    w_global: float = option(1.0, "Weight of the global loss (global branch <- global CLIP scores); 0 disables it.",
+                             minimum=0)
     w_mil: float = option(1.0, "Weight of the MIL loss (human-object pair scores pooled <- global CLIP "
                              "scores), or with --supervision pair-labels of the human-object branch's per-pair "
-                             "loss; 0 disables it.")
-    w_union: float = option(1.0, "Weight of the union loss (union pair scores <- union CLIP scores); 0 disables it.")
+                             "loss; 0 disables it.", minimum=0)
+    w_union: float = option(1.0, "Weight of the union loss (union pair scores <- union CLIP scores); 0 disables it.",
+                            minimum=0)
     w_feature: float = option(10.0, "Weight of the feature loss: 1 - cosine of each branch's embedding to CLIP's "
                                    "embedding of the same region, the global branch's to the image's global "
                                    "embedding and, where the union level supervises (a union or fused branch), "
                                    "every pair branch's to the union crop's. It names no class, so it keeps the "
-                                   "whole embedding space, the directions of unseen classes included; 0 disables it.")
+                                   "whole embedding space, the directions of unseen classes included; 0 disables it.",
+                                   minimum=0)
     unseen: str = option("", "Zero-shot split of the cache's label space (e.g. rare_first, non_rare_first, "
                            "unseen_object, unseen_verb) whose unseen classes are removed from every training "
                            "target: no soft label, no loss term, no text embedding in any loss. Test time still "
@@ -90,29 +96,32 @@ class TrainConfig:
                                      "built with --annotations; --unseen removes its classes from the labels.",
                               SUPERVISION)
     # -- optimisation ---------------------------------------------------------------------
-    epochs: int = option(20, "Epochs over the training cache.")
-    batch_size: int = option(32, "Images per step (all their pairs come along).")
-    lr: float = option(1e-3, "Peak learning rate (AdamW).")
-    weight_decay: float = option(0.05, "AdamW weight decay (not on biases, norms and logit scales).")
-    warmup: float = option(0.05, "Linear warm-up, as a fraction of all steps; then cosine decay.")
-    min_lr_ratio: float = option(0.01, "Final learning rate as a fraction of --lr.")
-    clip_grad: float = option(1.0, "Clip the gradient norm to this; 0 disables clipping.")
+    epochs: int = option(20, "Epochs over the training cache.", minimum=1, maximum=100000)
+    batch_size: int = option(32, "Images per step (all their pairs come along).", minimum=1, maximum=65536)
+    lr: float = option(1e-3, "Peak learning rate (AdamW).", minimum=0, min_open=True)
+    weight_decay: float = option(0.05, "AdamW weight decay (not on biases, norms and logit scales).", minimum=0)
+    warmup: float = option(0.05, "Linear warm-up, as a fraction of all steps; then cosine decay.",
+                           minimum=0, maximum=1, max_open=True)
+    min_lr_ratio: float = option(0.01, "Final learning rate as a fraction of --lr.", minimum=0, maximum=1)
+    clip_grad: float = option(1.0, "Clip the gradient norm to this; 0 disables clipping.", minimum=0)
     amp: bool = option(True, "Mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.")
     seed: int = option(0, "Seed of the initial weights and the data order.")
     # -- data -----------------------------------------------------------------------------
     in_memory: str = option("auto", "Hold the whole split in RAM ('yes'), stream it from Zarr in chunk-aligned "
                                   "blocks ('no'), or decide by --in-memory-limit-mb ('auto').",
                           ("auto", "yes", "no"))
-    in_memory_limit_mb: int = option(2048, "'auto' holds a split in RAM when it needs less than this.")
-    block_images: int = option(256, "Images per streamed block (rounded to whole image chunks of the cache).")
+    in_memory_limit_mb: int = option(2048, "'auto' holds a split in RAM when it needs less than this.", minimum=0)
+    block_images: int = option(256, "Images per streamed block (rounded to whole image chunks of the cache).",
+                               minimum=1, maximum=1 << 20)
     shuffle_blocks: int = option(4, "Streaming: blocks whose images are shuffled together (memory: this many "
-                                  "blocks, plus --prefetch read ahead).")
-    prefetch: int = option(2, "Streaming: blocks read ahead by a background thread.", runtime=True)
+                                  "blocks, plus --prefetch read ahead).", minimum=1, maximum=4096)
+    prefetch: int = option(2, "Streaming: blocks read ahead by a background thread.", runtime=True,
+                           minimum=0, maximum=64)
     # -- runtime --------------------------------------------------------------------------
     device: str = option("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.", runtime=True)
     progress: bool = option(True, "Show a progress bar.", runtime=True)
     threads: int = option(0, "CPU threads for torch; 0 keeps torch's default. On a CPU shared with other jobs, "
-                           "1 avoids the slowdown of oversubscribed threads.", runtime=True)
+                           "1 avoids the slowdown of oversubscribed threads.", runtime=True, minimum=0, maximum=1024)
 
     # -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -178,21 +187,7 @@ class TrainConfig:
 
     def validated(self) -> "TrainConfig":
         """Check choices, ranges and that every branch has a loss that trains it; return self."""
-        check_fields(self, ConfigError)
-        for name in ("hidden_dim", "roi_size", "epochs", "batch_size", "block_images", "shuffle_blocks"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name, top in MAX_SIZE.items():
-            if getattr(self, name) > top:
-                raise ConfigError(f"{name} = {getattr(self, name)} is beyond any sensible run (at most {top})")
-        for name in ("temperature", "mil_temperature", "lr"):
-            if not getattr(self, name) > 0 or not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"{name} must be a positive number, not {getattr(self, name)}")
-        for name in ("w_global", "w_mil", "w_union", "w_feature", "weight_decay", "clip_grad", "prefetch", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, not {getattr(self, name)}")
-        if not 0 <= self.warmup < 1 or not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("warmup must be in [0, 1) and min_lr_ratio in [0, 1]")
+        check_fields(self, ConfigError)  # choices and bounds, declared with the fields
         if not (self.ho_branch or self.union_branch):
             raise ConfigError("no branch scores pairs: enable the human-object or the union branch "
                               "(--ho-branch / --union-branch)")
@@ -218,10 +213,25 @@ class TrainConfig:
 # trained without it (whatever today's default), so it reads as off.
 ABSENT = {"residual": False, "w_feature": 0.0, "supervision": "clip"}
 
-# Upper bounds of sizes a config may ask for: beyond them a typo, not an experiment (a
-# hidden_dim of 10^7 would allocate gigabytes before anything else could refuse it).
-MAX_SIZE = {"hidden_dim": 8192, "roi_size": 32, "batch_size": 65536, "block_images": 1 << 20,
-            "shuffle_blocks": 4096, "epochs": 100000, "prefetch": 64, "threads": 1024}
+def read_config_file(path) -> dict:
+    """The fields a JSON or YAML file sets (``.yaml`` / ``.yml``: YAML), checked by name and
+    type against :class:`TrainConfig`: a mapping of its field names to values, e.g. the
+    ``config`` of a checkpoint's ``checkpoint.json``, or any part of it. ``hoi train --config``
+    applies them over the defaults, and the command line's options over them."""
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            d = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a readable YAML file ({str(e).splitlines()[0]})") from None
+    else:
+        d = load_json(path, ConfigError, "training config")
+    if d is None:
+        d = {}  # an empty YAML file sets nothing
+    TrainConfig.from_dict({**TrainConfig().to_dict(), **d} if isinstance(d, dict) else d, source=str(path))
+    return d
 
 
 def _check_type(name: str, value, kind: type, source: str) -> None:
@@ -236,8 +246,11 @@ def _check_type(name: str, value, kind: type, source: str) -> None:
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise ConfigError(f"{source}: {name} is {value!r} ({type(value).__name__}); it must be a "
-                          f"{'number' if kind is float else kind.__name__}")
+        raise ConfigError(f"{source}: {name} is {value!r} ({type(value).__name__}); it must be "
+                          f"{_KIND_NAMES.get(kind, kind.__name__)}")
+
+
+_KIND_NAMES = {float: "a number", int: "an integer", bool: "a boolean (true or false)", str: "a string"}
 
 
 def runtime_fields() -> set[str]:
