@@ -30,6 +30,7 @@ whole run, so shards after the first start without spawning workers again.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -280,8 +281,19 @@ class Decoder:
                 yield batch
 
 
+# Decoders of this process kept between shards. Their worker threads or processes do not
+# survive a fork, so a forked child starts without them (it would wait on dead workers).
 _IDLE: dict[tuple, list[Decoder]] = {}
 _IDLE_LOCK = threading.Lock()
+
+
+def _forget_decoders_in_child() -> None:
+    global _IDLE_LOCK
+    _IDLE.clear()
+    _IDLE_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_decoders_in_child)
 
 
 class borrowed_decoder:

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -487,7 +488,10 @@ def _run_shards(job: ShardJob, todo: list[int], run: RunOptions, cache, lay) -> 
     prog = _Progress(total, run.progress)
     try:
         tasks = [dask.delayed(run_shard)(job, k, prog, dask_key_name=f"shard-{k}") for k in todo]
-        return list(dask.compute(*tasks, scheduler="threads", num_workers=run.jobs))
+        # the run's own threads, gone with it: dask's default pool outlives the call and a forked
+        # child (dask's process scheduler, a user's fork) would wait on its dead threads
+        with ThreadPoolExecutor(run.jobs, thread_name_prefix="shard") as pool:
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=run.jobs, pool=pool))
     finally:
         prog.close()
 

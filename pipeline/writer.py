@@ -64,6 +64,17 @@ _PROCESS_POOL: ProcessPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_writers_in_child() -> None:
+    """A forked child starts without its parent's writer process and open stores: the pool's
+    management thread does not survive a fork (the child would wait on it forever)."""
+    global _PROCESS_POOL, _POOL_LOCK
+    _PROCESS_POOL, _POOL_LOCK = None, threading.Lock()
+    _OPEN.clear()
+
+
+os.register_at_fork(after_in_child=_forget_writers_in_child)
+
+
 def _process_pool(fresh: bool = False) -> ProcessPoolExecutor:
     """This process's writer process, started on first use (spawned: the parent holds CUDA)."""
     global _PROCESS_POOL
