@@ -61,7 +61,7 @@ def bench_memory(num_images: int = 2000, factor: int = 3, epochs: int = 1, embed
 
     The smaller cache should hold several shuffle windows already (the defaults: 8 blocks of
     256 images, two windows of 4), so that both sizes reach the steady state of the pass."""
-    from cache.synthetic import make_synthetic_cache
+    from bench.synthetic_cache import make_synthetic_cache
     from hoidata.labelspace import LabelSpace
 
     ls = LabelSpace.load("hico_det")

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.synthetic_cache import make_synthetic_cache
 from cache.store import open_cache
-from cache.synthetic import make_synthetic_cache
 
 
 def _read_all(cache) -> None:

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from bench.synthetic_cache import make_synthetic_cache
 from bench.timing import ms_per_call
 from cache.store import open_cache
-from cache.synthetic import make_synthetic_cache
 from hoicore.device import resolve_device
 from hoidata.labelspace import LabelSpace
 from trainer.config import TrainConfig

@@ -428,8 +428,9 @@ def test_the_split_is_recorded_when_given_or_said_by_hico_names(world, reference
 
 
 def test_a_forked_child_builds_a_cache_after_its_parent_did(world, reference, tmp_path):
-    """This process keeps its decoders (worker threads) between shards; a forked child (dask's
-    process scheduler, a user's own fork) must start without them, not wait on dead threads."""
+    """This process keeps its decoders (worker threads) between shards and ran its shards on
+    threads; a forked child (dask's process scheduler, a user's own fork) must start without
+    them, not wait on dead threads."""
     build(world, tmp_path / "parent.zarr", workers=2)  # leaves an idle two-thread decoder here
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
