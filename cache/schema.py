@@ -27,7 +27,7 @@ locks, and two writers that share a chunk lose data silently.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 
 FORMAT = "hoi-cache/2"
 # Earlier formats: refused by name (hoi-cache/1 had no chunk checksums and no levels), but
@@ -183,3 +183,95 @@ def lookup(tree: dict, path: str):
             return "<absent>"
         tree = tree[k]
     return tree
+
+
+# -- root attributes, typed ---------------------------------------------------------------
+# Readers use these records (TeacherCache.teacher, .dataset), never string keys into the
+# attribute dicts; writers build them and store to_attrs(). A record read from a store keeps
+# the keys it lacked (older versions) out of to_attrs, and keys this version does not know
+# (a synthetic teacher's seed) in, so what it writes back is what was read.
+
+@dataclass(frozen=True)
+class _Attrs:
+    extra: dict = field(default_factory=dict, kw_only=True)          # keys this version does not know
+    absent: frozenset = field(default=frozenset(), kw_only=True)     # known keys the stored form lacks
+
+    @classmethod
+    def _known(cls) -> list:
+        return [f for f in fields(cls) if f.name not in ("extra", "absent")]
+
+    @classmethod
+    def from_attrs(cls, d, source: str):
+        """The record of the stored dict ``d``; ``source`` names it in errors (a ValueError
+        naming the field whose value has the wrong type)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source} is {type(d).__name__}, not an object of fields")
+        known = cls._known()
+        values = {}
+        for f in known:
+            if f.name not in d:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise ValueError(f"{source} has no {f.name}")
+                continue
+            value = d[f.name]
+            kinds = _ATTR_TYPES[f.type]
+            if value is not None or "None" not in f.type:
+                if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                    raise ValueError(f"{source}.{f.name} is {value!r}, not {f.type}")
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+        names = {f.name for f in known}
+        return cls(**values, extra={k: v for k, v in d.items() if k not in names},
+                   absent=frozenset(f.name for f in known if f.name not in d))
+
+    def to_attrs(self) -> dict:
+        """The stored form: known fields in declaration order (lists for tuples), then the rest."""
+        out = {f.name: _stored(getattr(self, f.name)) for f in self._known() if f.name not in self.absent}
+        return {**out, **self.extra}
+
+
+def _stored(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+# annotation (as written in the records below) -> the JSON types it accepts
+_ATTR_TYPES = {"str": (str,), "str | None": (str,), "int": (int,), "int | None": (int,), "float": (int, float),
+               "tuple": (tuple, list), "tuple | None": (tuple, list), "dict": (dict,), "dict | None": (dict,),
+               "dict | str | None": (dict, str)}
+
+
+@dataclass(frozen=True)
+class TeacherAttrs(_Attrs):
+    """The ``teacher`` root attribute: what defines the CLIP that scored the store (compared
+    on reuse; a checkpoint records it). Everything but ``model`` is optional: a synthetic
+    teacher (tests, benchmarks) has only what its readers need."""
+
+    model: str
+    pretrained: str | None = None         # tag or weights file it was loaded from
+    weights_sha256: str | None = None     # what identifies the weights, wherever they are
+    prompts: tuple = ()                   # one per HOI class, as in the label space
+    templates: tuple = ("{}",)            # prompt templates, embeddings averaged over them
+    prompts_sha256: str | None = None
+    crop_mode: str | None = None          # None: not recorded (stores of an early version)
+    union_margin: float = 0.0
+    input_size: int | None = None         # the encoder's input, px
+    global_size: int | None = None        # the global pass's input, px
+    mean: tuple | None = None
+    std: tuple | None = None
+    interpolation: str | None = None
+    resize_mode: str | None = None
+    precision: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetAttrs(_Attrs):
+    """The ``dataset`` root attribute: label space, images, detections and ground truth, by
+    content, and the split when known."""
+
+    split: str | None = None              # absent in stores made before it was recorded
+    labelspace: dict | str | None = None  # the whole label space (hoidata schema), or a name (early stores)
+    labelspace_sha256: str | None = None
+    num_images: int | None = None
+    images_sha256: str | None = None
+    detections_sha256: str | None = None
+    detector: dict | None = None          # what the detections file says made it
+    annotations_sha256: str | None = None

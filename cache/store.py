@@ -351,6 +351,23 @@ class TeacherCache:
             raise CacheMismatch(f"{self.path} holds levels {list(self.levels)}, but levels {list(wanted)} were asked "
                              f"for (it lacks {', '.join(lacking)}); use another output path or --overwrite")
 
+    # -- what made it ------------------------------------------------------------------------
+    @property
+    def teacher(self) -> S.TeacherAttrs:
+        """The ``teacher`` attribute, typed (checked when the store is opened)."""
+        return self._typed(S.TeacherAttrs, "teacher")
+
+    @property
+    def dataset(self) -> S.DatasetAttrs:
+        """The ``dataset`` attribute, typed (checked when the store is opened)."""
+        return self._typed(S.DatasetAttrs, "dataset")
+
+    def _typed(self, cls, key: str):
+        try:
+            return cls.from_attrs(self.attrs.get(key), f"{self.path}: {key}")
+        except ValueError as e:
+            raise CacheError(f"{e}; the store's metadata is damaged: {_REBUILD}") from None
+
     # -- geometry --------------------------------------------------------------------------
     @property
     def layout(self) -> dict:
@@ -666,6 +683,7 @@ def open_cache(path, *, require_complete: bool = True, mode: str = "r", check_ch
     if not path.exists() and not require_complete and wip_path(path).exists():
         path = wip_path(path)
     c = TeacherCache(path, mode=mode, check_chunks=check_chunks)
+    c.teacher, c.dataset  # noqa: B018 (typed on open: a malformed attribute is refused here, by name)
     if require_complete and not c.complete:
         raise CacheError(f"{path}: the store is not complete ({int(c.shards_done().sum())}/{c.num_shards} shards)")
     return c

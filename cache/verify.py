@@ -100,7 +100,7 @@ def verify(cache) -> list[str]:
     a = {name: reader.whole(name) for name in small}
     ls = _labelspace(cache)
     if ls is None:
-        src = cache.attrs["dataset"].get("labelspace")
+        src = cache.dataset.labelspace
         src = src.get("name") if isinstance(src, dict) else src
         problems.append(f"the store's label space {src!r} cannot be resolved here: "
                         "the checks of classes against their verbs and objects did not run")
@@ -121,7 +121,7 @@ def _labelspace(cache):
     """The store's label space, or None when it cannot be resolved here (checks needing it skip)."""
     from hoidata.labelspace import LabelSpace
 
-    src = cache.attrs["dataset"].get("labelspace")
+    src = cache.dataset.labelspace
     try:
         return LabelSpace.from_dict(src) if isinstance(src, dict) else LabelSpace.load(src)
     except (ValueError, OSError, TypeError, KeyError):

@@ -194,7 +194,7 @@ def _ablation(p: dict, config, echo) -> dict:
                   jobs=max(1, min(DEMO_JOBS, len(os.sched_getaffinity(0)))))
     main = [r for r in rows if not r["name"].startswith((UNSEEN_PREFIX, FULLY_UNSEEN_PREFIX))]
     unseen = zero_shot_table(rows)
-    teacher = open_cache(p["test_cache"]).attrs["teacher"]
+    teacher = open_cache(p["test_cache"]).teacher.to_attrs()
     world_config = json.loads(layout(p["world"])["manifest"].read_text())["config"]
     results = {"package_version": __version__, "world": str(p["world"]),
                "world_config": {k: v for k, v in world_config.items() if k != "prompts"},

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cache.schema import DatasetAttrs, TeacherAttrs
 from hoidata import ragged
 from hoidata.errors import InputError
 
@@ -61,16 +62,16 @@ def default_detector(labelspace) -> tuple[str, Path] | None:
     return None
 
 
-def _teacher_options(teacher: dict, model: str | None = None, weights=None):
-    """The teacher recorded in a checkpoint, loaded from ``model`` / ``weights`` when given
-    (the same CLIP moved elsewhere: its weights' sha256 is checked after loading)."""
+def _teacher_options(teacher, model: str | None = None, weights=None):
+    """The teacher recorded in a checkpoint (:class:`cache.schema.TeacherAttrs`), loaded from
+    ``model`` / ``weights`` when given (the same CLIP moved elsewhere: its weights' sha256 is
+    checked after loading)."""
     from pipeline.options import TeacherOptions
 
-    return TeacherOptions(model=model or teacher["model"],
-                          pretrained=str(weights) if weights else teacher.get("pretrained"),
-                          templates=tuple(teacher["templates"]), crop_mode=teacher["crop_mode"],
-                          union_margin=float(teacher["union_margin"]), global_size=teacher["global_size"],
-                          mean=tuple(teacher["mean"]), std=tuple(teacher["std"]))
+    return TeacherOptions(model=model or teacher.model, pretrained=str(weights) if weights else teacher.pretrained,
+                          templates=teacher.templates, crop_mode=teacher.crop_mode or "squash",
+                          union_margin=float(teacher.union_margin), global_size=teacher.global_size,
+                          mean=teacher.mean, std=teacher.std)
 
 
 def run_detect(images, checkpoint, output, *, detector: str | None = None, detector_weights=None,
@@ -106,8 +107,10 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
 
     opts = options or DetectOptions()
     meta = ckpt.read_meta(checkpoint)
-    trained_on = meta["cache"]
-    ls = LabelSpace.from_dict(trained_on["dataset"]["labelspace"], source=f"{checkpoint}: cache.dataset.labelspace")
+    trained_on = meta["cache"]  # the attributes of the cache it was trained on
+    teacher = TeacherAttrs.from_attrs(trained_on["teacher"], f"{checkpoint}: cache.teacher")
+    dataset = DatasetAttrs.from_attrs(trained_on["dataset"], f"{checkpoint}: cache.dataset")
+    ls = LabelSpace.from_dict(dataset.labelspace, source=f"{checkpoint}: cache.dataset.labelspace")
     if detector is None:
         found = default_detector(ls)
         if found is None:
@@ -122,14 +125,14 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     det.model.to(device)
     asked = asked_labelspace(ls, hoi, classes_file, add_classes)
     scored = asked or ls  # the classes scored: their prompts go through the teacher's text tower
-    teacher_opts = _teacher_options(trained_on["teacher"], teacher_model, teacher_weights)
+    teacher_opts = _teacher_options(teacher, teacher_model, teacher_weights)
     missing = missing_teacher_files(teacher_opts.model, teacher_opts.pretrained)
     if missing:
         raise InputError(f"the teacher of {checkpoint} ({teacher_opts.model}): {missing} does not exist (moved?); "
                          "pass --teacher-model local-dir:FOLDER or an open_clip name, and --teacher-weights FILE "
                          "if its weights are elsewhere (checked by sha256 against the checkpoint's)")
     clip = GlobalPass(teacher_opts, scored.prompts, device)
-    if clip.teacher.weights_sha256 != trained_on["teacher"]["weights_sha256"]:
+    if clip.teacher.weights_sha256 != teacher.weights_sha256:
         raise ckpt.CheckpointError(f"{teacher_opts.model}: its weights are not those the student of {checkpoint} "
                                    "was trained with (their sha256 differs); give the teacher it was trained with")
     student = student_from(checkpoint, meta, clip.text, device)
@@ -187,8 +190,8 @@ class _Scorer:
 
         from trainer.data import teacher_crop_mode
 
-        self.crop_mode = teacher_crop_mode(self.student.config.crop_mode, self.trained_on["teacher"],
-                                           "the checkpoint's teacher")
+        teacher = TeacherAttrs.from_attrs(self.trained_on["teacher"], "the checkpoint's teacher")
+        self.crop_mode = teacher_crop_mode(self.student.config.crop_mode, teacher, "the checkpoint's teacher")
         self.grid = tuple(self.trained_on["layout"]["grid"])
         self.mask = self.labelspace.object_class_mask
         self.mask_t = torch.from_numpy(self.mask).to(self.device)

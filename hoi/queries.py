@@ -51,17 +51,17 @@ def asked_labelspace(base: LabelSpace, hoi=(), classes_file=None, add_classes: b
     return ls
 
 
-def teacher_text(teacher: dict, prompts, device="cpu") -> np.ndarray:
-    """float32 [C, D]: ``prompts`` embedded by the teacher described by ``teacher`` (a cache's
-    ``teacher`` attributes), its templates averaged; refused if the weights found are not
-    those the attributes' sha256 names."""
+def teacher_text(teacher, prompts, device="cpu") -> np.ndarray:
+    """float32 [C, D]: ``prompts`` embedded by ``teacher`` (a cache's
+    :class:`cache.schema.TeacherAttrs`), its templates averaged; refused if the weights found
+    are not those its sha256 names."""
     from pipeline.clip import load_teacher, text_embeddings
 
-    loaded = load_teacher(teacher["model"], teacher.get("pretrained"), device=device)
-    if loaded.weights_sha256 != teacher["weights_sha256"]:
-        raise InputError(f"{teacher['model']}: its weights (sha256 {loaded.weights_sha256[:12]}...) are not the "
-                         f"teacher's the student was trained with ({teacher['weights_sha256'][:12]}...)")
-    return text_embeddings(loaded, prompts, tuple(teacher.get("templates", ("{}",))), device=device)
+    loaded = load_teacher(teacher.model, teacher.pretrained, device=device)
+    if loaded.weights_sha256 != teacher.weights_sha256:
+        raise InputError(f"{teacher.model}: its weights (sha256 {loaded.weights_sha256[:12]}...) are not the "
+                         f"teacher's the student was trained with ({str(teacher.weights_sha256)[:12]}...)")
+    return text_embeddings(loaded, prompts, tuple(teacher.templates), device=device)
 
 
 def cache_classes(cache_path, hoi=(), classes_file=None, add_classes: bool = False, labelspace=None):
@@ -73,4 +73,4 @@ def cache_classes(cache_path, hoi=(), classes_file=None, add_classes: bool = Fal
     ls = asked_labelspace(labelspace_of(cache, labelspace), hoi, classes_file, add_classes)
     if ls is None:
         return None
-    return ls, teacher_text(cache.attrs["teacher"], ls.prompts)
+    return ls, teacher_text(cache.teacher, ls.prompts)

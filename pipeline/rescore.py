@@ -10,6 +10,7 @@ source holds are rescored. One run at a time holds the output (``OUT.lock``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -37,19 +38,20 @@ def rescore(src, dst, *, prompts: list[str] | None = None, templates: tuple[str,
 
 def _rescore(src, dst: Path, prompts, templates, device) -> Path:
     cache = cstore.open_cache(src)
-    teacher = dict(cache.attrs["teacher"])
-    prompts = list(prompts or cache.attrs["dataset"]["labelspace"]["prompts"])
+    teacher = cache.teacher
+    prompts = list(prompts or _labelspace_prompts(cache))
     if len(prompts) != cache.layout["num_classes"]:
         raise InputError(f"{len(prompts)} prompts for {cache.layout['num_classes']} HOI classes")
-    t = load_teacher(teacher["model"], teacher["pretrained"], device=device)
-    if t.weights_sha256 != teacher["weights_sha256"]:
-        raise cstore.CacheError(f"{src} was made with weights {teacher['weights_sha256'][:12]}..., but "
-                                f"{teacher['model']} / {teacher['pretrained']} loads {t.weights_sha256[:12]}... here")
+    t = load_teacher(teacher.model, teacher.pretrained, device=device)
+    if t.weights_sha256 != teacher.weights_sha256:
+        raise cstore.CacheError(f"{src} was made with weights {str(teacher.weights_sha256)[:12]}..., but "
+                                f"{teacher.model} / {teacher.pretrained} loads {t.weights_sha256[:12]}... here")
     text = text_embeddings(t, prompts, templates, device=device)
     out = cstore.copy_store(cache, dst)
-    teacher.update(prompts=prompts, templates=list(templates), rescored_from=str(cache.path),
-                   prompts_sha256=prompts_sha256(prompts, templates))
-    out.replace_text(teacher, text)
+    teacher = dataclasses.replace(teacher, prompts=tuple(prompts), templates=tuple(templates),
+                                  prompts_sha256=prompts_sha256(prompts, templates),
+                                  extra={**teacher.extra, "rescored_from": str(cache.path)})
+    out.replace_text(teacher.to_attrs(), text)
     text_t = torch.from_numpy(text)
     for level in out.levels:  # the levels the store holds (a global-only store has no union scores)
         score = out.array(f"{level}/score")
@@ -58,3 +60,11 @@ def _rescore(src, dst: Path, prompts, templates, device) -> Path:
             score[a:a + ROWS_PER_PASS] = (e @ text_t.T).numpy().astype(np.float16)
     log.info("rescored %s with %d prompts x %d templates into %s", cache.path, len(prompts), len(templates), dst)
     return cstore.finalize(out)
+
+
+def _labelspace_prompts(cache) -> list[str]:
+    """The prompts of the label space the store records (a dict in every store this version writes)."""
+    ls = cache.dataset.labelspace
+    if not isinstance(ls, dict) or "prompts" not in ls:
+        raise InputError(f"{cache.path} does not record its label space's prompts; pass --prompts FILE")
+    return list(ls["prompts"])

@@ -367,28 +367,30 @@ def _finish(cache: cstore.TeacherCache, summary: dict, names: list[str], images:
 
 def _teacher_attrs(teacher: TeacherOptions, t, labelspace: LabelSpace, device) -> dict:
     """The teacher's identity as stored and compared: everything that changes its scores."""
-    return {
-        "model": teacher.model, "pretrained": teacher.pretrained, "weights_sha256": t.weights_sha256,
-        "prompts": list(labelspace.prompts), "templates": list(teacher.templates),
-        "prompts_sha256": prompts_sha256(labelspace.prompts, teacher.templates),
-        "crop_mode": teacher.crop_mode, "union_margin": teacher.union_margin, "input_size": t.image_size,
-        "global_size": t.global_size, "mean": list(t.mean), "std": list(t.std),
-        "interpolation": t.interpolation, "resize_mode": "whole image, " + teacher.crop_mode,
-        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
-    }
+    return S.TeacherAttrs(
+        model=teacher.model, pretrained=teacher.pretrained, weights_sha256=t.weights_sha256,
+        prompts=tuple(labelspace.prompts), templates=tuple(teacher.templates),
+        prompts_sha256=prompts_sha256(labelspace.prompts, teacher.templates),
+        crop_mode=teacher.crop_mode, union_margin=teacher.union_margin, input_size=t.image_size,
+        global_size=t.global_size, mean=tuple(t.mean), std=tuple(t.std),
+        interpolation=t.interpolation, resize_mode="whole image, " + teacher.crop_mode,
+        precision="bf16-autocast" if device.type == "cuda" else "fp32",
+    ).to_attrs()
 
 
 def _dataset_attrs(labelspace: LabelSpace, dets: Detections, detections, annotations, split: str | None) -> dict:
     """The dataset's identity: label space, image list, detections and ground truth, by
     content, and the split when known (absent otherwise, as in caches made before it was)."""
-    return {**({"split": split} if split else {}),
+    return S.DatasetAttrs(
+        split=split,
         # the whole label space travels with the cache: readers need no other file
-        "labelspace": labelspace.to_dict(), "labelspace_sha256": labelspace.fingerprint, "num_images": len(dets),
-        "images_sha256": _sha256_arrays(np.array(dets.file_names), dets.sizes),
-        "detections_sha256": _sha256_file(detections), "detector": {
+        labelspace=labelspace.to_dict(), labelspace_sha256=labelspace.fingerprint, num_images=len(dets),
+        images_sha256=_sha256_arrays(np.array(dets.file_names), dets.sizes),
+        detections_sha256=_sha256_file(detections), detector={
             k: dets.attrs.get(k) for k in ("detector", "weights", "score_threshold", "nms") if k in dets.attrs},
-        "annotations_sha256": _sha256_file(annotations) if annotations else None,
-    }
+        annotations_sha256=_sha256_file(annotations) if annotations else None,
+        absent=frozenset() if split else frozenset({"split"}),
+    ).to_attrs()
 
 
 def _prepared_arrays(ls: LabelSpace, dets: Detections, ann: Annotations | None, text: np.ndarray,

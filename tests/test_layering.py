@@ -97,3 +97,27 @@ def test_the_tests_mirror_the_packages():
     folders = {p.parent.name for p in tests.rglob("test_*.py") if p.parent != tests}
     assert folders <= set(FORBIDDEN) | {"bench", "faults"}, folders
     assert [p.name for p in tests.glob("test_*.py")] == ["test_layering.py"]
+
+
+def _attribute_reads(path: Path) -> list[str]:
+    """String-key reads of a store's ``teacher`` / ``dataset`` attributes: ``x.attrs["teacher"]``
+    or ``x.attrs.get("dataset")``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        key = None
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and node.value.attr == "attrs":
+            key = node.slice
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "attrs" and node.args:
+            key = node.args[0]
+        if isinstance(key, ast.Constant) and key.value in ("teacher", "dataset"):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_readers_use_the_typed_store_attributes():
+    """Only the store reads its teacher / dataset attributes by key; everyone else reads the
+    typed records (TeacherCache.teacher, .dataset), so a field has one spelling and one type."""
+    files = [f for p in ("hoi", "hoidata", "hoicore", "pipeline", "trainer", "bench", "minibench")
+             for f in sorted((ROOT / p).rglob("*.py"))]
+    assert not [r for f in files for r in _attribute_reads(f)]

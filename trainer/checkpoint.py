@@ -287,7 +287,7 @@ def check_teacher(meta: dict, cache: TeacherCache, directory) -> None:
     """Refuse to apply a student to a cache made by another teacher (other CLIP, weights or
     prompts: its text embeddings and dense maps would mean something else)."""
     stored = meta["cache"]["teacher"]
-    here = json_form(cache.attrs["teacher"])
+    here = json_form(cache.teacher.to_attrs())
     diff = S.teacher_difference(stored, here)
     if diff:
         raise CheckpointError(

@@ -38,7 +38,7 @@ def labelspace_of(cache: TeacherCache, override: str | None = None) -> LabelSpac
     """The label space of the cache: ``override`` (a built-in name or a file), else the
     cache's ``dataset.labelspace`` (a name, a file or the label-space dict itself); checked
     against the cache's classes."""
-    src = override if override is not None else cache.attrs["dataset"].get("labelspace")
+    src = override if override is not None else cache.dataset.labelspace
     if src is None:
         raise ConfigError(f"{cache.path} does not record its label space (dataset.labelspace); pass --labelspace "
                           "NAME|FILE")
@@ -72,13 +72,13 @@ def seen_classes(cache: TeacherCache, split: str) -> np.ndarray:
 
 def resolve_crop_mode(setting: str, cache: TeacherCache) -> str:
     """The teacher's crop mode: the setting, or for 'auto' the cache's ``teacher.crop_mode``."""
-    return teacher_crop_mode(setting, cache.attrs["teacher"], str(cache.path))
+    return teacher_crop_mode(setting, cache.teacher, str(cache.path))
 
 
-def teacher_crop_mode(setting: str, teacher: dict, where: str) -> str:
-    """The crop mode a student pools with: ``setting``, or for 'auto' the one the teacher (its
-    attributes ``teacher``, recorded in ``where``) cut with."""
-    mode = teacher.get("crop_mode")
+def teacher_crop_mode(setting: str, teacher: S.TeacherAttrs, where: str) -> str:
+    """The crop mode a student pools with: ``setting``, or for 'auto' the one the teacher
+    (recorded in ``where``) cut with."""
+    mode = teacher.crop_mode
     if setting != "auto":
         if mode is not None and setting != mode:
             log.warning("--crop-mode %s differs from the crop rule the teacher cut with (%s, in %s): the union "
@@ -248,7 +248,7 @@ class CacheReader:
             require_ground_truth(cache, "training with labels")
             self.gt_offsets = cache.read("gt/offsets")
             self.label_classes = label_classes
-        self.union_margin = float(cache.attrs["teacher"].get("union_margin", 0.0))
+        self.union_margin = float(cache.teacher.union_margin)
         lay = cache.layout
         self.grid = (int(lay["grid"][0]), int(lay["grid"][1]))
         self.begin, self.end = cache.read("pairs/begin"), cache.read("pairs/end")
@@ -400,7 +400,7 @@ class Window:
 def refuse_test_split(cache: TeacherCache) -> None:
     """Refuse to train on a cache its dataset attributes call the test split: every number
     measured on it afterwards would be of a model that saw it."""
-    if cache.attrs["dataset"].get("split") == "test":
+    if cache.dataset.split == "test":
         raise ConfigError(f"{cache.path} is a test split (its dataset.split): a student trained on it is measured "
                           "on what it saw; train on the train split's cache (hoi teacher-cache --split train)")
 

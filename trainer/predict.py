@@ -214,7 +214,7 @@ def predict(cache_path, model: str = "student", checkpoint=None, *, det_exponent
              for block in prefetched(lambda r: reader.read(*r), reader.blocks(block_images), 1)]
     pred = Predictions.from_arrays([str(n) for n in cache.read("images/file_name")], box_format="coord",
                                    **concat_rows(parts))
-    if cache.attrs["dataset"].get("labelspace") is not None:  # so readers know what the classes are
+    if cache.dataset.labelspace is not None:  # so readers know what the classes are
         pred.labelspace = labelspace_of(cache).to_dict()
     if classes is not None:
         pred.classes = info["classes"] = class_record(*classes)

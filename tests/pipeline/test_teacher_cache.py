@@ -449,3 +449,14 @@ def test_a_forked_child_builds_a_cache_after_its_parent_did(world, reference, tm
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung on its parent's decoder threads")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_typed_attributes_are_what_the_store_holds_byte_for_byte(reference):
+    """Built as records, stored as their to_attrs(): the stored JSON, key order included, is the
+    record's (so every earlier store reads and compares as it did)."""
+    import json
+
+    c = open_cache(reference)
+    for key, record in (("teacher", c.teacher), ("dataset", c.dataset)):
+        assert json.dumps(record.to_attrs()) == json.dumps(c.attrs[key])
+    assert c.teacher.weights_sha256 and c.teacher.crop_mode == "squash" and c.dataset.labelspace["name"]
