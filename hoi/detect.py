@@ -136,7 +136,8 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
         raise ckpt.CheckpointError(f"{teacher_opts.model}: its weights are not those the student of {checkpoint} "
                                    "was trained with (their sha256 differs); give the teacher it was trained with")
     student = student_from(checkpoint, meta, clip.text, device)
-    scorer = _Scorer(student, scored, trained_on, teacher_opts, device, union_weight, det_exponent, top_k)
+    scorer = _Scorer(student, scored, teacher, tuple(trained_on["layout"]["grid"]), device, union_weight,
+                     det_exponent, top_k)
     rule = PairRule(**trained_on["pair_rule"])
 
     seconds, parts = StageSeconds(), []
@@ -178,8 +179,8 @@ class _Scorer:
 
     student: object
     labelspace: object
-    trained_on: dict
-    teacher: object
+    teacher: TeacherAttrs  # the teacher the student was trained with (the checkpoint's record)
+    grid: tuple            # its dense map's (H, W)
     device: object
     union_weight: float
     det_exponent: float
@@ -190,9 +191,7 @@ class _Scorer:
 
         from trainer.data import teacher_crop_mode
 
-        teacher = TeacherAttrs.from_attrs(self.trained_on["teacher"], "the checkpoint's teacher")
-        self.crop_mode = teacher_crop_mode(self.student.config.crop_mode, teacher, "the checkpoint's teacher")
-        self.grid = tuple(self.trained_on["layout"]["grid"])
+        self.crop_mode = teacher_crop_mode(self.student.config.crop_mode, self.teacher, "the checkpoint's teacher")
         self.mask = self.labelspace.object_class_mask
         self.mask_t = torch.from_numpy(self.mask).to(self.device)
 
