@@ -1,6 +1,6 @@
 """What goes wrong with a teacher cache (below the store and its checker, which both raise them)."""
 
-from hoidata.errors import HoiError
+from hoicore.errors import HoiError
 
 
 class CacheError(HoiError, ValueError):

@@ -46,8 +46,8 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore, WrapperStore
 
-from hoidata import __version__
-from hoidata.files import fsync_dir, fsync_file, json_form
+from hoicore import __version__
+from hoicore.files import fsync_dir, fsync_file, json_form
 
 from . import schema as S
 from .errors import CacheError, CacheMismatch, ChunkMisplaced  # noqa: F401 (readers import them from here too)

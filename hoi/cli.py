@@ -12,8 +12,8 @@ import click
 from hoi.cli_train import overwrite_option, plot_option, refuse_existing
 from hoi.errors import HoiGroup
 from hoi.logs import setup_logging
+from hoicore import __version__
 from hoicore.memory import exec_with_heap_tunables
-from hoidata import __version__
 from hoidata.boxes import BOX_FORMATS
 from hoidata.matlab import LAYOUTS
 
@@ -147,7 +147,7 @@ def _drawing(draw_count: int, draw_top: int, draw_size: int):
 def visualize(predictions, images, labelspace, names, draw_count, draw_top, draw_size, output):
     """Draw images' top HOI detections (human and object boxes, the pair, class and score, a
     legend) to PNG files sized for a slide."""
-    from hoidata.files import inside
+    from hoicore.files import inside
     from hoidata.predictions import labelspace_of, read_predictions
     from hoidata.visualize import draw_images
 

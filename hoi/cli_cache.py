@@ -6,9 +6,9 @@ import click
 
 from hoi.command import HoiCommand
 from hoi.errors import HoiGroup
+from hoicore.errors import InputError
 from hoicore.options import click_options, take
 from hoidata.annotations import SPLITS
-from hoidata.errors import InputError
 from hoidata.pairs import PairRule
 from pipeline.options import TEACHER_CLI, RunOptions, TeacherOptions
 
@@ -59,7 +59,7 @@ def teacher_cache(images, detections, annotations, labelspace, model_config, spl
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="The new store.")
 def rescore(cache, prompts, templates, model_config, device, output):
     """Score a new prompt set against a finished cache without running the image encoder."""
-    from hoidata.files import load_json
+    from hoicore.files import load_json
     from pipeline.clip import register_model_configs
     from pipeline.rescore import rescore as run
 

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from hoidata.files import write_json_atomic
+from hoicore.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _default_student(p: dict, config, evaluate: bool, echo) -> dict | None:
 def _ablation(p: dict, config, echo) -> dict:
     """The demo's rows of the ablation grid and its zero-shot rows, with their provenance."""
     from cache.store import open_cache
-    from hoidata import __version__
+    from hoicore import __version__
     from hoidata.labelspace import LabelSpace
     from minibench.build import layout
     from trainer.ablate import (

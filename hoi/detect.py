@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from cache.schema import DatasetAttrs, TeacherAttrs
+from hoicore.errors import InputError
 from hoidata import ragged
-from hoidata.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _detect_batch(det, clip, scorer: _Scorer, rule, ls, names, positions, decode
 
 def _provenance(det, opts, precision, teacher_opts, clip, checkpoint, meta, rule, seconds: StageSeconds,
                 union_weight, det_exponent, top_k, root: Path, num_predictions: int) -> dict:
-    from hoidata import __version__
+    from hoicore import __version__
 
     return {
         "tool": "hoi detect", "package_version": __version__, "images": str(root.absolute()),

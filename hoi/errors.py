@@ -1,6 +1,6 @@
 """The command line's one error policy (every ``hoi`` group uses :class:`HoiGroup`).
 
-A fault the user can fix (:class:`hoidata.errors.HoiError`, or an OSError about a path, a
+A fault the user can fix (:class:`hoicore.errors.HoiError`, or an OSError about a path, a
 permission or free space) is printed as one line naming the file, the item and the fix;
 anything else is unexpected and keeps its traceback; with ``-v`` everything does.
 """
@@ -20,14 +20,14 @@ _USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOS
 
 def user_fixable(e: BaseException) -> bool:
     """The project's own errors, and OSErrors about a path, permission or space."""
-    from hoidata.errors import HoiError
+    from hoicore.errors import HoiError
 
     return isinstance(e, HoiError) or (isinstance(e, OSError) and e.errno in _USER_ERRNOS)
 
 
 class HoiGroup(click.Group):
     """The ``hoi`` group: one error policy for every command. A fault the user can fix
-    (:class:`hoidata.errors.HoiError`, a missing file, a full disk) is one line naming file,
+    (:class:`hoicore.errors.HoiError`, a missing file, a full disk) is one line naming file,
     item and fix; anything else is a bug and keeps its traceback; with ``-v`` everything
     shows its traceback."""
 

@@ -14,8 +14,8 @@ import logging
 import click
 import numpy as np
 
+from hoicore.errors import InputError
 from hoidata.classes import query_labelspace, read_classes_file
-from hoidata.errors import InputError
 from hoidata.labelspace import LabelSpace
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hoidata.errors import InputError
+from hoicore.errors import InputError
 
 DEVICE_HELP = "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'."
 

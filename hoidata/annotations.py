@@ -38,10 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hoicore.errors import HoiError
+from hoicore.files import UnsafeNameError, image_size, inside, load_json, write_json_atomic
+
 from . import boxes as B
 from . import ragged
-from .errors import HoiError
-from .files import UnsafeNameError, image_size, inside, load_json, write_json_atomic
 from .labelspace import LabelSpace
 
 log = logging.getLogger(__name__)

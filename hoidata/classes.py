@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from hoicore.errors import InputError
+
 from .labelspace import SCHEMA, LabelSpace
 
 

@@ -43,11 +43,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__, ragged
+from hoicore import __version__
+from hoicore.errors import HoiError
+from hoicore.files import UnsafeNameError, atomic_write, inside, load_json
+
 from . import boxes as B
+from . import ragged
 from .annotations import Annotations
-from .errors import HoiError
-from .files import UnsafeNameError, atomic_write, inside, load_json
 from .labelspace import LabelSpace
 
 log = logging.getLogger(__name__)

@@ -36,11 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hoicore.files import write_json_atomic
+
 from . import boxes as B
 from . import ragged
 from .annotations import AnnotationError, Annotations
 from .classes import asked_classes, to_base_classes
-from .files import write_json_atomic
 from .labelspace import LabelSpace
 from .predictions import Predictions, PredictionsError
 

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hoicore.files import scipy_io
+
 from . import boxes as B
 from .annotations import AnnotationError, Annotations, check_split, hico_test_annotations
-from .files import scipy_io
 from .labelspace import LabelSpace
 
 log = logging.getLogger(__name__)

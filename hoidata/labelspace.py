@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HoiError
-from .files import write_json_atomic
+from hoicore.errors import HoiError
+from hoicore.files import write_json_atomic
 
 SCHEMA = "hoi-labelspace/1"
 BUILTIN = ("hico_det",)

@@ -35,13 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from hoicore import __version__
+from hoicore.errors import HoiError, InputError
+from hoicore.files import scipy_io as _scipy_io
+from hoicore.lock import exclusive
+
 from . import boxes as B
-from .errors import HoiError, InputError
-from .files import scipy_io as _scipy_io
 from .ground_truth import load_split
 from .labelspace import LabelSpace
-from .lock import exclusive
 from .predictions import Predictions, PredictionsError, labelspace_of, read_predictions
 
 
@@ -173,7 +174,7 @@ def export(out, image_names: list[str], pred: Predictions, labelspace: LabelSpac
 
     The folder is written beside ``out`` under a temporary name and renamed when complete, so
     ``out`` never holds a partial export; one export at a time holds ``out`` (``OUT.lock``,
-    :mod:`hoidata.lock`). Returns ``out``.
+    :mod:`hoicore.lock`). Returns ``out``.
     """
     with exclusive(Path(out).absolute(), what="export-mat"):
         return _export(Path(out), image_names, pred, labelspace, layout, overwrite, ignore_unknown_images, source)

@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from hoicore.errors import InputError
 from hoicore.options import check_fields, option
 
 from . import ragged
-from .errors import InputError
 
 
 @dataclass(frozen=True)

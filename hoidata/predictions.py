@@ -12,7 +12,7 @@ Binary (``.npz``, for large runs; the same content as flat arrays): ``file_names
 In memory (:class:`Predictions`) rows keep the order of the file, which matters: the
 official evaluation breaks score ties by image order, then by row order.
 
-JSON rows are parsed from the file's bytes (:mod:`hoidata.json_rows`), not through a Python
+JSON rows are parsed from the file's bytes (:mod:`hoicore.json_rows`), not through a Python
 list per row; files that reader does not take go through :func:`json.load`, with the same
 result and the same errors.
 """
@@ -31,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hoicore import json_rows
+from hoicore.errors import HoiError
+from hoicore.files import atomic_write, load_json
+
 from . import boxes as B
-from . import json_rows, ragged
-from .errors import HoiError
-from .files import atomic_write, load_json
+from . import ragged
 from .labelspace import LabelSpace, hico_det
 
 ROW_LENGTH = 10

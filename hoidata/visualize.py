@@ -21,9 +21,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from hoicore.errors import InputError
+from hoicore.files import IMAGE_FORMATS, atomic_write
+
 from . import boxes as B
-from .errors import InputError
-from .files import IMAGE_FORMATS, atomic_write
 from .labelspace import LabelSpace
 from .predictions import Predictions
 

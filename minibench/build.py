@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hoicore.errors import HoiError
+from hoicore.files import write_json_atomic
 from hoidata.annotations import Annotations, read_hicodet_json, write_hicodet_json
 from hoidata.detections import save_detections
-from hoidata.errors import HoiError
-from hoidata.files import write_json_atomic
 from hoidata.labelspace import LabelSpace
 
 from . import detector, labels, world

@@ -26,7 +26,7 @@ import numpy as np
 import open_clip
 import torch
 
-from hoidata.errors import InputError
+from hoicore.errors import InputError
 
 from .labels import HOI, PROMPTS
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hoidata.errors import InputError
+from hoicore.errors import InputError
 
 from . import world
 from .labels import NUM_CLASSES, PROMPTS

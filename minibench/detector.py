@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from hoidata import __version__ as hoidata_version
+from hoicore import __version__
 from hoidata import boxes as B
 from hoidata import ragged
 from hoidata.annotations import Annotations
@@ -123,7 +123,7 @@ def simulate(ann: Annotations, labelspace: LabelSpace, seed: int | list[int] = 0
     attrs = {"detector": "minibench-simulated", "weights": "none (ground truth, degraded)",
              "score_threshold": cfg.score_threshold, "nms": "none (simulated)", "box_format": "coord",
              "labelspace": labelspace.name, "labelspace_fingerprint": labelspace.fingerprint,
-             "source": source, "hoidata_version": hoidata_version, "seed": seed, "simulation": asdict(cfg)}
+             "source": source, "hoidata_version": __version__, "seed": seed, "simulation": asdict(cfg)}
     return Detections(ann.file_names, ann.sizes, ragged.offsets(counts),
                       np.concatenate(out_boxes).reshape(-1, 4), np.concatenate(out_scores),
                       np.concatenate(out_labels), attrs)

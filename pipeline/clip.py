@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hoidata.errors import InputError
+from hoicore.errors import InputError
 
 log = logging.getLogger(__name__)
 

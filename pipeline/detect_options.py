@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hoicore.errors import InputError
 from hoicore.options import check_fields, option
-from hoidata.errors import InputError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 

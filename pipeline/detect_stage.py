@@ -34,10 +34,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from hoidata import __version__, ragged
+from hoicore import __version__
+from hoicore.errors import HoiError
+from hoicore.files import UnsafeNameError, atomic_write, check_inside, json_form
+from hoidata import ragged
 from hoidata.detections import Detections, DetectionsError, load_detections, load_image_list, save_detections
-from hoidata.errors import HoiError
-from hoidata.files import UnsafeNameError, atomic_write, check_inside, json_form
 from hoidata.labelspace import LabelSpace
 from pipeline.detect_options import DetectOptions
 from pipeline.detector import LoadedDetector, filter_image, load_detector
@@ -319,7 +320,7 @@ def run_detector(out: str | Path, *, images: str | Path, model: str, labelspace:
     """Detect objects in every image of ``images`` (or of ``images_list``) into ``out`` (HDF5);
     resumes a ``.wip`` left by an interrupted run with the same settings. Returns the detections.
     One run at a time holds ``out`` (a lock beside it naming its holder), as every writer does."""
-    from hoidata.lock import exclusive
+    from hoicore.lock import exclusive
 
     with exclusive(Path(out).absolute(), what="detections"):
         return _run_detector(Path(out), images=images, model=model, labelspace=labelspace, weights=weights,

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hoicore.errors import HoiError
 from hoidata import boxes as B
-from hoidata.errors import HoiError
 from hoidata.labelspace import LabelSpace
 
 log = logging.getLogger(__name__)

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from hoidata.errors import RunError
-from hoidata.files import IMAGE_FORMATS
+from hoicore.errors import RunError
+from hoicore.files import IMAGE_FORMATS
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
+from hoicore.errors import InputError
 from hoicore.options import check_fields, option
 from hoidata.boxes import CROP_MODES
-from hoidata.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from cache import store as cstore
-from hoidata.errors import InputError
-from hoidata.lock import exclusive
+from hoicore.errors import InputError
+from hoicore.lock import exclusive
 from pipeline.clip import load_teacher, prompts_sha256, text_embeddings
 
 log = logging.getLogger(__name__)

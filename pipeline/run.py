@@ -6,7 +6,7 @@ on the local threaded scheduler or, with ``scheduler=ADDRESS``, on a dask.distri
 cluster (one worker per GPU). A rerun finds the ``.wip`` store, checks that it was made
 with the same teacher, pair rule and dataset, and runs only the shards left.
 
-One run at a time holds an output (``OUT.lock``, :mod:`hoidata.lock`; only this
+One run at a time holds an output (``OUT.lock``, :mod:`hoicore.lock`; only this
 coordinator locks, never a worker). Every image name of the inputs must resolve inside
 ``--images`` (checked before the model loads). ``--levels global`` builds a store of the
 global pass alone; a store holding more levels than asked for is reused, one holding
@@ -30,15 +30,15 @@ from cache import schema as S
 from cache import store as cstore
 from cache.layout import Layout, plan
 from hoicore.device import resolve_device
+from hoicore.errors import InputError
+from hoicore.files import check_inside, image_size, json_form
+from hoicore.lock import exclusive
 from hoidata import boxes as B
 from hoidata import ragged
 from hoidata.annotations import SPLITS, Annotations, split_of_names
 from hoidata.detections import Detections, load_detections
-from hoidata.errors import InputError
-from hoidata.files import check_inside, image_size, json_form
 from hoidata.ground_truth import read_annotations
 from hoidata.labelspace import LabelSpace
-from hoidata.lock import exclusive
 from hoidata.pairs import PairRule, make_pairs
 from pipeline.clip import Teacher, prompts_sha256, text_embeddings
 from pipeline.options import RunOptions, TeacherOptions

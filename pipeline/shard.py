@@ -25,10 +25,10 @@ import torch
 from cache import schema as S
 from cache.store import TeacherCache
 from hoicore.device import resolve_device
+from hoicore.errors import HoiError
 from hoicore.memory import PeriodicRelease
 from hoidata import boxes as B
 from hoidata import ragged
-from hoidata.errors import HoiError
 from pipeline import crops
 from pipeline.clip import Teacher, load_teacher, register_model_configs
 from pipeline.encoder import Encoder

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hoidata.errors import HoiError
+from hoicore.errors import HoiError
 
 ARCH = "tiny-fcos"
 CONFIG_NAME = "detector_config.json"
@@ -147,7 +147,7 @@ def save_tiny_fcos(model: nn.Module, cfg: TinyFcosConfig, folder: str | Path, ex
     ``extra`` (training settings, results) goes to ``folder/training.json``. Returns the folder."""
     from safetensors.torch import save_file
 
-    from hoidata.files import atomic_write
+    from hoicore.files import atomic_write
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from cache.store import TeacherCache
-from hoidata.errors import RunError
+from hoicore.errors import RunError
 
 WRITER_MODES = ("thread", "process")
 

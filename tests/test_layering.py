@@ -17,7 +17,8 @@ FORBIDDEN = {
     "trainer": {"bench", "pipeline", "hoi"},
     "cache": {"bench", "pipeline", "trainer", "hoi"},
     "hoidata": {"bench", "pipeline", "trainer", "hoi"},
-    "hoicore": {"bench", "pipeline", "trainer", "hoi"},
+    # the bottom: infrastructure (errors, files, lock, logs, memory, options) knows no dataset
+    "hoicore": {"bench", "minibench", "pipeline", "trainer", "hoi", "cache", "hoidata"},
 }
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+from hoicore.files import write_json_atomic
 from hoicore.logs import basic_setup
-from hoidata.files import write_json_atomic
 
 from .config import TrainConfig
 from .engine import train_or_reuse

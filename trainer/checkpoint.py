@@ -29,9 +29,9 @@ from safetensors.torch import load_file, save_file
 
 from cache import schema as S
 from cache.store import TeacherCache
-from hoidata import __version__
-from hoidata.errors import HoiError
-from hoidata.files import atomic_write, fsync_dir, fsync_file, json_form
+from hoicore import __version__
+from hoicore.errors import HoiError
+from hoicore.files import atomic_write, fsync_dir, fsync_file, json_form
 
 FORMAT = "hoi-student/1"
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.safetensors", "checkpoint.json"

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from hoicore.errors import HoiError
+from hoicore.files import load_json
 from hoicore.options import check_fields, option
-from hoidata.errors import HoiError
-from hoidata.files import load_json
 
 # Scorers of cached pairs that `predict` knows (see trainer.predict).
 PREDICTION_MODELS = ("student", "teacher", "dense", "random")

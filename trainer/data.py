@@ -23,11 +23,11 @@ import torch
 
 from cache import schema as S
 from cache.store import TeacherCache
+from hoicore.errors import InputError
 from hoicore.memory import release_free_memory
 from hoidata import boxes as B
 from hoidata import pair_labels as PL
 from hoidata import ragged
-from hoidata.errors import InputError
 from hoidata.labelspace import LabelSpace
 
 from .config import ConfigError, TrainConfig

@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from cache.store import TeacherCache, open_cache
 from hoicore.device import resolve_device
+from hoicore.errors import HoiError
+from hoicore.files import atomic_write
+from hoicore.lock import exclusive
 from hoicore.memory import HEAP_TUNABLES, heap_tunables_set
-from hoidata.errors import HoiError
-from hoidata.files import atomic_write
-from hoidata.lock import exclusive
 
 from . import checkpoint as ckpt
 from .config import LABELLED, ConfigError, TrainConfig, runtime_fields

@@ -30,10 +30,10 @@ import torch
 
 from cache.store import TeacherCache, open_cache
 from hoicore.device import resolve_device
+from hoicore.files import write_json_atomic
 from hoidata.annotations import Annotations
 from hoidata.classes import class_record, to_base_classes
 from hoidata.evaluation import EvalResult, evaluate
-from hoidata.files import write_json_atomic
 from hoidata.hico_mat import read_image_labels
 from hoidata.predictions import Predictions, write_predictions
 

@@ -25,10 +25,10 @@ from bench.synthetic_cache import make_synthetic_cache
 from cache import schema as S
 from cache import store as cstore
 from cache.store import CacheError, open_cache, wip_path
+from hoicore.files import UnsafeNameError, inside
+from hoicore.lock import LockError, acquire, exclusive, holder_of, lock_path
 from hoidata.detections import Detections, load_detections, save_detections
-from hoidata.files import UnsafeNameError, inside
 from hoidata.labelspace import LabelSpace
-from hoidata.lock import LockError, acquire, exclusive, holder_of, lock_path
 from pipeline.options import RunOptions, TeacherOptions
 from pipeline.run import build_teacher_cache
 
@@ -368,7 +368,7 @@ def test_ctrl_c_while_the_store_is_created_cleans_up(world, tmp_path, monkeypatc
 
 HOLD = """
 import sys, time
-from hoidata.lock import acquire, LockError
+from hoicore.lock import acquire, LockError
 while not __import__("os").path.exists(sys.argv[2]):
     time.sleep(0.005)
 try:
@@ -426,7 +426,7 @@ def test_a_stale_lock_is_taken_over_by_exactly_one_of_several_runs(tmp_path):
 
 def _here() -> dict:
     """What a lock taken by a process of this host, boot and PID namespace records of it."""
-    from hoidata import lock
+    from hoicore import lock
 
     return {"host": socket.gethostname(), "boot_id": lock._boot_id(), "pid_ns": lock._pid_namespace()}
 
@@ -648,7 +648,7 @@ def _writers(tiny_ls, tmp_path):
 def test_an_output_is_the_old_file_or_the_new_one_never_a_torn_one(tiny_ls, tmp_path, monkeypatch, what):
     """A writer stopped before its rename (a kill, a full disk) leaves the previous file as it
     was and no temporary beside it."""
-    import hoidata.files
+    import hoicore.files
 
     write = _writers(tiny_ls, tmp_path)[what]
     out = tmp_path / "out" / "thing.png"
@@ -657,7 +657,7 @@ def test_an_output_is_the_old_file_or_the_new_one_never_a_torn_one(tiny_ls, tmp_
 
     def stopped(src, dst):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(hoidata.files.os, "replace", stopped)
+    monkeypatch.setattr(hoicore.files.os, "replace", stopped)
     with pytest.raises(OSError):
         write(out)
     assert out.read_bytes() == b"the previous version" and os.listdir(out.parent) == ["thing.png"]
@@ -671,8 +671,8 @@ def test_temporaries_killed_writers_left_are_swept_by_the_next_writer(tmp_path):
     killed export-mat's work folder: the next write of the same output removes them."""
     import socket
 
+    from hoicore.files import write_json_atomic
     from hoidata import matlab
-    from hoidata.files import write_json_atomic
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

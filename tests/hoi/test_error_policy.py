@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import TINY
 
 from hoi.cli import main as hoi_main
-from hoidata.errors import HoiError
+from hoicore.errors import HoiError
 from hoidata.predictions import PredictionsError, read_predictions
 
 

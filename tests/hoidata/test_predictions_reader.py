@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import make_preds
 
-from hoidata import json_rows
+from hoicore import json_rows
 from hoidata import predictions as P
 from hoidata.predictions import PredictionsError, read_predictions, write_predictions
 

@@ -16,10 +16,10 @@ from PIL import Image
 
 import pipeline.detect_stage as stage
 from hoi.cli_detections import detections as cli
+from hoicore.errors import InputError
 from hoidata.annotations import Annotations
 from hoidata.box_ap import average_precision, box_ap, ground_truth_boxes
 from hoidata.detections import Detections, load_detections
-from hoidata.errors import InputError
 from pipeline.detect_options import DetectOptions
 from pipeline.detector import DetectorError, hub_weights_path, load_detector
 from pipeline.detector_train import Sample, TrainSettings, train_detector
@@ -329,7 +329,7 @@ def test_box_ap_hand_made():
 def test_a_second_detections_run_on_the_same_output_is_refused_naming_the_holder(tmp_path, files, tiny_ls, stubbed):
     import os
 
-    from hoidata.lock import LockError, exclusive
+    from hoicore.lock import LockError, exclusive
 
     with exclusive((tmp_path / "out.h5").absolute(), what="detections"):  # run A holds it
         with pytest.raises(LockError, match=f"in use by another detections run .*pid {os.getpid()}"):

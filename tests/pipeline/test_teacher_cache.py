@@ -20,7 +20,7 @@ from tinyworld import MODEL, make_world_with_model
 
 from cache import schema as S
 from cache.store import CacheError, open_cache, wip_path
-from hoidata.errors import InputError
+from hoicore.errors import InputError
 from hoidata.labelspace import LabelSpace
 from pipeline.clip import load_teacher
 from pipeline.options import RunOptions, TeacherOptions

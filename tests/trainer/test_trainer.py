@@ -16,8 +16,8 @@ from cache.schema import STATUS_SKIPPED
 from cache.store import open_cache
 from hoi.cli import main as hoi_main
 from hoicore.device import resolve_device
+from hoicore.errors import InputError
 from hoidata.boxes import crop_region
-from hoidata.errors import InputError
 from hoidata.predictions import read_predictions
 from trainer import engine
 from trainer.ablate import BASELINES, GRID, ablate, format_ablation
@@ -683,7 +683,7 @@ def test_a_second_training_run_on_the_same_folder_is_refused_naming_the_holder(c
     import os
     import socket
 
-    from hoidata.lock import LockError, exclusive
+    from hoicore.lock import LockError, exclusive
 
     with exclusive(tmp_path / "run", what="training"):  # another run holds it
         holder = f"in use by another training run .*pid {os.getpid()}.*{socket.gethostname()}"
