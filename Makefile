@@ -69,7 +69,7 @@ minibench-clip: $(STAMP)
 # its test box AP@0.5 beside the simulated detector's.
 minibench-detector: $(STAMP)
 	$(BIN)/python -m minibench.build --out runs/minibench --no-web
-	$(BIN)/python -m pipeline.detector_train --world runs/minibench --out minibench/model/detector --epochs 30
+	$(BIN)/python -m pipeline.tiny_fcos.train --world runs/minibench --out minibench/model/detector --epochs 30
 
 clean:
 	rm -rf $(VENV) build *.egg-info

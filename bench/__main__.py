@@ -36,7 +36,7 @@ def main(num: int, baseline_classes: int, only: str, teacher_images: int, model:
         bench_predictions_read(num)
     if only in ("all", "teacher"):
         from bench.teacher import bench_teacher, parse_run_overrides
-        from pipeline.options import RunOptions
+        from pipeline.teacher.options import RunOptions
         try:
             run = parse_run_overrides(list(teacher_run))
             variants = [parse_run_overrides(v.replace(",", " ").split()) for v in teacher_variant]

@@ -22,9 +22,9 @@ from hoi.demo import demo_paths, demo_teacher
 from hoi.detect import run_detect
 from hoidata.labelspace import LabelSpace
 from minibench.build import layout
-from pipeline.detect_options import DetectOptions
-from pipeline.options import RunOptions
-from pipeline.run import build_teacher_cache
+from pipeline.detection.options import DetectOptions
+from pipeline.teacher.options import RunOptions
+from pipeline.teacher.run import build_teacher_cache
 
 
 def bench_detect(demo: str = "runs/demo", pairs_at: int = 40) -> None:
@@ -72,17 +72,17 @@ def bench_paper_scale(num_images: int = 2, pairs: int = 40, model: str = "ViT-B-
     the crops alike, the default student over its 14 x 14 map, ``pairs`` pairs an image.
 
     Both paths cut their regions from the same image canvas and run the pipeline's own
-    encoder (:class:`pipeline.encoder.Encoder`, bf16 on CUDA): the teacher path is the global
+    encoder (:class:`pipeline.teacher.encoder.Encoder`, bf16 on CUDA): the teacher path is the global
     pass and one pass per union crop; the student path the global pass and the student's
     heads on every pair. Measured, not extrapolated. Returns the milliseconds per image."""
     from hoicore.device import resolve_device
     from hoidata.labelspace import hico_det
-    from pipeline import crops
-    from pipeline.clip import load_teacher
-    from pipeline.encoder import Encoder
+    from pipeline.teacher import crops
+    from pipeline.teacher.clip import load_teacher
+    from pipeline.teacher.encoder import Encoder
     from trainer.config import TrainConfig
-    from trainer.data import pair_block
     from trainer.engine import autocast_for
+    from trainer.geometry import pair_block
     from trainer.model import Student, pair_scores
 
     dev = resolve_device(device)

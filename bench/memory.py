@@ -43,8 +43,8 @@ import json, sys, time
 from hoicore.memory import heap_stats
 from hoi.demo import demo_teacher
 from hoidata.labelspace import hico_det
-from pipeline.options import RunOptions
-from pipeline.run import build_teacher_cache
+from pipeline.teacher.options import RunOptions
+from pipeline.teacher.run import build_teacher_cache
 t0 = time.perf_counter()
 build_teacher_cache(sys.argv[1], images=sys.argv[2], detections=sys.argv[3], labelspace=hico_det(),
                     teacher=demo_teacher(), run=RunOptions(images_per_shard=int(sys.argv[4]), progress=False))

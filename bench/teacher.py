@@ -26,10 +26,10 @@ from hoicore.device import resolve_device
 from hoidata.detections import Detections, load_detections, save_detections
 from hoidata.labelspace import hico_det
 from hoidata.pairs import PairRule, make_pairs
-from pipeline.clip import load_teacher
-from pipeline.options import RunOptions, TeacherOptions
-from pipeline.run import build_teacher_cache
-from pipeline.shard import helper_modes
+from pipeline.teacher.clip import load_teacher
+from pipeline.teacher.options import RunOptions, TeacherOptions
+from pipeline.teacher.run import build_teacher_cache
+from pipeline.teacher.shard import helper_modes
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def make_images(folder: Path, n: int, humans: int, objects: int, seed: int = 0, 
 def _bare(teacher, num_images: int, num_crops: int, batch_size: int, crop_batch: int, device) -> float:
     """Seconds for the pipeline's own encoder passes (same batch shapes and precision) over
     num_images global inputs and num_crops crops already on the device."""
-    from pipeline.encoder import Encoder
+    from pipeline.teacher.encoder import Encoder
 
     text = torch.nn.functional.normalize(torch.randn(600, teacher.model.visual.proj.shape[1], device=device), dim=1)
     enc = Encoder(teacher, text, device)

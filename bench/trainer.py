@@ -39,9 +39,11 @@ from bench.timing import ms_per_call
 from cache.store import open_cache
 from hoicore.device import resolve_device
 from hoidata.labelspace import LabelSpace
+from trainer.batch import Block
+from trainer.cache_info import object_class_mask, resolve_crop_mode
 from trainer.config import TrainConfig
-from trainer.data import Block, CacheReader, TrainData, object_class_mask, resolve_crop_mode
 from trainer.engine import autocast_for, build_model, make_optimizer, train_one_epoch
+from trainer.loader import CacheReader, TrainData
 from trainer.losses import DistillationLoss
 from trainer.model import pair_scores
 

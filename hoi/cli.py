@@ -219,7 +219,7 @@ def detect(images, images_list, checkpoint, output, detector, detector_weights, 
            add_classes, overwrite, **options):
     """HOI detections for a folder of photos: detector, CLIP's global pass, the student (no union crops)."""
     from hoi.detect import run_detect
-    from pipeline.detect_options import DetectOptions
+    from pipeline.detection.options import DetectOptions
 
     refuse_existing(output, overwrite)
     info = run_detect(images, checkpoint, output, detector=detector, detector_weights=detector_weights,

@@ -10,7 +10,7 @@ from hoicore.errors import InputError
 from hoicore.options import click_options, take
 from hoidata.annotations import SPLITS
 from hoidata.pairs import PairRule
-from pipeline.options import TEACHER_CLI, RunOptions, TeacherOptions
+from pipeline.teacher.options import TEACHER_CLI, RunOptions, TeacherOptions
 
 # One option per field of RunOptions, TeacherOptions (but mean and std) and PairRule, declared once there.
 run_options = click_options(RunOptions)
@@ -39,7 +39,7 @@ pair_rule_options = click_options(PairRule)
 def teacher_cache(images, detections, annotations, labelspace, model_config, split, output, **options):
     """Run a frozen CLIP once over every image and union box of a split into a Zarr cache."""
     from hoidata.labelspace import LabelSpace
-    from pipeline.run import build_teacher_cache
+    from pipeline.teacher.run import build_teacher_cache
 
     teacher, pair_rule = take(TeacherOptions, options), take(PairRule, options)
     final = build_teacher_cache(output, images=images, detections=detections, annotations=annotations,
@@ -60,8 +60,8 @@ def teacher_cache(images, detections, annotations, labelspace, model_config, spl
 def rescore(cache, prompts, templates, model_config, device, output):
     """Score a new prompt set against a finished cache without running the image encoder."""
     from hoicore.files import load_json
-    from pipeline.clip import register_model_configs
-    from pipeline.rescore import rescore as run
+    from pipeline.teacher.clip import register_model_configs
+    from pipeline.teacher.rescore import rescore as run
 
     register_model_configs(model_config)
     plist = load_json(prompts, ValueError, "prompts") if prompts else None

@@ -1,7 +1,7 @@
 """``hoi detections``: run a detector over images, or import an off-the-shelf detector's boxes,
 into one HDF5 file; and inspect it.
 
-Thin wrappers: parse, call :mod:`pipeline.detect_stage` or :mod:`hoidata.detections`, print.
+Thin wrappers: parse, call :mod:`pipeline.detection.stage` or :mod:`hoidata.detections`, print.
 Logging is set up by the parent ``hoi`` group.
 """
 
@@ -13,7 +13,7 @@ import click
 
 from hoi.errors import HoiGroup
 from hoicore.options import click_options
-from pipeline.detect_options import DetectOptions
+from pipeline.detection.options import DetectOptions
 
 
 @click.group(cls=HoiGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -127,7 +127,7 @@ def run_cmd(images, images_list, model, weights, labelspace, output, **options):
     """Run an object detector over a folder of images into one HDF5 detections file (resumable)."""
     from hoidata import detections as D
     from hoidata.labelspace import LabelSpace
-    from pipeline.detect_stage import run_detector
+    from pipeline.detection.stage import run_detector
 
     dets = run_detector(output, images=images, model=model, weights=weights, images_list=images_list,
                         labelspace=LabelSpace.load(labelspace), options=DetectOptions(**options))

@@ -122,7 +122,7 @@ def world_step(p: dict, train_images: int, val_images: int, test_images: int, se
 def demo_teacher():
     """The teacher options of the demo (and of the validation runs)."""
     from minibench.clip import MODEL_DIR
-    from pipeline.options import TeacherOptions
+    from pipeline.teacher.options import TeacherOptions
 
     return TeacherOptions(model=f"local-dir:{MODEL_DIR}", global_size=GLOBAL_SIZE, crop_mode=CROP_MODE,
                           union_margin=UNION_MARGIN)
@@ -133,8 +133,8 @@ def cache_step(p: dict, w: dict, ls, splits, echo) -> None:
     evaluation, the train split's for the supervised references alone (no annotation-free
     student reads it; its CLIP arrays are the same with or without it)."""
     from cache.store import CacheMismatch
-    from pipeline.options import RunOptions
-    from pipeline.run import build_teacher_cache
+    from pipeline.teacher.options import RunOptions
+    from pipeline.teacher.run import build_teacher_cache
 
     echo(f"[2/5] teacher cache of {', '.join(splits)} (the minibench CLIP; whole images at {GLOBAL_SIZE} px, "
          "union boxes at its input size)")
@@ -224,7 +224,7 @@ def _asked_in_words(p: dict, results: dict, echo, split: str = "unseen_verb") ->
     from cache.store import open_cache
     from hoi.queries import cache_classes
     from trainer.ablate import UNSEEN_PREFIX
-    from trainer.data import labelspace_of
+    from trainer.cache_info import labelspace_of
     from trainer.predict import run_eval
 
     row = next((t for t in results["unseen"] if t["split"] == split), None)
@@ -251,7 +251,7 @@ def _detected_row(p: dict, w: dict, ls, echo) -> dict | None:
     (``hoi detect``), evaluated on the test split; None when no detector is shipped."""
     from hoi.detect import default_detector, run_detect
     from hoidata.evaluation import evaluate_file
-    from pipeline.detect_options import DetectOptions
+    from pipeline.detection.options import DetectOptions
 
     if default_detector(ls) is None:
         echo("[4/5] no detector is shipped for this label space: no all-late-detected row")

@@ -3,8 +3,8 @@
 The student's cheap inference path, streamed in batches of images so memory stays flat
 for any number of them::
 
-    decode -> detector (pipeline.detect_stage) -> pairs (the student's pair rule)
-           -> CLIP's global pass (pipeline.global_pass) -> student (trainer.predict) -> rows
+    decode -> detector (pipeline.detection.stage) -> pairs (the student's pair rule)
+           -> CLIP's global pass (pipeline.teacher.global_pass) -> student (trainer.predict) -> rows
 
 No union crop is encoded: that is the teacher's cost, which the student exists to avoid.
 The teacher, its prompts, the pair rule and the label space are the ones the checkpoint
@@ -66,7 +66,7 @@ def _teacher_options(teacher, model: str | None = None, weights=None):
     """The teacher recorded in a checkpoint (:class:`cache.schema.TeacherAttrs`), loaded from
     ``model`` / ``weights`` when given (the same CLIP moved elsewhere: its weights' sha256 is
     checked after loading)."""
-    from pipeline.options import TeacherOptions
+    from pipeline.teacher.options import TeacherOptions
 
     return TeacherOptions(model=model or teacher.model, pretrained=str(weights) if weights else teacher.pretrained,
                           templates=teacher.templates, crop_mode=teacher.crop_mode or "squash",
@@ -82,7 +82,7 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     ``checkpoint``, written to ``output`` (.json, .json.gz or .npz) with their provenance;
     pictures of the top detections in ``draw`` when given, as ``drawing`` says
     (:class:`hoidata.visualize.Drawing`: images, pairs per image, size).
-    ``options``: the detector's :class:`pipeline.detect_options.DetectOptions` (its device and
+    ``options``: the detector's :class:`pipeline.detection.options.DetectOptions` (its device and
     on_error serve every stage). hoi, classes_file, add_classes: classes asked for in words
     (:mod:`hoi.queries`), scored instead of (or beside) the checkpoint's own and recorded in
     the output. teacher_model, teacher_weights: where the checkpoint's CLIP is now, when it
@@ -97,11 +97,11 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     from hoidata.labelspace import LabelSpace
     from hoidata.pairs import PairRule
     from hoidata.predictions import Predictions, write_predictions
-    from pipeline.clip import missing_teacher_files
-    from pipeline.detect_options import DetectOptions
-    from pipeline.detect_stage import decoded_batches, list_images, resolve_precision
-    from pipeline.detector import load_detector
-    from pipeline.global_pass import GlobalPass
+    from pipeline.detection.detector import load_detector
+    from pipeline.detection.options import DetectOptions
+    from pipeline.detection.stage import decoded_batches, list_images, resolve_precision
+    from pipeline.teacher.clip import missing_teacher_files
+    from pipeline.teacher.global_pass import GlobalPass
     from trainer import checkpoint as ckpt
     from trainer.predict import concat_rows, student_from
 
@@ -189,14 +189,14 @@ class _Scorer:
     def __post_init__(self):
         import torch
 
-        from trainer.data import teacher_crop_mode
+        from trainer.cache_info import teacher_crop_mode
 
         self.crop_mode = teacher_crop_mode(self.student.config.crop_mode, self.teacher, "the checkpoint's teacher")
         self.mask = self.labelspace.object_class_mask
         self.mask_t = torch.from_numpy(self.mask).to(self.device)
 
     def rows(self, image: np.ndarray, sizes: np.ndarray, dense: np.ndarray, dets: tuple, pairs: tuple) -> dict:
-        from trainer.data import pair_block
+        from trainer.geometry import pair_block
         from trainer.predict import block_rows, student_scores
 
         box, score, label = dets
@@ -215,7 +215,7 @@ def _detect_batch(det, clip, scorer: _Scorer, rule, ls, names, positions, decode
     :class:`pipeline.images.Decoded` pixels or the message of a failure): detect, pair,
     encode, score; boxes in the files' own pixels."""
     from hoidata.pairs import make_pairs
-    from pipeline.detect_stage import DetectStageError, concat_detections, detect_images
+    from pipeline.detection.stage import DetectStageError, concat_detections, detect_images
 
     t0 = time.perf_counter()
     ok, arrays = [], []

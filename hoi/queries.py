@@ -55,7 +55,7 @@ def teacher_text(teacher, prompts, device="cpu") -> np.ndarray:
     """float32 [C, D]: ``prompts`` embedded by ``teacher`` (a cache's
     :class:`cache.schema.TeacherAttrs`), its templates averaged; refused if the weights found
     are not those its sha256 names."""
-    from pipeline.clip import load_teacher, text_embeddings
+    from pipeline.teacher.clip import load_teacher, text_embeddings
 
     loaded = load_teacher(teacher.model, teacher.pretrained, device=device)
     if loaded.weights_sha256 != teacher.weights_sha256:
@@ -67,7 +67,7 @@ def teacher_text(teacher, prompts, device="cpu") -> np.ndarray:
 def cache_classes(cache_path, hoi=(), classes_file=None, add_classes: bool = False, labelspace=None):
     """(label space, text [C', D]) of the classes asked for on a cache, or None (its own)."""
     from cache.store import open_cache
-    from trainer.data import labelspace_of
+    from trainer.cache_info import labelspace_of
 
     cache = open_cache(cache_path)
     ls = asked_labelspace(labelspace_of(cache, labelspace), hoi, classes_file, add_classes)

@@ -3,8 +3,8 @@
 A field made with :func:`option` carries its help, choices and bounds;
 :func:`check_fields` enforces them on a dataclass instance and :func:`click_options`
 turns the dataclass into click options, one per field, so a setting's name, help and
-default are written in one place (``pipeline.options.RunOptions``, ``trainer.config.TrainConfig``,
-``pipeline.detect_options.DetectOptions``).
+default are written in one place (``pipeline.teacher.options.RunOptions``, ``trainer.config.TrainConfig``,
+``pipeline.detection.options.DetectOptions``).
 
 Two default semantics, chosen per command:
 - ``given_only=False``: each option defaults to the field's default (shown in the help),

@@ -2,7 +2,7 @@
 
 A batch of images of different sizes becomes one uint8 canvas ``[n, C, H, W]`` (images
 top-left, ``H``/``W`` the largest), so the shard uploads it in one copy and cuts every
-crop of the batch with one ``roi_align`` call per pass (``pipeline.crops``), instead of
+crop of the batch with one ``roi_align`` call per pass (``pipeline.teacher.crops``), instead of
 a dozen small operations per image on the thread that feeds the GPU.
 
 Padding keeps crops what they would be if each image were cut alone, and independent of

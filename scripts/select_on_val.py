@@ -64,8 +64,8 @@ def select_teacher(p: dict, w: dict, ls, out: Path) -> dict:
     from dataclasses import replace
 
     from hoi.demo import demo_teacher
-    from pipeline.options import RunOptions
-    from pipeline.run import build_teacher_cache
+    from pipeline.teacher.options import RunOptions
+    from pipeline.teacher.run import build_teacher_cache
     from trainer.predict import run_eval
 
     table = {}

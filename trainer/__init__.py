@@ -3,7 +3,10 @@
 Modules (import what you use; this package imports nothing heavy by itself):
 
 - :mod:`trainer.config`: :class:`~trainer.config.TrainConfig`, every switch of a run.
-- :mod:`trainer.data`: blocks of cached images and pairs, streamed or held in memory.
+- :mod:`trainer.cache_info`: what a cache means to the student (label space, seen classes, crop rule).
+- :mod:`trainer.batch`: :class:`~trainer.batch.Block` (numpy) and :class:`~trainer.batch.Batch` (tensors).
+- :mod:`trainer.geometry`: boxes into the dense map's grid; candidate pairs from detections.
+- :mod:`trainer.loader`: blocks of cached images and pairs, streamed or held in memory.
 - :mod:`trainer.model`: :class:`~trainer.model.Student` (global, human-object, union branches).
 - :mod:`trainer.losses`: :class:`~trainer.losses.DistillationLoss` (soft labels from CLIP's raw scores).
 - :mod:`trainer.engine`: ``train_one_epoch`` and :func:`~trainer.engine.train` (checkpoints, resume).

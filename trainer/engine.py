@@ -27,16 +27,10 @@ from hoicore.lock import exclusive
 from hoicore.memory import HEAP_TUNABLES, heap_tunables_set
 
 from . import checkpoint as ckpt
+from .batch import Block
+from .cache_info import object_class_mask, refuse_test_split, require_ground_truth, resolve_crop_mode, seen_classes
 from .config import LABELLED, ConfigError, TrainConfig, runtime_fields
-from .data import (
-    Block,
-    TrainData,
-    object_class_mask,
-    refuse_test_split,
-    require_ground_truth,
-    resolve_crop_mode,
-    seen_classes,
-)
+from .loader import TrainData
 from .losses import DistillationLoss
 from .model import Student
 

@@ -28,7 +28,7 @@ equally weighted, over the same support (rows without a labelled class there are
 With ``config.unseen`` (a zero-shot split), every support is restricted to the seen
 classes: unseen classes get no soft label and no loss term, and their text embeddings take
 no part in any softmax a loss reads (rows left without a seen class are dropped). Labels
-come without them too (:class:`trainer.data.CacheReader`): a pair that matched only unseen
+come without them too (:class:`trainer.loader.CacheReader`): a pair that matched only unseen
 classes is a negative, as in the standard zero-shot HOI protocol.
 
 As in DETR's criterion, :class:`DistillationLoss` returns the unweighted losses by name;
@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batch import Batch
 from .config import LOSS_WEIGHTS, TrainConfig
-from .data import Batch
 
 
 def soft_kl(student: torch.Tensor, teacher_raw: torch.Tensor, support: torch.Tensor,

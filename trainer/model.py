@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batch import Batch
 from .config import TrainConfig
-from .data import Batch
 from .roi import RoIPool
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp

@@ -38,10 +38,12 @@ from hoidata.hico_mat import read_image_labels
 from hoidata.predictions import Predictions, write_predictions
 
 from . import checkpoint as ckpt
+from .batch import Block
+from .cache_info import labelspace_of, object_class_mask, resolve_crop_mode
 from .config import PREDICTION_MODELS as MODELS
 from .config import ConfigError, TrainConfig
-from .data import Block, CacheReader, labelspace_of, object_class_mask, prefetched, resolve_crop_mode
 from .engine import autocast_for
+from .loader import CacheReader, prefetched
 from .model import Student, clip_regions, masked_softmax, pair_scores, state_shapes
 
 log = logging.getLogger(__name__)

@@ -134,8 +134,8 @@ def _build(world, out):
     from tinyworld import MODEL
 
     from hoidata.labelspace import LabelSpace
-    from pipeline.options import RunOptions, TeacherOptions
-    from pipeline.run import build_teacher_cache
+    from pipeline.teacher.options import RunOptions, TeacherOptions
+    from pipeline.teacher.run import build_teacher_cache
 
     return build_teacher_cache(
         out, images=world["images"], detections=world["detections"], annotations=world["annotations"],
@@ -154,7 +154,7 @@ def test_a_teacher_cache_killed_at_any_file_operation_of_a_shard_or_finalize_res
     and finalize's sweep, sync and rename."""
     from cache import store as cstore
     from cache.store import open_cache
-    from pipeline import run
+    from pipeline.teacher import run
 
     watched = [(run, "run_shard"), (run.cstore, "finalize")]
     assert run.cstore is cstore

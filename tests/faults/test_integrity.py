@@ -29,8 +29,8 @@ from hoicore.files import UnsafeNameError, inside
 from hoicore.lock import LockError, acquire, exclusive, holder_of, lock_path
 from hoidata.detections import Detections, load_detections, save_detections
 from hoidata.labelspace import LabelSpace
-from pipeline.options import RunOptions, TeacherOptions
-from pipeline.run import build_teacher_cache
+from pipeline.teacher.options import RunOptions, TeacherOptions
+from pipeline.teacher.run import build_teacher_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -388,7 +388,7 @@ def _holder(out: Path, go: Path, seconds: float) -> subprocess.Popen:
 
 def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holders_lock_is_taken_over(world, tmp_path,
                                                                                            monkeypatch):
-    import pipeline.run as run_mod
+    import pipeline.teacher.run as run_mod
 
     out, go = tmp_path / "cache.zarr", tmp_path / "go"
     go.touch()
@@ -499,7 +499,7 @@ def _dets_with_name(world, tmp_path, name: str) -> Path:
 
 @pytest.mark.parametrize("name", ["../outside.jpg", "/etc/hostname", "a/../../x.jpg", "link.jpg"])
 def test_names_leaving_the_images_folder_are_refused_before_the_model_loads(world, tmp_path, monkeypatch, name):
-    import pipeline.run as run_mod
+    import pipeline.teacher.run as run_mod
 
     images = tmp_path / "images"
     shutil.copytree(world["images"], images)
@@ -524,7 +524,7 @@ def test_inside_accepts_names_that_stay_inside(tmp_path):
 
 
 def test_the_detector_stage_refuses_listed_names_outside_the_folder(tmp_path):
-    from pipeline import detect_stage as stage
+    from pipeline.detection import stage as stage
 
     (tmp_path / "images").mkdir()
     listing = tmp_path / "list.txt"
@@ -535,7 +535,7 @@ def test_the_detector_stage_refuses_listed_names_outside_the_folder(tmp_path):
 
 def test_the_detector_stage_refuses_a_symlink_out_of_the_images_folder(tmp_path):
     """One rule for hoi detect and teacher-cache: a file of the folder that leads out of it."""
-    from pipeline import detect_stage as stage
+    from pipeline.detection import stage as stage
 
     (tmp_path / "images").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.jpg")
@@ -580,7 +580,7 @@ def test_names_from_data_files_stay_inside_their_folders(tmp_path):
 # -- the global level alone -------------------------------------------------------------------
 
 def test_a_global_only_store_has_no_union_data_and_did_no_crop_work(world, reference, tmp_path, monkeypatch):
-    from pipeline.encoder import Encoder
+    from pipeline.teacher.encoder import Encoder
 
     monkeypatch.setattr(Encoder, "union_pass", lambda *a, **kw: pytest.fail("a union crop was encoded"))
     out = build(world, tmp_path / "global.zarr", levels="global")
@@ -604,7 +604,7 @@ def test_a_global_only_store_has_no_union_data_and_did_no_crop_work(world, refer
     with pytest.raises(CacheError, match=r"holds levels \['global'\], but levels \['global', 'union'\] were asked"):
         build(world, out)
     # rescoring touches only the levels held
-    from pipeline.rescore import rescore
+    from pipeline.teacher.rescore import rescore
 
     prompts = [p.upper() for p in c.attrs["teacher"]["prompts"]]
     new = open_cache(rescore(out, tmp_path / "rescored.zarr", prompts=prompts))

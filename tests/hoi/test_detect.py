@@ -16,11 +16,11 @@ from hoi.detect import run_detect
 from hoidata.labelspace import LabelSpace
 from hoidata.pairs import PairRule
 from hoidata.predictions import read_predictions, read_provenance
-from pipeline.detect_options import DetectOptions
-from pipeline.detect_stage import run_detector
-from pipeline.options import RunOptions, TeacherOptions
-from pipeline.run import build_teacher_cache
-from pipeline.tiny_fcos import TinyFcosConfig, build_tiny_fcos, save_tiny_fcos
+from pipeline.detection.options import DetectOptions
+from pipeline.detection.stage import run_detector
+from pipeline.teacher.options import RunOptions, TeacherOptions
+from pipeline.teacher.run import build_teacher_cache
+from pipeline.tiny_fcos.model import TinyFcosConfig, build_tiny_fcos, save_tiny_fcos
 from trainer.config import TrainConfig
 from trainer.engine import train
 from trainer.predict import predict
@@ -230,7 +230,7 @@ def test_a_large_photo_is_reduced_as_decoded_and_its_boxes_stay_in_its_own_pixel
     (JPEG DCT scaling, never the full raster), and every box comes back in the photo's pixels."""
     from PIL import Image
 
-    from pipeline import detect_stage
+    from pipeline.detection import stage as detect_stage
     from pipeline.images import decode_sized
 
     big = tmp_path / "photos" / "big.jpg"

@@ -15,7 +15,7 @@ from bench.synthetic_cache import make_synthetic_cache
 from hoi.cli import main
 from hoicore.errors import InputError
 from hoidata.pairs import PairRule
-from pipeline.options import TEACHER_CLI, RunOptions, TeacherOptions
+from pipeline.teacher.options import TEACHER_CLI, RunOptions, TeacherOptions
 from trainer.config import ConfigError, TrainConfig, read_config_file
 
 

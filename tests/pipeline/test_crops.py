@@ -6,8 +6,8 @@ import torch
 from torchvision.ops import roi_align
 
 from hoidata import boxes as B
-from pipeline.crops import crop_normalised
 from pipeline.images import pad_into_canvas
+from pipeline.teacher.crops import crop_normalised
 
 MEAN = torch.tensor([0.48, 0.46, 0.41]).view(1, 3, 1, 1)
 STD = torch.tensor([0.27, 0.26, 0.28]).view(1, 3, 1, 1)

@@ -14,16 +14,16 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
-import pipeline.detect_stage as stage
+import pipeline.detection.stage as stage
 from hoi.cli_detections import detections as cli
 from hoicore.errors import InputError
 from hoidata.annotations import Annotations
 from hoidata.box_ap import average_precision, box_ap, ground_truth_boxes
 from hoidata.detections import Detections, load_detections
-from pipeline.detect_options import DetectOptions
-from pipeline.detector import DetectorError, hub_weights_path, load_detector
-from pipeline.detector_train import Sample, TrainSettings, train_detector
-from pipeline.tiny_fcos import TinyFcosConfig, build_tiny_fcos, load_tiny_fcos, save_tiny_fcos
+from pipeline.detection.detector import DetectorError, hub_weights_path, load_detector
+from pipeline.detection.options import DetectOptions
+from pipeline.tiny_fcos.model import TinyFcosConfig, build_tiny_fcos, load_tiny_fcos, save_tiny_fcos
+from pipeline.tiny_fcos.train import Sample, TrainSettings, train_detector
 from tests.conftest import TINY
 
 SSD = "ssdlite320_mobilenet_v3_large"  # the smallest torchvision detector (14 MB), fast at 320 px

@@ -22,9 +22,9 @@ from cache import schema as S
 from cache.store import CacheError, open_cache, wip_path
 from hoicore.errors import InputError
 from hoidata.labelspace import LabelSpace
-from pipeline.clip import load_teacher
-from pipeline.options import RunOptions, TeacherOptions
-from pipeline.run import build_teacher_cache
+from pipeline.teacher.clip import load_teacher
+from pipeline.teacher.options import RunOptions, TeacherOptions
+from pipeline.teacher.run import build_teacher_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -251,7 +251,7 @@ def test_train_and_eval_on_a_real_teacher_cache(world, reference, tmp_path):
 def test_rescore_scores_new_prompts_without_the_image_encoder(world, reference, tmp_path):
     import json
 
-    from pipeline.clip import text_embeddings
+    from pipeline.teacher.clip import text_embeddings
 
     prompts = [f"a photo of {p.lower()}" for p in LabelSpace.load(world["labelspace"]).prompts]
     (tmp_path / "p.json").write_text(json.dumps(prompts))
@@ -285,7 +285,7 @@ def test_shards_on_a_dask_distributed_cluster(world, reference, tmp_path):
 @pytest.mark.parametrize("address, words", [("notaurl", "is not a scheduler address"),
                                              ("tcp://127.0.0.1:9", "no dask scheduler answered within 1 s")])
 def test_an_unreachable_scheduler_is_one_line_before_any_work(world, tmp_path, monkeypatch, address, words):
-    import pipeline.run as run_module
+    import pipeline.teacher.run as run_module
 
     monkeypatch.setattr(run_module.reach_scheduler, "__defaults__", (1,))  # a second, not ten
     with pytest.raises(InputError, match=words):
@@ -357,7 +357,7 @@ def test_verify_finds_damaged_arrays(reference, tmp_path, damage, message):
 def test_helper_processes_on_gpu_only_and_never_from_a_daemon(monkeypatch):
     from types import SimpleNamespace
 
-    from pipeline import shard
+    from pipeline.teacher import shard
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert shard.helper_modes(RunOptions(), cuda) == ("processes", "process")
@@ -370,7 +370,7 @@ def test_helper_processes_on_gpu_only_and_never_from_a_daemon(monkeypatch):
 def test_a_dead_writer_process_is_reported_and_nothing_marked_done(tmp_path):
     from bench.synthetic_cache import make_synthetic_cache
     from cache.store import TeacherCache
-    from pipeline import writer as W
+    from pipeline.teacher import writer as W
 
     path = make_synthetic_cache(tmp_path / "c", num_images=16, pairs_per_image=2, num_classes=4, embed_dim=8,
                                 grid=(2, 2), images_per_shard=16, image_chunk=8, pair_chunk=16)
@@ -394,7 +394,7 @@ def test_a_large_image_is_decoded_reduced_and_its_crops_follow(world, reference,
     world's 96 x 72 images), the boxes scaled with it: crops show the same regions, so the
     embeddings stay those of full-size decoding up to the lost resolution."""
     from pipeline import images as I
-    from pipeline import shard
+    from pipeline.teacher import shard
 
     names = sorted(p.name for p in Path(world["images"]).glob("*.jpg"))[:2]
     spec = I.BatchSpec(str(world["images"]), tuple(names), (0, 1), max_side=48)

@@ -14,10 +14,11 @@ from hoidata import boxes as B
 from hoidata import ragged
 from hoidata.evaluation import overlap_pixel1
 from hoidata.pair_labels import image_labels, match_pairs, pair_labels
+from trainer.cache_info import object_class_mask, seen_classes
 from trainer.checkpoint import load_weights, read_meta
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import CacheReader, TrainData, object_class_mask, seen_classes
 from trainer.engine import build_model, train
+from trainer.loader import CacheReader, TrainData
 from trainer.losses import DistillationLoss, label_kl
 from trainer.model import masked_softmax, pair_scores
 

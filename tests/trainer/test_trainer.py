@@ -21,10 +21,13 @@ from hoidata.boxes import crop_region
 from hoidata.predictions import read_predictions
 from trainer import engine
 from trainer.ablate import BASELINES, GRID, ablate, format_ablation
+from trainer.batch import Block
+from trainer.cache_info import labelspace_of, object_class_mask, seen_classes
 from trainer.checkpoint import CheckpointError, load_weights
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import Block, CacheReader, TrainData, labelspace_of, object_class_mask, seen_classes, to_grid
 from trainer.engine import NonFiniteLossError, build_model, train
+from trainer.geometry import to_grid
+from trainer.loader import CacheReader, TrainData
 from trainer.losses import DistillationLoss, mil_pool
 from trainer.model import masked_softmax, pair_scores
 from trainer.predict import load_student, predict, run_eval
@@ -133,7 +136,7 @@ def test_a_window_selects_what_its_blocks_joined_would(caches):
     block, none) and blocks with no image."""
     from dataclasses import fields
 
-    from trainer.data import Window
+    from trainer.batch import Window
 
     reader = CacheReader(open_cache(caches["train"]), "squash")
     blocks = [reader.read(0, 8), reader.read(8, 8), reader.read(8, 24), reader.read(24, 32)]

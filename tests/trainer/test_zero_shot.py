@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from bench.synthetic_cache import make_synthetic_cache
 from cache.store import open_cache
+from trainer.cache_info import object_class_mask
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import CacheReader, object_class_mask
 from trainer.engine import build_model, train
+from trainer.loader import CacheReader
 from trainer.losses import DistillationLoss
 from trainer.model import Student, clip_regions, masked_softmax
 from trainer.predict import load_student, predict

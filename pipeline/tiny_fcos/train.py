@@ -1,7 +1,7 @@
 """Train a tiny-fcos detector on a split's object boxes; report its box AP@0.5 on a test split.
 
-    python -m pipeline.detector_train --world runs/minibench --out minibench/model/detector [--epochs N]
-    python -m pipeline.detector_train --images DIR --annotations FILE --labelspace FILE --out DIR \\
+    python -m pipeline.tiny_fcos.train --world runs/minibench --out minibench/model/detector [--epochs N]
+    python -m pipeline.tiny_fcos.train --images DIR --annotations FILE --labelspace FILE --out DIR \\
         [--test-images DIR --test-annotations FILE] [--compare DETECTIONS.h5]
 
 It learns from boxes and categories only, never from HOI labels (as a COCO detector knows
@@ -39,9 +39,9 @@ from hoidata.box_ap import BoxAP, box_ap, ground_truth_boxes
 from hoidata.detections import load_detections
 from hoidata.ground_truth import read_annotations
 from hoidata.labelspace import LabelSpace
-from pipeline.detect_options import DetectOptions
+from pipeline.detection.options import DetectOptions
 from pipeline.images import decode
-from pipeline.tiny_fcos import TinyFcosConfig, build_tiny_fcos, save_tiny_fcos
+from pipeline.tiny_fcos.model import TinyFcosConfig, build_tiny_fcos, save_tiny_fcos
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def test_ap(checkpoint: Path, images: Path, annotations: Path, labelspace: Label
             options: DetectOptions = DetectOptions(progress=False)) -> BoxAP:
     """Box AP@0.5 of the checkpoint on a split, its detections made by the detector stage
     (``hoi detections run``) with ``options``."""
-    from pipeline.detect_stage import run_detector
+    from pipeline.detection.stage import run_detector
 
     with tempfile.TemporaryDirectory() as tmp:
         dets = run_detector(Path(tmp) / "test.h5", images=images, model="tiny-fcos", weights=checkpoint,
@@ -194,7 +194,7 @@ def _paths(args) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.detector_train", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.tiny_fcos.train", description=__doc__.split("\n")[0])
     ap.add_argument("--world", help="a folder in the minibench layout (gives every path below)")
     ap.add_argument("--images", help="training images folder")
     ap.add_argument("--annotations", help="training annotations (instances_*.json or another format)")

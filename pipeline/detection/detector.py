@@ -8,7 +8,7 @@ Two kinds of model, one interface (:class:`LoadedDetector`):
   (a state dict ``.pth`` or ``.safetensors``) or else from torch's hub cache, under the file
   name torchvision's default weights would be downloaded to. Nothing is downloaded here.
   Their labels are COCO category ids (COCO-91), mapped with the label space's own map.
-- ``tiny-fcos`` (:mod:`pipeline.tiny_fcos`), a checkpoint folder whose config names its
+- ``tiny-fcos`` (:mod:`pipeline.tiny_fcos.model`), a checkpoint folder whose config names its
   categories; they map to the label space's objects by name.
 
 Every model is called the torchvision way: ``model(list of float [3, H, W] in 0..1)`` ->
@@ -174,7 +174,7 @@ def _categories_to_objects(categories, labelspace: LabelSpace, source: str) -> n
 def load_detector(name: str, weights: str | Path | None, labelspace: LabelSpace) -> LoadedDetector:
     """Load detector ``name`` with ``weights`` (file, or tiny-fcos folder) for ``labelspace``."""
     if name == TINY_FCOS:
-        from pipeline.tiny_fcos import TinyFcosError, load_tiny_fcos
+        from pipeline.tiny_fcos.model import TinyFcosError, load_tiny_fcos
 
         if weights is None:
             raise DetectorError(f"{TINY_FCOS} needs --detector-weights: its checkpoint folder (config and safetensors)")

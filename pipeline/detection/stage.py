@@ -40,8 +40,8 @@ from hoicore.files import UnsafeNameError, atomic_write, check_inside, json_form
 from hoidata import ragged
 from hoidata.detections import Detections, DetectionsError, load_detections, load_image_list, save_detections
 from hoidata.labelspace import LabelSpace
-from pipeline.detect_options import DetectOptions
-from pipeline.detector import LoadedDetector, filter_image, load_detector
+from pipeline.detection.detector import LoadedDetector, filter_image, load_detector
+from pipeline.detection.options import DetectOptions
 from pipeline.images import Decoded, read_sized
 
 log = logging.getLogger(__name__)

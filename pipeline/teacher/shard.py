@@ -29,13 +29,13 @@ from hoicore.errors import HoiError
 from hoicore.memory import PeriodicRelease
 from hoidata import boxes as B
 from hoidata import ragged
-from pipeline import crops
-from pipeline.clip import Teacher, load_teacher, register_model_configs
-from pipeline.encoder import Encoder
-from pipeline.global_pass import may_leave_image, whole_image_rois
 from pipeline.images import TEACHER_MAX_SIDE, BatchSpec, ImageBatch, borrowed_decoder
-from pipeline.options import RunOptions, TeacherOptions
-from pipeline.writer import ChunkFlusher, ShardWriter
+from pipeline.teacher import crops
+from pipeline.teacher.clip import Teacher, load_teacher, register_model_configs
+from pipeline.teacher.encoder import Encoder
+from pipeline.teacher.global_pass import may_leave_image, whole_image_rois
+from pipeline.teacher.options import RunOptions, TeacherOptions
+from pipeline.teacher.writer import ChunkFlusher, ShardWriter
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """CLIP's global pass over decoded images, outside a teacher cache (``hoi detect``).
 
-The same cut and the same encoder as a shard's global pass (:mod:`pipeline.shard`): the
+The same cut and the same encoder as a shard's global pass (:mod:`pipeline.teacher.shard`): the
 images padded into one canvas (:func:`pipeline.images.pad_into_canvas`, the on-image
 channel when the teacher's crops may leave the image), each image's whole-image region
 made square by the teacher's crop rule (:func:`whole_image_rois`) and cut by one
@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from hoidata import boxes as B
-from pipeline import crops
-from pipeline.clip import Teacher, load_teacher, text_embeddings
-from pipeline.encoder import Encoder
 from pipeline.images import pad_into_canvas
-from pipeline.options import TeacherOptions
+from pipeline.teacher import crops
+from pipeline.teacher.clip import Teacher, load_teacher, text_embeddings
+from pipeline.teacher.encoder import Encoder
+from pipeline.teacher.options import TeacherOptions
 
 
 def may_leave_image(opts: TeacherOptions) -> bool:

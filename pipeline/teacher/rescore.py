@@ -20,7 +20,7 @@ import torch
 from cache import store as cstore
 from hoicore.errors import InputError
 from hoicore.lock import exclusive
-from pipeline.clip import load_teacher, prompts_sha256, text_embeddings
+from pipeline.teacher.clip import load_teacher, prompts_sha256, text_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """How ``hoi detections run`` runs (:class:`DetectOptions`), declared once for the CLI and the stage.
 
-Kept apart from :mod:`pipeline.detect_stage` so that the command line reads its fields
+Kept apart from :mod:`pipeline.detection.stage` so that the command line reads its fields
 without importing torch (``hoi --help`` stays instant).
 """
 

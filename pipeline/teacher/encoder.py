@@ -12,7 +12,7 @@ from contextlib import ExitStack, nullcontext
 
 import torch
 
-from pipeline.clip import Teacher
+from pipeline.teacher.clip import Teacher
 
 
 class Encoder:

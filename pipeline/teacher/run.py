@@ -40,9 +40,9 @@ from hoidata.detections import Detections, load_detections
 from hoidata.ground_truth import read_annotations
 from hoidata.labelspace import LabelSpace
 from hoidata.pairs import PairRule, make_pairs
-from pipeline.clip import Teacher, prompts_sha256, text_embeddings
-from pipeline.options import RunOptions, TeacherOptions
-from pipeline.shard import ShardJob, ShardStats, helper_modes, run_shard, teacher_for
+from pipeline.teacher.clip import Teacher, prompts_sha256, text_embeddings
+from pipeline.teacher.options import RunOptions, TeacherOptions
+from pipeline.teacher.shard import ShardJob, ShardStats, helper_modes, run_shard, teacher_for
 
 log = logging.getLogger(__name__)
 
