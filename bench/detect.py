@@ -50,7 +50,7 @@ def bench_detect(demo: str = "runs/demo", pairs_at: int = 40) -> None:
                                 labelspace=ls, teacher=demo_teacher(),
                                 run=RunOptions(levels=levels, images_per_shard=1024, jobs=1, progress=False))
             timed[levels] = time.perf_counter() - t0
-        crops = open_cache(Path(tmp) / "all.zarr").layout["num_pairs"]
+        crops = open_cache(Path(tmp) / "all.zarr").layout.num_pairs
     rate = info["images_per_s"]
     click.echo(f"hoi detect on {n} test images ({pairs / n:.1f} pairs an image): {rate['total']:.1f} images/s "
                f"(detector {rate['detector']:.1f}, CLIP global pass {rate['clip']:.1f}, student {rate['student']:.1f})")

@@ -281,8 +281,8 @@ def make_synthetic_cache(path, num_images: int = 64, pairs_per_image: int = 6, n
     gt_box_o = _concat([s.gt[s.pair_o] for s in gt_scenes], (0, 4), np.float32)
     gt_hoi = _concat([s.pair_class for s in gt_scenes], (0,), np.int32)
 
-    layout = {**lay.as_attrs(), "num_classes": num_classes, "embed_dim": embed_dim, "grid": list(grid),
-              "num_detections": int(det_off[-1]), "num_gt": int(gt_off[-1])}
+    layout = lay.record(num_classes=num_classes, embed_dim=embed_dim, grid=grid, num_detections=det_off[-1],
+                        num_gt=gt_off[-1])
     prompts_hash = hashlib.sha256(json.dumps(ls["prompts"]).encode()).hexdigest()
     teacher = {"model": "synthetic", "teacher_seed": teacher_seed, "embed_dim": embed_dim, "grid": list(grid),
                "crop_mode": "squash", "union_margin": 0.0, "prompts_sha256": prompts_hash}

@@ -160,7 +160,7 @@ def bench_trainer(num_images: int = 256, pairs_per_image: int = 16, labelspace: 
         cache = open_cache(path)
         lay = cache.layout
         echo(f"trainer bench on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}): "
-             f"{num_images:,} images, {lay['num_pairs']:,} pairs, {lay['num_classes']} classes, D={embed_dim}, "
+             f"{num_images:,} images, {lay.num_pairs:,} pairs, {lay.num_classes} classes, D={embed_dim}, "
              f"grid {grid[0]}x{grid[1]}; synthetic cache written in {made:.1f} s")
         config = TrainConfig(batch_size=batch_size, progress=False, device=str(dev), amp=amp)
         data = TrainData(cache, config, resolve_crop_mode("auto", cache))
@@ -199,7 +199,7 @@ def bench_trainer(num_images: int = 256, pairs_per_image: int = 16, labelspace: 
              f"average): student {ms_student:,.2f} ms (one encoder pass + heads), teacher {ms_teacher:,.2f} ms "
              f"(one encoder pass per pair): {ms_teacher / ms_student:,.1f} x")
         labelled = _labels_cost(config, cache, data, cached, dev, echo)
-    return {"device": str(dev), "encoder": name, "num_images": num_images, "num_pairs": lay["num_pairs"],
+    return {"device": str(dev), "encoder": name, "num_images": num_images, "num_pairs": lay.num_pairs,
             "cache_seconds": made, "cached_pairs_per_s": cached["pairs_per_s"], "cached_epoch_s": cached["seconds"],
             "online_pairs_per_s": online["pairs_per_s"], "speedup": ratio,
             "pairs_per_test_image": test.num_pairs / len(test),
@@ -224,7 +224,7 @@ def _labels_cost(config: TrainConfig, cache, data: TrainData, cached: dict, dev:
     t_labels = min(_seconds(lambda: with_labels.read_all(256)) for _ in range(3))
     out["label_read_ratio"] = t_labels / t_plain
     echo(f"      reading the split with its labels made: {t_labels:.2f} s, without: {t_plain:.2f} s "
-         f"({t_labels / t_plain:.2f} x; {cache.layout['num_pairs']:,} pairs matched to {cache.layout['num_gt']:,} "
+         f"({t_labels / t_plain:.2f} x; {cache.layout.num_pairs:,} pairs matched to {cache.layout.num_gt:,} "
          "ground-truth pairs)")
     return out
 

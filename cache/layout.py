@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .schema import LayoutAttrs
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -44,12 +46,19 @@ class Layout:
     def shard_pair_rows(self, k: int) -> tuple[int, int]:
         return int(self.shard_rows[k]), int(self.shard_rows[k + 1])
 
-    def as_attrs(self) -> dict:
-        return {"num_images": self.num_images, "images_per_shard": self.images_per_shard,
-                "image_chunk": self.image_chunk, "pair_chunk": self.pair_chunk,
-                "num_shards": self.num_shards, "num_pair_rows": self.num_pair_rows,
-                "num_pairs": int((self.pair_end - self.pair_begin).sum()),
-                "shard_rows": self.shard_rows.tolist()}
+    @property
+    def num_pairs(self) -> int:
+        return int((self.pair_end - self.pair_begin).sum())
+
+    def record(self, *, num_classes: int, embed_dim: int, grid: tuple[int, int], num_detections: int,
+               num_gt: int) -> LayoutAttrs:
+        """The store's ``layout`` attribute: this geometry and the sizes of the other dims."""
+        return LayoutAttrs(num_images=self.num_images, images_per_shard=self.images_per_shard,
+                           image_chunk=self.image_chunk, pair_chunk=self.pair_chunk, num_shards=self.num_shards,
+                           num_pair_rows=self.num_pair_rows, num_pairs=self.num_pairs,
+                           shard_rows=tuple(int(r) for r in self.shard_rows), num_classes=int(num_classes),
+                           embed_dim=int(embed_dim), grid=(int(grid[0]), int(grid[1])),
+                           num_detections=int(num_detections), num_gt=int(num_gt))
 
 
 def plan(pairs_per_image: np.ndarray, images_per_shard: int = 256, image_chunk: int = 16,

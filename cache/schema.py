@@ -114,22 +114,22 @@ def chunk_key(name: str, index: int, ndim: int) -> str:
     return f"{name}/c." + ".".join([str(index)] + ["0"] * (ndim - 1))
 
 
-def dim_sizes(layout: dict) -> dict[str, int]:
+def dim_sizes(layout: LayoutAttrs) -> dict[str, int]:
     """Size of each dim name from the ``layout`` root attribute."""
     return {
-        "image": layout["num_images"], "image1": layout["num_images"] + 1, "class": layout["num_classes"],
-        "embed": layout["embed_dim"], "grid_h": layout["grid"][0], "grid_w": layout["grid"][1],
-        "det": layout["num_detections"], "gt": layout["num_gt"], "pair": layout["num_pair_rows"],
-        "shard": layout["num_shards"], "two": 2, "four": 4,
+        "image": layout.num_images, "image1": layout.num_images + 1, "class": layout.num_classes,
+        "embed": layout.embed_dim, "grid_h": layout.grid[0], "grid_w": layout.grid[1],
+        "det": layout.num_detections, "gt": layout.num_gt, "pair": layout.num_pair_rows,
+        "shard": layout.num_shards, "two": 2, "four": 4,
     }
 
 
-def shape_of(name: str, layout: dict) -> tuple[int, ...]:
+def shape_of(name: str, layout: LayoutAttrs) -> tuple[int, ...]:
     sizes = dim_sizes(layout)
     return tuple(sizes[d] for d in ARRAYS[name].dims)
 
 
-def chunks_of(name: str, layout: dict) -> tuple[int, ...]:
+def chunks_of(name: str, layout: LayoutAttrs) -> tuple[int, ...]:
     """Chunk shape: shard-aligned along images and pairs, 1 along shards, whole elsewhere
     (so only the first axis is ever chunked).
 
@@ -139,9 +139,9 @@ def chunks_of(name: str, layout: dict) -> tuple[int, ...]:
     out = []
     for d in spec.dims:
         if d == "image":
-            out.append(layout["image_chunk"])
+            out.append(layout.image_chunk)
         elif d == "pair":
-            out.append(layout["pair_chunk"])
+            out.append(layout.pair_chunk)
         elif d == "shard":
             out.append(1)
         elif d in ("image1", "det", "gt"):
@@ -186,7 +186,7 @@ def lookup(tree: dict, path: str):
 
 
 # -- root attributes, typed ---------------------------------------------------------------
-# Readers use these records (TeacherCache.teacher, .dataset), never string keys into the
+# Readers use these records (TeacherCache.teacher, .dataset, .layout), never string keys into the
 # attribute dicts; writers build them and store to_attrs(). A record read from a store keeps
 # the keys it lacked (older versions) out of to_attrs, and keys this version does not know
 # (a synthetic teacher's seed) in, so what it writes back is what was read.
@@ -235,7 +235,7 @@ def _stored(value):
 
 # annotation (as written in the records below) -> the JSON types it accepts
 _ATTR_TYPES = {"str": (str,), "str | None": (str,), "int": (int,), "int | None": (int,), "float": (int, float),
-               "tuple": (tuple, list), "tuple | None": (tuple, list), "dict": (dict,), "dict | None": (dict,),
+               "tuple": (tuple, list), "tuple | None": (tuple, list), "dict | None": (dict,),
                "dict | str | None": (dict, str)}
 
 
@@ -275,3 +275,23 @@ class DatasetAttrs(_Attrs):
     detections_sha256: str | None = None
     detector: dict | None = None          # what the detections file says made it
     annotations_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class LayoutAttrs(_Attrs):
+    """The ``layout`` root attribute: the size of every dim and the shard geometry, in the
+    order the store writes them (:meth:`cache.layout.Layout.record` builds it)."""
+
+    num_images: int                       # N
+    images_per_shard: int
+    image_chunk: int                      # a divisor of images_per_shard
+    pair_chunk: int                       # every shard's pair rows start on a multiple of it
+    num_shards: int                       # K
+    num_pair_rows: int                    # R: the pairs and the padding between shards
+    num_pairs: int                        # P <= R: the pairs alone
+    shard_rows: tuple                     # int [K + 1]: each shard's first pair row, then R
+    num_classes: int                      # C
+    embed_dim: int                        # D
+    grid: tuple                           # (H, W) of the dense map
+    num_detections: int                   # T
+    num_gt: int                           # G (0: built without annotations)

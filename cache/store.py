@@ -161,7 +161,7 @@ def _create_array(root: zarr.Group, name: str, layout: dict) -> None:
                                                         "level": spec.level})
 
 
-def create(path, *, teacher: dict, pair_rule: dict, dataset: dict, layout: dict, levels=S.LEVELS,
+def create(path, *, teacher: dict, pair_rule: dict, dataset: dict, layout: S.LayoutAttrs, levels=S.LEVELS,
            overwrite: bool = False) -> "TeacherCache":
     """Create an empty work-in-progress store at ``PATH.wip`` holding ``levels`` (see the
     module docstring): built under a temporary name, renamed once whole."""
@@ -181,7 +181,7 @@ def create(path, *, teacher: dict, pair_rule: dict, dataset: dict, layout: dict,
         root.attrs.update({
             "format": S.FORMAT, "package_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "teacher": teacher, "pair_rule": pair_rule, "dataset": dataset, "layout": layout,
+            "teacher": teacher, "pair_rule": pair_rule, "dataset": dataset, "layout": layout.to_attrs(),
             "levels": list(levels), "prepared": False, "complete": False,
         })
         tmp.rename(wip)
@@ -223,6 +223,7 @@ class TeacherCache:
         self.root = zarr.open_group(store=self._store, mode=mode)
         self.attrs = dict(self.root.attrs)
         self._arrays: dict[str, zarr.Array] = {}
+        self._layout: S.LayoutAttrs | None = None
         self._validate()
         self._bind()
         if check_chunks:
@@ -370,8 +371,11 @@ class TeacherCache:
 
     # -- geometry --------------------------------------------------------------------------
     @property
-    def layout(self) -> dict:
-        return self.attrs["layout"]
+    def layout(self) -> S.LayoutAttrs:
+        """The ``layout`` attribute, typed (checked when the store is opened; never changed after)."""
+        if self._layout is None:
+            self._layout = self._typed(S.LayoutAttrs, "layout")
+        return self._layout
 
     @property
     def fingerprint(self) -> str:
@@ -382,11 +386,11 @@ class TeacherCache:
 
     @property
     def num_images(self) -> int:
-        return self.layout["num_images"]
+        return self.layout.num_images
 
     @property
     def num_shards(self) -> int:
-        return self.layout["num_shards"]
+        return self.layout.num_shards
 
     @property
     def complete(self) -> bool:
@@ -398,11 +402,11 @@ class TeacherCache:
         return S.arrays_of(self.levels)
 
     def shard_images(self, k: int) -> tuple[int, int]:
-        s = self.layout["images_per_shard"]
+        s = self.layout.images_per_shard
         return k * s, min((k + 1) * s, self.num_images)
 
     def shard_pair_rows(self, k: int) -> tuple[int, int]:
-        rows = self.layout["shard_rows"]
+        rows = self.layout.shard_rows
         return rows[k], rows[k + 1]
 
     # -- chunks ----------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def _completion(cache, a: dict, ls) -> list[str]:
         problems.append(f"{int((~done).sum())} of {len(done)} shards not done: {np.flatnonzero(~done)[:10].tolist()}")
     if not np.isin(status, (S.STATUS_PENDING, S.STATUS_OK, S.STATUS_SKIPPED)).all():
         problems.append("images/status holds unknown codes")
-    in_done = done[np.arange(cache.num_images) // cache.layout["images_per_shard"]]
+    in_done = done[np.arange(cache.num_images) // cache.layout.images_per_shard]
     pending = in_done & (status == S.STATUS_PENDING)
     if pending.any():
         problems.append(f"{int(pending.sum())} images still pending in done shards (first: image "
@@ -193,7 +193,7 @@ def _detections(cache, a: dict, ls) -> list[str]:
     if not _have(a, "detections/offsets"):
         return []
     offs = a["detections/offsets"]
-    problems = _csr(offs, cache.layout["num_detections"], "detections/offsets")
+    problems = _csr(offs, cache.layout.num_detections, "detections/offsets")
     if problems or not _have(a, "images/size", "detections/box"):
         return problems
     img = ragged.owners(np.diff(offs))
@@ -222,9 +222,9 @@ def _pairs(cache, a: dict, ls) -> list[str]:
         problems.append("pairs/image disagrees with pairs/begin and pairs/end")
     if len(begin) > 1 and np.any(begin[1:] < end[:-1]):
         problems.append("pairs/begin and pairs/end ranges of images overlap")
-    rows = cache.layout["shard_rows"]
-    shard = np.arange(cache.num_images) // cache.layout["images_per_shard"]
-    if len(begin) and np.any((begin < np.asarray(rows)[shard]) | (end > np.asarray(rows)[shard + 1]) | (end < begin)):
+    rows = np.asarray(cache.layout.shard_rows)
+    shard = np.arange(cache.num_images) // cache.layout.images_per_shard
+    if len(begin) and np.any((begin < rows[shard]) | (end > rows[shard + 1]) | (end < begin)):
         problems.append("pairs/begin and pairs/end leave their image's shard")
     if problems or not _have(a, "detections/offsets", "pairs/human", "pairs/object"):
         return problems
@@ -257,7 +257,7 @@ def _ground_truth(cache, a: dict, ls) -> list[str]:
         return []
     g, hoi = a["gt/offsets"], a["gt/hoi"]
     problems = _csr(g, len(hoi), "gt/offsets")
-    if len(hoi) and (hoi.min() < 0 or hoi.max() >= cache.layout["num_classes"]):
+    if len(hoi) and (hoi.min() < 0 or hoi.max() >= cache.layout.num_classes):
         problems.append("gt/hoi holds a class out of range")
     if problems:
         return problems

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.schema import DatasetAttrs, TeacherAttrs
+from cache.schema import DatasetAttrs, LayoutAttrs, TeacherAttrs
 from hoicore.errors import InputError
 from hoidata import ragged
 
@@ -110,6 +110,7 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     trained_on = meta["cache"]  # the attributes of the cache it was trained on
     teacher = TeacherAttrs.from_attrs(trained_on["teacher"], f"{checkpoint}: cache.teacher")
     dataset = DatasetAttrs.from_attrs(trained_on["dataset"], f"{checkpoint}: cache.dataset")
+    layout = LayoutAttrs.from_attrs(trained_on["layout"], f"{checkpoint}: cache.layout")
     ls = LabelSpace.from_dict(dataset.labelspace, source=f"{checkpoint}: cache.dataset.labelspace")
     if detector is None:
         found = default_detector(ls)
@@ -136,7 +137,7 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
         raise ckpt.CheckpointError(f"{teacher_opts.model}: its weights are not those the student of {checkpoint} "
                                    "was trained with (their sha256 differs); give the teacher it was trained with")
     student = student_from(checkpoint, meta, clip.text, device)
-    scorer = _Scorer(student, scored, teacher, tuple(trained_on["layout"]["grid"]), device, union_weight,
+    scorer = _Scorer(student, scored, teacher, layout.grid, device, union_weight,
                      det_exponent, top_k)
     rule = PairRule(**trained_on["pair_rule"])
 

@@ -101,8 +101,8 @@ def test_the_tests_mirror_the_packages():
 
 
 def _attribute_reads(path: Path) -> list[str]:
-    """String-key reads of a store's ``teacher`` / ``dataset`` attributes: ``x.attrs["teacher"]``
-    or ``x.attrs.get("dataset")``."""
+    """String-key reads of a store's ``teacher`` / ``dataset`` / ``layout`` attributes:
+    ``x.attrs["teacher"]`` or ``x.attrs.get("layout")``."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         key = None
@@ -111,14 +111,15 @@ def _attribute_reads(path: Path) -> list[str]:
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
                 and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "attrs" and node.args:
             key = node.args[0]
-        if isinstance(key, ast.Constant) and key.value in ("teacher", "dataset"):
+        if isinstance(key, ast.Constant) and key.value in ("teacher", "dataset", "layout"):
             found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     return found
 
 
 def test_readers_use_the_typed_store_attributes():
-    """Only the store reads its teacher / dataset attributes by key; everyone else reads the
-    typed records (TeacherCache.teacher, .dataset), so a field has one spelling and one type."""
+    """Only the store reads its teacher / dataset / layout attributes by key; everyone else
+    reads the typed records (TeacherCache.teacher, .dataset, .layout), so a field has one
+    spelling and one type."""
     files = [f for p in ("hoi", "hoidata", "hoicore", "pipeline", "trainer", "bench", "minibench")
              for f in sorted((ROOT / p).rglob("*.py"))]
     assert not [r for f in files for r in _attribute_reads(f)]

@@ -44,7 +44,7 @@ def labelspace_of(cache: TeacherCache, override: str | None = None) -> LabelSpac
 def seen_classes(cache: TeacherCache, split: str) -> np.ndarray:
     """bool [C]: the classes training may see; all but the unseen ones of zero-shot ``split``
     of the cache's label space ('' for none: every class)."""
-    num_classes = cache.layout["num_classes"]
+    num_classes = cache.layout.num_classes
     if not split:
         return np.ones(num_classes, dtype=bool)
     splits = labelspace_of(cache).zero_shot_splits
@@ -89,7 +89,7 @@ def refuse_test_split(cache: TeacherCache) -> None:
 
 def require_ground_truth(cache: TeacherCache, why: str) -> None:
     """Refuse a cache without ground truth (built without annotations: ``gt/*`` empty), naming it and ``why``."""
-    if cache.layout["num_gt"] == 0:
+    if cache.layout.num_gt == 0:
         raise ConfigError(f"{cache.path} holds no ground truth (it was built without --annotations), and {why} "
                           "needs it: rebuild it with `hoi teacher-cache ... --annotations FILE` (the CLIP arrays "
                           "come out the same), or train with --supervision clip")

@@ -54,7 +54,7 @@ class CacheReader:
             self.label_classes = label_classes
         self.union_margin = float(cache.teacher.union_margin)
         lay = cache.layout
-        self.grid = (int(lay["grid"][0]), int(lay["grid"][1]))
+        self.grid = (int(lay.grid[0]), int(lay.grid[1]))
         self.begin, self.end = cache.read("pairs/begin"), cache.read("pairs/end")
         self.sizes = cache.read("images/size").astype(np.float32)
         self.ok = cache.read("images/status") == S.STATUS_OK
@@ -68,7 +68,7 @@ class CacheReader:
         """[(i0, i1)]: image ranges inside one shard each, starting on image chunks, at most
         ``block_images`` images (rounded up to a whole chunk)."""
         lay = self.cache.layout
-        chunk = lay["image_chunk"]
+        chunk = lay.image_chunk
         step = max(1, -(-block_images // chunk)) * chunk
         out = []
         for k in range(self.cache.num_shards):
@@ -80,14 +80,14 @@ class CacheReader:
         """Bytes a whole split takes in RAM when read (what 'auto' in-memory mode compares)."""
         lay = self.cache.layout
         gh, gw = self.grid
-        per_image = (gh * gw * lay["embed_dim"] * 2 if "dense" in self.what else 0) + lay["num_classes"] * 2
+        per_image = (gh * gw * lay.embed_dim * 2 if "dense" in self.what else 0) + lay.num_classes * 2
         # boxes and grid boxes (2 x [3, 4] float32), det scores ([2] float32), object and row (int64)
-        per_pair = 2 * 12 * 4 + 2 * 4 + 2 * 8 + (lay["num_classes"] * 2 if "union_score" in self.what else 0)
-        per_image += lay["embed_dim"] * 2 if "global_embedding" in self.what else 0
-        per_pair += lay["embed_dim"] * 2 if "union_embedding" in self.what else 0
-        per_image += lay["num_classes"] if "image_labels" in self.what else 0  # bool
-        per_pair += lay["num_classes"] if "pair_labels" in self.what else 0
-        return self.num_images * per_image + lay["num_pairs"] * per_pair
+        per_pair = 2 * 12 * 4 + 2 * 4 + 2 * 8 + (lay.num_classes * 2 if "union_score" in self.what else 0)
+        per_image += lay.embed_dim * 2 if "global_embedding" in self.what else 0
+        per_pair += lay.embed_dim * 2 if "union_embedding" in self.what else 0
+        per_image += lay.num_classes if "image_labels" in self.what else 0  # bool
+        per_pair += lay.num_classes if "pair_labels" in self.what else 0
+        return self.num_images * per_image + lay.num_pairs * per_pair
 
     def read(self, i0: int, i1: int) -> Block:
         """The OK images of [i0, i1) with all their pairs."""
@@ -131,7 +131,7 @@ class CacheReader:
         counts = np.diff(self.gt_offsets)[imgs]
         rows = ragged.ranges(self.gt_offsets[imgs] - g0, counts)
         hoi = self.cache.read("gt/hoi", slice(g0, g1))[rows]
-        gt_offsets, num_classes = ragged.offsets(counts), self.cache.layout["num_classes"]
+        gt_offsets, num_classes = ragged.offsets(counts), self.cache.layout.num_classes
         if "image_labels" in self.labels:
             block.image_labels = PL.image_labels(gt_offsets, hoi, num_classes)
         if "pair_labels" in self.labels:

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 def ground_truth(cache: TeacherCache, labelspace_name: str = "") -> Annotations:
     """The cache's ground truth (gt/*, images/*) as evaluator annotations (coord boxes)."""
-    if cache.layout["num_gt"] == 0:
+    if cache.layout.num_gt == 0:
         raise ConfigError(f"{cache.path} holds no ground truth (gt/* is empty: a training split?); evaluate on "
                           "a cache of a test split")
     return Annotations(

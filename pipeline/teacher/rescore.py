@@ -40,8 +40,8 @@ def _rescore(src, dst: Path, prompts, templates, device) -> Path:
     cache = cstore.open_cache(src)
     teacher = cache.teacher
     prompts = list(prompts or _labelspace_prompts(cache))
-    if len(prompts) != cache.layout["num_classes"]:
-        raise InputError(f"{len(prompts)} prompts for {cache.layout['num_classes']} HOI classes")
+    if len(prompts) != cache.layout.num_classes:
+        raise InputError(f"{len(prompts)} prompts for {cache.layout.num_classes} HOI classes")
     t = load_teacher(teacher.model, teacher.pretrained, device=device)
     if t.weights_sha256 != teacher.weights_sha256:
         raise cstore.CacheError(f"{src} was made with weights {str(teacher.weights_sha256)[:12]}..., but "

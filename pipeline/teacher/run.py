@@ -31,7 +31,7 @@ from cache import store as cstore
 from cache.layout import Layout, plan
 from hoicore.device import resolve_device
 from hoicore.errors import InputError
-from hoicore.files import check_inside, image_size, json_form
+from hoicore.files import check_inside, image_size
 from hoicore.lock import exclusive
 from hoidata import boxes as B
 from hoidata import ragged
@@ -222,8 +222,8 @@ class _Plan:
 
     clean: _CleanDetections
     pairs: _Pairs
-    lay: Layout
-    layout: dict             # the store's layout attribute: shards, chunks and sizes
+    lay: Layout              # the shard geometry: each image's pair rows
+    layout: S.LayoutAttrs    # the store's layout attribute: that geometry and every dim's size
     identity: dict           # teacher, pair_rule and dataset attributes
     levels: tuple[str, ...]  # the levels asked for (global, union)
 
@@ -288,9 +288,8 @@ def _plan(req: _Request, t: Teacher, device, dets: Detections, ann: Annotations 
     run = req.run
     lay = plan(np.diff(pairs.offsets), run.images_per_shard, run.image_chunk, run.pair_chunk)
     emb_dim = int(t.model.visual.proj.shape[1])
-    layout = {**lay.as_attrs(), "num_classes": req.labelspace.num_classes, "embed_dim": emb_dim,
-              "grid": list(t.grid), "num_detections": int(len(clean.box)),
-              "num_gt": int(ann.num_pairs) if ann is not None else 0}
+    layout = lay.record(num_classes=req.labelspace.num_classes, embed_dim=emb_dim, grid=t.grid,
+                        num_detections=len(clean.box), num_gt=ann.num_pairs if ann is not None else 0)
     identity = {"teacher": teacher_attrs, "pair_rule": req.pair_rule.as_dict(), "dataset": dataset_attrs}
     return _Plan(clean, pairs, lay, layout, identity, S.LEVEL_CHOICES[run.levels])
 
@@ -316,7 +315,7 @@ def _create_or_resume(out: Path, p: _Plan) -> cstore.TeacherCache:
     cache = cstore.TeacherCache(wip, mode="r+")
     cache.check_matches(**p.identity)
     cache.check_levels(p.levels)
-    if cache.layout != json_form(p.layout):
+    if cache.layout != p.layout:
         raise cstore.CacheError(f"{cache.path}: made with other shard settings "
                                 "(--images-per-shard, chunks); rerun with those, or --overwrite")
     log.info("resuming %s (levels %s): %d of %d shards done", cache.path, ", ".join(cache.levels),
@@ -332,7 +331,7 @@ def _prepare(cache: cstore.TeacherCache, req: _Request, t: Teacher, device, dets
     text = text_embeddings(t, ls.prompts, req.teacher.templates, device=device)
     cache.write_prepared(_prepared_arrays(ls, dets, ann, text, p.clean, p.pairs, p.lay))
     log.info("prepared %s: %d images, %d detections (%d clipped, %d zero-area dropped), %d pairs in %d shards",
-             cache.path, len(dets), len(p.clean.box), p.clean.clipped, p.clean.dropped, p.layout["num_pairs"],
+             cache.path, len(dets), len(p.clean.box), p.clean.clipped, p.clean.dropped, p.layout.num_pairs,
              p.lay.num_shards)
 
 

@@ -132,10 +132,10 @@ def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
     with ShardWriter(cache, k, writer_mode) as writer, ctx.enc.session(), \
             borrowed_decoder(decode, run.workers, pin=device.type == "cuda") as decoder:
         ctx.img_out = ChunkFlusher(cache, ["global/embedding", "global/score", "global/dense", "images/status"],
-                                   lo_i, hi_i, cache.layout["image_chunk"], writer)
+                                   lo_i, hi_i, cache.layout.image_chunk, writer)
         if union:
             ctx.pair_out = ChunkFlusher(cache, ["union/embedding", "union/score"], lo_p, hi_p,
-                                        cache.layout["pair_chunk"], writer)
+                                        cache.layout.pair_chunk, writer)
         previous, release = None, PeriodicRelease()
         t_wait = time.perf_counter()
         for batch in decoder(_batch_specs(ctx, job.images_root, run.batch_size)):

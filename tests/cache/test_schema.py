@@ -22,8 +22,11 @@ def synthetic(tmp_path_factory):
 
 def test_a_record_writes_back_what_was_read_keys_it_does_not_know_included(synthetic):
     c = open_cache(synthetic)
-    for key, record in (("teacher", c.teacher), ("dataset", c.dataset)):
+    for key, record in (("teacher", c.teacher), ("dataset", c.dataset), ("layout", c.layout)):
         assert record.to_attrs() == c.attrs[key]
+    lay = c.layout  # typed: tuples where the JSON has lists
+    assert lay.grid == (2, 2) and lay.shard_rows == (0, lay.num_pair_rows) and lay.num_pair_rows % 16 == 0
+    assert 0 < lay.num_pairs <= lay.num_pair_rows and lay.num_images == 16
     # the synthetic teacher has no weights: its fields read as unknown, its own keys ride along
     assert c.teacher.weights_sha256 is None and c.teacher.extra["teacher_seed"] == 0
     assert c.dataset.split == "test" and "num_images" in c.dataset.absent
@@ -41,6 +44,8 @@ def test_built_records_keep_the_stored_order():
     ("teacher", "union_margin", "wide", "teacher.union_margin is 'wide', not float"),
     ("teacher", "model", None, "teacher.model is None, not str"),
     ("dataset", "split", 3, "dataset.split is 3, not str"),
+    ("layout", "num_images", "16", "layout.num_images is '16', not int"),
+    ("layout", "num_gt", True, "layout.num_gt is True, not int"),
 ])
 def test_a_malformed_attribute_is_refused_on_open_by_name(synthetic, tmp_path, key, field, value, message):
     copy = tmp_path / "s.zarr"
@@ -55,3 +60,13 @@ def test_a_malformed_attribute_is_refused_on_open_by_name(synthetic, tmp_path, k
 def test_a_teacher_without_a_model_is_refused():
     with pytest.raises(ValueError, match="x has no model"):
         TeacherAttrs.from_attrs({"crop_mode": "squash"}, "x")
+
+
+def test_a_layout_without_a_size_is_refused_on_open_by_name(synthetic, tmp_path):
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(synthetic, copy)
+    meta = json.loads((copy / "zarr.json").read_text())
+    del meta["attributes"]["layout"]["grid"]
+    (copy / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheError, match="layout has no grid"):
+        open_cache(copy)

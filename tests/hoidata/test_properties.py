@@ -67,7 +67,7 @@ def test_shards_tile_images_and_rows_and_no_chunk_spans_two_shards(args):
         if hi_i > lo_i:
             assert b[0] == lo_r and e[-1] <= hi_r
             assert np.array_equal(b[1:], e[:-1])       # contiguous: no gaps, no overlaps
-    assert lay.as_attrs()["num_pairs"] == sum(counts)
+    assert lay.num_pairs == sum(counts)
 
 
 # -- hoidata/evaluation.py against hoidata/reference_eval.py ------------------------------

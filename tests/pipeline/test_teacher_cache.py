@@ -72,7 +72,7 @@ def test_store_is_complete_and_valid(reference):
     c = open_cache(reference)
     assert c.complete and c.verify() == []
     assert (c.read("images/status") == S.STATUS_OK).all()
-    assert c.layout["num_pairs"] > 0 and c.num_shards == 3
+    assert c.layout.num_pairs > 0 and c.num_shards == 3
     # image 4 has no human: no pairs, global outputs all the same
     begin, end = c.read("pairs/begin"), c.read("pairs/end")
     assert begin[4] == end[4] and np.abs(c.read("global/score")[4]).sum() > 0
@@ -457,6 +457,6 @@ def test_the_typed_attributes_are_what_the_store_holds_byte_for_byte(reference):
     import json
 
     c = open_cache(reference)
-    for key, record in (("teacher", c.teacher), ("dataset", c.dataset)):
+    for key, record in (("teacher", c.teacher), ("dataset", c.dataset), ("layout", c.layout)):
         assert json.dumps(record.to_attrs()) == json.dumps(c.attrs[key])
     assert c.teacher.weights_sha256 and c.teacher.crop_mode == "squash" and c.dataset.labelspace["name"]

@@ -127,7 +127,7 @@ def test_every_image_once_per_epoch_with_its_pairs(caches, in_memory):
     np.testing.assert_array_equal(merged.union_score, cache.read("union/score")[want])
     # blocks are chunk-aligned runs inside one shard: whole dense-map chunks are read
     for i0, i1 in data.reader.blocks(cfg.block_images):
-        assert i0 % cache.layout["image_chunk"] == 0 and i0 // 32 == (i1 - 1) // 32
+        assert i0 % cache.layout.image_chunk == 0 and i0 // 32 == (i1 - 1) // 32
 
 
 def test_a_window_selects_what_its_blocks_joined_would(caches):
