@@ -3,25 +3,22 @@ glibc tunables under which they stop growing with the work done."""
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 import time
 
-_libc = None
 
-
+@functools.cache
 def _glibc():
-    """The C library where it is glibc (has malloc_trim), else False; loaded once."""
-    global _libc
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        try:
-            _libc = ctypes.CDLL(name) if name else False
-        except OSError:
-            _libc = False
-        if _libc is not False and not hasattr(_libc, "malloc_trim"):
-            _libc = False
-    return _libc
+    """The C library where it is glibc (has malloc_trim), else False: loaded on first use and
+    kept for the process (a handle to a library every process has mapped; safe across fork)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else False
 
 
 def release_free_memory() -> bool:

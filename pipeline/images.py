@@ -30,8 +30,6 @@ whole run, so shards after the first start without spawning workers again.
 
 from __future__ import annotations
 
-import os
-import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -249,6 +247,10 @@ class Decoder:
                 pin_memory=pin, prefetch_factor=max(2, -(-self.ahead // workers)), persistent_workers=True,
                 multiprocessing_context="spawn")
 
+    def close(self) -> None:
+        """Let the worker processes go (the loader's persistent iterator stops them when dropped)."""
+        self._loader = self._sampler = None
+
     def __call__(self, specs: list[BatchSpec]):
         if self._loader is not None:
             self._sampler.specs = list(specs)
@@ -279,40 +281,3 @@ class Decoder:
                 if spec is not None:
                     pending.append(pool.submit(load_batch, spec, self.pin))
                 yield batch
-
-
-# Decoders of this process kept between shards. Their worker threads or processes do not
-# survive a fork, so a forked child starts without them (it would wait on dead workers).
-_IDLE: dict[tuple, list[Decoder]] = {}
-_IDLE_LOCK = threading.Lock()
-
-
-def _forget_decoders_in_child() -> None:
-    global _IDLE_LOCK
-    _IDLE.clear()
-    _IDLE_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_decoders_in_child)
-
-
-class borrowed_decoder:
-    """``with borrowed_decoder(mode, workers, pin) as dec``: a decoder of this process kept
-    between shards (worker processes are spawned once per run, not once per shard); shards
-    running at the same time each get their own."""
-
-    def __init__(self, mode: str, workers: int, pin: bool):
-        self.key = (mode, workers, pin)
-
-    def __enter__(self) -> Decoder:
-        with _IDLE_LOCK:
-            idle = _IDLE.setdefault(self.key, [])
-            self.decoder = idle.pop() if idle else None
-        if self.decoder is None:
-            self.decoder = Decoder(*self.key)
-        return self.decoder
-
-    def __exit__(self, exc_type, *_):
-        if exc_type is None:  # a decoder left mid-iteration is not reused
-            with _IDLE_LOCK:
-                _IDLE[self.key].append(self.decoder)

@@ -42,7 +42,8 @@ from hoidata.labelspace import LabelSpace
 from hoidata.pairs import PairRule, make_pairs
 from pipeline.teacher.clip import Teacher, prompts_sha256, text_embeddings
 from pipeline.teacher.options import RunOptions, TeacherOptions
-from pipeline.teacher.shard import ShardJob, ShardStats, helper_modes, run_shard, teacher_for
+from pipeline.teacher.resources import PLUGIN_NAME, ShardResources, ShardResourcesPlugin
+from pipeline.teacher.shard import ShardJob, ShardStats, helper_modes, run_shard, run_shard_on_worker, teacher_of
 
 log = logging.getLogger(__name__)
 
@@ -161,23 +162,29 @@ def _check_images(root: Path, names: list[str], on_error: str) -> None:
 def build_teacher_cache(out, *, images: str | Path, detections: str | Path, labelspace: LabelSpace,
                         annotations: str | Path | None = None, teacher: TeacherOptions,
                         pair_rule: PairRule = PairRule(), run: RunOptions = RunOptions(),
-                        model_configs: tuple = (), split: str | None = None) -> Path:
+                        model_configs: tuple = (), split: str | None = None,
+                        resources: ShardResources | None = None) -> Path:
     """Build (or resume) the teacher cache at ``out``. Returns the final store path.
 
     One run at a time holds ``out`` (``OUT.lock``, taken first and held to the end, the final
     rename included); a second is refused naming the first. ``model_configs``: open_clip
     config files or folders to register first, here and on every dask worker. ``split``:
     train, val or test, recorded as ``dataset.split`` (``hoi train`` refuses a test split);
-    None: what HICO-DET's file names say, else not recorded."""
+    None: what HICO-DET's file names say, else not recorded. ``resources``: the teachers,
+    decoders and writer process to use and keep (several builds in one process share them);
+    None: the run's own, closed when it ends."""
     if split is not None and split not in SPLITS:
         raise InputError(f"split {split!r}: one of {', '.join(SPLITS)}")
     # absolute: dask workers may start in another directory
     out, images = Path(out).absolute(), Path(images).absolute()
     if run.scheduler:
         reach_scheduler(run.scheduler)  # before the model loads and the store is prepared
+    req = _Request(out, images, detections, labelspace, annotations, teacher, pair_rule, run, model_configs, split)
     with exclusive(out, what="teacher-cache"):
-        return _build(_Request(out, images, detections, labelspace, annotations, teacher, pair_rule, run,
-                               model_configs, split))
+        if resources is not None:
+            return _build(req, resources)
+        with ShardResources() as own:
+            return _build(req, own)
 
 
 # Seconds to wait for a dask scheduler to answer before saying it cannot be reached.
@@ -228,13 +235,13 @@ class _Plan:
     levels: tuple[str, ...]  # the levels asked for (global, union)
 
 
-def _build(req: _Request) -> Path:
+def _build(req: _Request, resources: ShardResources) -> Path:
     """The run under the lock: inputs, teacher, plan, store, preparation, shards, finish."""
     t0 = time.perf_counter()  # the summary's rates count model loading and preparation too
     dets, ann = _read_inputs(req)  # every input check comes before the model loads
     device = resolve_device(req.run.device)
     job = _shard_job(req)
-    t = teacher_for(job)  # loaded once per process: the local shards reuse it
+    t = teacher_of(job, resources)  # the local shards use this one
     p = _plan(req, t, device, dets, ann)
     if req.run.overwrite:  # only now that the model loaded and the inputs checked out
         cstore.remove(req.out)
@@ -243,7 +250,7 @@ def _build(req: _Request) -> Path:
     cache = _create_or_resume(req.out, p)
     if not cache.attrs["prepared"]:
         _prepare(cache, req, t, device, dets, ann, p)
-    summary = _run_remaining_shards(cache, job, p.lay, req.run, device, t0)
+    summary = _run_remaining_shards(cache, job, p.lay, req.run, device, t0, resources)
     return _finish(cache, summary, dets.file_names, req.images)
 
 
@@ -336,11 +343,11 @@ def _prepare(cache: cstore.TeacherCache, req: _Request, t: Teacher, device, dets
 
 
 def _run_remaining_shards(cache: cstore.TeacherCache, job: ShardJob, lay: Layout, run: RunOptions, device,
-                          t0: float) -> dict:
+                          t0: float, resources: ShardResources) -> dict:
     """Run every shard not yet done; returns the run's summary, stored as ``last_run``."""
     todo = [k for k in range(lay.num_shards) if not cache.shards_done()[k]]
     t_shards = time.perf_counter()
-    stats = _run_shards(job, todo, run, cache, lay)
+    stats = _run_shards(job, todo, run, lay, resources)
     t_shards = time.perf_counter() - t_shards
     summary = _summary(stats, time.perf_counter() - t0, t_shards)
     if not run.scheduler:  # (a cluster's workers decide for themselves)
@@ -466,7 +473,11 @@ class _Progress:
         self.bar.close()
 
 
-def _run_shards(job: ShardJob, todo: list[int], run: RunOptions, cache, lay) -> list[ShardStats]:
+def _run_shards(job: ShardJob, todo: list[int], run: RunOptions, lay: Layout,
+                resources: ShardResources) -> list[ShardStats]:
+    """The shards ``todo``, ``run.jobs`` at a time on threads of this process sharing
+    ``resources``; with ``run.scheduler``, on that dask.distributed cluster, each worker with
+    resources of its own."""
     import dask
 
     if not todo:
@@ -477,7 +488,8 @@ def _run_shards(job: ShardJob, todo: list[int], run: RunOptions, cache, lay) -> 
 
         log.info("running %d shards on the dask.distributed cluster at %s", len(todo), run.scheduler)
         with Client(run.scheduler) as client:
-            futures = [client.submit(run_shard, job, k, pure=False) for k in todo]
+            client.register_plugin(ShardResourcesPlugin(), name=PLUGIN_NAME)
+            futures = [client.submit(run_shard_on_worker, job, k, pure=False) for k in todo]
             stats = []
             prog = _Progress(total, run.progress)
             for f in as_completed(futures):
@@ -488,7 +500,7 @@ def _run_shards(job: ShardJob, todo: list[int], run: RunOptions, cache, lay) -> 
             return stats
     prog = _Progress(total, run.progress)
     try:
-        tasks = [dask.delayed(run_shard)(job, k, prog, dask_key_name=f"shard-{k}") for k in todo]
+        tasks = [dask.delayed(run_shard)(job, k, resources, prog, dask_key_name=f"shard-{k}") for k in todo]
         # the run's own threads, gone with it: dask's default pool outlives the call and a forked
         # child (dask's process scheduler, a user's fork) would wait on its dead threads
         with ThreadPoolExecutor(run.jobs, thread_name_prefix="shard") as pool:

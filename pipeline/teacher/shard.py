@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -29,12 +28,13 @@ from hoicore.errors import HoiError
 from hoicore.memory import PeriodicRelease
 from hoidata import boxes as B
 from hoidata import ragged
-from pipeline.images import TEACHER_MAX_SIDE, BatchSpec, ImageBatch, borrowed_decoder
+from pipeline.images import TEACHER_MAX_SIDE, BatchSpec, ImageBatch
 from pipeline.teacher import crops
-from pipeline.teacher.clip import Teacher, load_teacher, register_model_configs
+from pipeline.teacher.clip import Teacher
 from pipeline.teacher.encoder import Encoder
 from pipeline.teacher.global_pass import may_leave_image, whole_image_rois
 from pipeline.teacher.options import RunOptions, TeacherOptions
+from pipeline.teacher.resources import ShardResources, worker_resources
 from pipeline.teacher.writer import ChunkFlusher, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,6 @@ class ShardStats:
     write_wait_s: float = 0.0    # waiting for the last writes of the shard
 
 
-_TEACHERS: dict = {}
-_TEACHERS_LOCK = threading.Lock()
-
-
 def helper_modes(run: RunOptions, device: torch.device) -> tuple[str, str]:
     """(decode, writer) modes: worker processes on a GPU unless asked otherwise, threads on
     the CPU (whose cores the encoder needs) and in daemonic processes, which may not start
@@ -92,95 +88,108 @@ def _warn_daemonic() -> None:
                 "processes: using threads (DASK_DISTRIBUTED__WORKER__DAEMON=False allows them)")
 
 
-def teacher_for(job: ShardJob) -> Teacher:
-    """One loaded teacher per process and configuration (dask workers reuse it across shards)."""
-    t = job.teacher
-    key = (t.model, t.pretrained, t.global_size, t.mean, t.std, job.run.device)
-    with _TEACHERS_LOCK:
-        if key not in _TEACHERS:
-            register_model_configs(job.model_configs)
-            _TEACHERS[key] = load_teacher(t.model, t.pretrained, global_size=t.global_size, mean=t.mean,
-                                          std=t.std, device=resolve_device(job.run.device))
-        return _TEACHERS[key]
+def teacher_of(job: ShardJob, resources: ShardResources) -> Teacher:
+    """The job's teacher from ``resources`` (loaded once per process and configuration)."""
+    return resources.teacher(job.teacher, job.run.device, job.model_configs)
 
 
-def run_shard(job: ShardJob, k: int, progress=None) -> ShardStats:
-    """Encode shard ``k`` of the store and mark it done. Returns its statistics."""
+def run_shard(job: ShardJob, k: int, resources: ShardResources, progress=None) -> ShardStats:
+    """Encode shard ``k`` of the store and mark it done. Returns its statistics.
+
+    resources: this process's teachers, decoders and writer process (the run's, or a dask
+    worker's); progress: called with (images, crops) after each batch."""
     t_start = time.perf_counter()
     cache = TeacherCache(job.store, mode="r+", check_chunks=False)  # the coordinator checked the store
     if cache.shards_done()[k]:
         return ShardStats()
-    teacher = teacher_for(job)
+    teacher = teacher_of(job, resources)
     device = resolve_device(job.run.device)
-    lo_i, hi_i = cache.shard_images(k)
-    lo_p, hi_p = cache.shard_pair_rows(k)
-    union = S.UNION in cache.levels  # a global-only store: no union crop is cut or encoded
-    ctx = _ShardContext(
-        job=job, teacher=teacher, device=device, names=cache.read("images/file_name", slice(lo_i, hi_i)).tolist(),
-        sizes=cache.read("images/size", slice(lo_i, hi_i)),
-        begin=cache.read("pairs/begin", slice(lo_i, hi_i)) - lo_p,
-        end=cache.read("pairs/end", slice(lo_i, hi_i)) - lo_p,
-        union_box=cache.read("pairs/box", slice(lo_p, hi_p)) if union else np.zeros((0, 4), np.float32),
-        union=union,
-        enc=Encoder(teacher, torch.from_numpy(cache.read("text/embedding")).to(device), device),
-        stats=ShardStats(),
-        mean=torch.tensor(teacher.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
-        std=torch.tensor(teacher.std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
-    run = job.run
-
-    decode, writer_mode = helper_modes(run, device)
-    with ShardWriter(cache, k, writer_mode) as writer, ctx.enc.session(), \
-            borrowed_decoder(decode, run.workers, pin=device.type == "cuda") as decoder:
-        ctx.img_out = ChunkFlusher(cache, ["global/embedding", "global/score", "global/dense", "images/status"],
-                                   lo_i, hi_i, cache.layout.image_chunk, writer)
-        if union:
-            ctx.pair_out = ChunkFlusher(cache, ["union/embedding", "union/score"], lo_p, hi_p,
-                                        cache.layout.pair_chunk, writer)
-        previous, release = None, PeriodicRelease()
-        t_wait = time.perf_counter()
-        for batch in decoder(_batch_specs(ctx, job.images_root, run.batch_size)):
-            t_launch = time.perf_counter()
-            ctx.stats.data_wait_s += t_launch - t_wait
-            launched = _launch(ctx, batch)        # queued on the device
-            t_collect = time.perf_counter()
-            ctx.stats.launch_s += t_collect - t_launch
-            if previous is not None:
-                _collect(ctx, *previous, progress)  # the batch before: waits for it, not for this one
-                release()  # that batch's pixels and crops are freed: give their pages back
-            previous = (batch, launched)
-            t_wait = time.perf_counter()
-            ctx.stats.collect_s += t_wait - t_collect
-        if previous is not None:
-            _collect(ctx, *previous, progress)
-        ctx.img_out.finish()
-        if ctx.pair_out is not None:
-            ctx.pair_out.finish()
+    rows = _ShardRows.read(cache, k)
+    enc = Encoder(teacher, torch.from_numpy(cache.read("text/embedding")).to(device), device)
+    (lo_i, hi_i), (lo_p, hi_p) = cache.shard_images(k), cache.shard_pair_rows(k)
+    decode, writer_mode = helper_modes(job.run, device)
+    with ShardWriter(cache, k, writer_mode, resources.writer_process) as writer, enc.session(), \
+            resources.decoder(decode, job.run.workers, pin=device.type == "cuda") as decoder:
+        ctx = _ShardContext(
+            job=job, teacher=teacher, device=device, rows=rows, enc=enc, stats=ShardStats(),
+            mean=torch.tensor(teacher.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            std=torch.tensor(teacher.std, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            img_out=ChunkFlusher(cache, ["global/embedding", "global/score", "global/dense", "images/status"],
+                                 lo_i, hi_i, cache.layout.image_chunk, writer),
+            pair_out=ChunkFlusher(cache, ["union/embedding", "union/score"], lo_p, hi_p, cache.layout.pair_chunk,
+                                  writer) if rows.union else None)
+        _encode_batches(ctx, decoder(_batch_specs(ctx, job.images_root, job.run.batch_size)), progress)
         t_write = time.perf_counter()
         writer.wait()  # re-raise a failed write before anything is marked done
         ctx.stats.write_wait_s = time.perf_counter() - t_write
     cache.mark_shard_done(k)
-    ctx.stats.encoder_s = ctx.enc.total_seconds()
+    ctx.stats.encoder_s = enc.total_seconds()
     ctx.stats.wall_s = time.perf_counter() - t_start
     return ctx.stats
 
 
-@dataclass
-class _ShardContext:
-    job: ShardJob
-    teacher: Teacher
-    device: torch.device
-    names: list
+def _encode_batches(ctx: _ShardContext, batches, progress) -> None:
+    """Launch each decoded batch on the device, then collect the one before it (so the host
+    prepares batch i + 1 while the device runs batch i), and flush the shard's last rows."""
+    previous, release = None, PeriodicRelease()
+    t_wait = time.perf_counter()
+    for batch in batches:
+        t_launch = time.perf_counter()
+        ctx.stats.data_wait_s += t_launch - t_wait
+        launched = _launch(ctx, batch)        # queued on the device
+        t_collect = time.perf_counter()
+        ctx.stats.launch_s += t_collect - t_launch
+        if previous is not None:
+            _collect(ctx, *previous, progress)  # the batch before: waits for it, not for this one
+            release()  # that batch's pixels and crops are freed: give their pages back
+        previous = (batch, launched)
+        t_wait = time.perf_counter()
+        ctx.stats.collect_s += t_wait - t_collect
+    if previous is not None:
+        _collect(ctx, *previous, progress)
+    ctx.img_out.finish()
+    if ctx.pair_out is not None:
+        ctx.pair_out.finish()
+
+
+@dataclass(frozen=True)
+class _ShardRows:
+    """What a shard reads of the store before it starts: its images and their pair rows."""
+
+    names: list              # file names of the shard's n images
     sizes: np.ndarray        # int32 [n, 2]
     begin: np.ndarray        # int64 [n] pair rows, relative to the shard's first row
     end: np.ndarray
     union_box: np.ndarray    # float32 [rows, 4]; [0, 4] without the union level
     union: bool              # the store holds the union level: encode the pairs' union crops
+
+    @classmethod
+    def read(cls, cache: TeacherCache, k: int) -> "_ShardRows":
+        (lo_i, hi_i), (lo_p, hi_p) = cache.shard_images(k), cache.shard_pair_rows(k)
+        union = S.UNION in cache.levels  # a global-only store: no union crop is cut or encoded
+        return cls(names=cache.read("images/file_name", slice(lo_i, hi_i)).tolist(),
+                   sizes=cache.read("images/size", slice(lo_i, hi_i)),
+                   begin=cache.read("pairs/begin", slice(lo_i, hi_i)) - lo_p,
+                   end=cache.read("pairs/end", slice(lo_i, hi_i)) - lo_p,
+                   union_box=cache.read("pairs/box", slice(lo_p, hi_p)) if union else np.zeros((0, 4), np.float32),
+                   union=union)
+
+
+@dataclass(frozen=True)
+class _ShardContext:
+    """A running shard: its job, teacher and rows, the encoder, the buffers its results go to
+    (written chunk by chunk) and its statistics, all set when it starts."""
+
+    job: ShardJob
+    teacher: Teacher
+    device: torch.device
+    rows: _ShardRows
     enc: Encoder
     stats: ShardStats
-    mean: torch.Tensor = None  # float32 [1, 3, 1, 1] on the device
-    std: torch.Tensor = None
-    img_out: ChunkFlusher | None = None
-    pair_out: ChunkFlusher | None = None
+    mean: torch.Tensor       # float32 [1, 3, 1, 1] on the device
+    std: torch.Tensor
+    img_out: ChunkFlusher    # the image-indexed arrays
+    pair_out: ChunkFlusher | None  # the pair-indexed ones; None without the union level
 
 
 def _batch_specs(ctx: _ShardContext, root: str, batch_size: int) -> list[BatchSpec]:
@@ -190,9 +199,9 @@ def _batch_specs(ctx: _ShardContext, root: str, batch_size: int) -> list[BatchSp
     opts = ctx.job.teacher
     may_leave = may_leave_image(opts)
     specs = []
-    for a in range(0, len(ctx.names), batch_size):
-        sizes = ctx.sizes[a:a + batch_size]
-        specs.append(BatchSpec(root, tuple(ctx.names[a:a + batch_size]), tuple(range(a, a + len(sizes))),
+    for a in range(0, len(ctx.rows.names), batch_size):
+        sizes = ctx.rows.sizes[a:a + batch_size]
+        specs.append(BatchSpec(root, tuple(ctx.rows.names[a:a + batch_size]), tuple(range(a, a + len(sizes))),
                                tuple(map(tuple, sizes.tolist())), may_leave or bool((sizes <= 0).any()),
                                max_side=TEACHER_MAX_SIDE))
     return specs
@@ -245,19 +254,19 @@ def _launch(ctx: _ShardContext, batch: ImageBatch) -> _Launched:
             raise ShardError(f"{error} (pass --on-error skip to record it as skipped and go on)")
         log.warning("skipping %s", error)
         ctx.img_out.bufs["images/status"][pos] = S.STATUS_SKIPPED
-        ctx.stats.skipped.append(ctx.names[pos])
+        ctx.stats.skipped.append(ctx.rows.names[pos])
     idx = batch.index  # positions within the shard of the images that decoded
     out = _Launched(image_rows=idx, pair_rows=np.zeros(0, np.int64))
     if not len(idx):
         return out
     n = len(idx)
-    if ctx.union:
-        counts = ctx.end[idx] - ctx.begin[idx]
-        rows = np.concatenate([np.arange(ctx.begin[j], ctx.end[j]) for j in idx])
+    if ctx.rows.union:
+        counts = ctx.rows.end[idx] - ctx.rows.begin[idx]
+        rows = np.concatenate([np.arange(ctx.rows.begin[j], ctx.rows.end[j]) for j in idx])
     else:
         counts, rows = np.zeros(n, np.int64), np.zeros(0, np.int64)
     wh = batch.sizes.astype(np.float64)
-    union_box = ctx.union_box[rows]
+    union_box = ctx.rows.union_box[rows]
     if batch.to_decoded is not None:  # a large image was decoded reduced: its boxes follow
         union_box = (union_box * batch.to_decoded[ragged.owners(counts)]).astype(union_box.dtype)
     regions = np.concatenate([whole_image_rois(wh, opts.crop_mode),
@@ -304,7 +313,13 @@ def _collect(ctx: _ShardContext, batch: ImageBatch, out: _Launched, progress) ->
     ctx.img_out.ready(ctx.img_out.lo + batch.last + 1)
     crops = 0
     if ctx.pair_out is not None:
-        ctx.pair_out.ready(ctx.pair_out.lo + int(ctx.end[batch.last]))
-        crops = int(ctx.end[batch.last] - ctx.begin[batch.first])
+        ctx.pair_out.ready(ctx.pair_out.lo + int(ctx.rows.end[batch.last]))
+        crops = int(ctx.rows.end[batch.last] - ctx.rows.begin[batch.first])
     if progress is not None:
         progress(batch.last - batch.first + 1, crops)
+
+
+def run_shard_on_worker(job: ShardJob, k: int) -> ShardStats:
+    """:func:`run_shard` as a dask.distributed task, with the worker's own resources
+    (:class:`~pipeline.teacher.resources.ShardResourcesPlugin`, registered by the coordinator)."""
+    return run_shard(job, k, worker_resources())

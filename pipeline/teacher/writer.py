@@ -20,6 +20,7 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Callable
 
 import numpy as np
 
@@ -35,7 +36,10 @@ def _write_parts(cache: TeacherCache, k: int, parts: dict) -> None:
 
 
 # -- in the writer process -------------------------------------------------------------
-_OPEN: OrderedDict = OrderedDict()  # token -> TeacherCache, the few shards being written
+# The stores this writer process has open (token -> TeacherCache, the few shards being
+# written). It exists in the writer process only, which the run's ShardResources started
+# and stops; the process that runs the shards never fills it.
+_OPEN: OrderedDict = OrderedDict()
 
 
 def _watch_parent(parent: int) -> None:
@@ -60,38 +64,27 @@ def _write_in_process(path: str, token: str, k: int, parts: dict) -> None:
 
 
 # -- in the shard's process -----------------------------------------------------------
-_PROCESS_POOL: ProcessPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _forget_writers_in_child() -> None:
-    """A forked child starts without its parent's writer process and open stores: the pool's
-    management thread does not survive a fork (the child would wait on it forever)."""
-    global _PROCESS_POOL, _POOL_LOCK
-    _PROCESS_POOL, _POOL_LOCK = None, threading.Lock()
-    _OPEN.clear()
-
-
-os.register_at_fork(after_in_child=_forget_writers_in_child)
-
-
-def _process_pool(fresh: bool = False) -> ProcessPoolExecutor:
-    """This process's writer process, started on first use (spawned: the parent holds CUDA)."""
-    global _PROCESS_POOL
-    with _POOL_LOCK:
-        if _PROCESS_POOL is None or fresh:
-            _PROCESS_POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_start_writer_process, initargs=(os.getpid(),))
-        return _PROCESS_POOL
+def new_writer_process() -> ProcessPoolExecutor:
+    """A writer process for this process's shards (spawned: the parent holds CUDA); its
+    owner (:class:`pipeline.teacher.resources.ShardResources`) keeps it for the run."""
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_writer_process, initargs=(os.getpid(),))
 
 
 class ShardWriter:
-    """The chunk writes of shard ``k``; ``wait`` re-raises the first failed one."""
+    """The chunk writes of shard ``k``; ``wait`` re-raises the first failed one.
 
-    def __init__(self, cache: TeacherCache, k: int, mode: str = "thread"):
+    mode "thread": a writer thread of the shard's own. mode "process": the writer process
+    ``writer_process(fresh)`` returns (the run's; ``fresh=True`` replaces one that died).
+    """
+
+    def __init__(self, cache: TeacherCache, k: int, mode: str = "thread",
+                 writer_process: Callable[[bool], ProcessPoolExecutor] | None = None):
         if mode not in WRITER_MODES:
             raise ValueError(f"writer must be one of {', '.join(WRITER_MODES)}, not {mode!r}")
-        self.cache, self.k = cache, k
+        if mode == "process" and writer_process is None:
+            raise ValueError("a process writer needs the run's writer process (ShardResources.writer_process)")
+        self.cache, self.k, self._writer_process = cache, k, writer_process
         self.futures: list[Future] = []
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"shard{k}-writer") if mode == "thread" else None
         self._token = uuid.uuid4().hex  # the writer process opens the store once per shard
@@ -103,9 +96,9 @@ class ShardWriter:
             return
         args = (_write_in_process, str(self.cache.path), self._token, self.k, parts)
         try:
-            self.futures.append(_process_pool().submit(*args))
+            self.futures.append(self._writer_process(False).submit(*args))
         except BrokenProcessPool:  # an earlier writer process died; this shard starts a new one
-            self.futures.append(_process_pool(fresh=True).submit(*args))
+            self.futures.append(self._writer_process(True).submit(*args))
 
     def wait(self) -> None:
         """Block until every write has landed; re-raise the first that failed."""

@@ -395,8 +395,8 @@ def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holders_lock_is_
     first = _holder(out, go, 120)
     assert first.stdout.readline().strip() == "held"
     loaded = []
-    real_teacher_for = run_mod.teacher_for
-    monkeypatch.setattr(run_mod, "teacher_for", lambda job: loaded.append(1) or real_teacher_for(job))
+    real_teacher_of = run_mod.teacher_of
+    monkeypatch.setattr(run_mod, "teacher_of", lambda job, res: loaded.append(1) or real_teacher_of(job, res))
     with pytest.raises(LockError, match=rf"in use by another teacher-cache run .*pid {first.pid} on host "
                                         rf"{re.escape(socket.gethostname())}, started \d{{4}}-"):
         build(world, out)
@@ -505,7 +505,7 @@ def test_names_leaving_the_images_folder_are_refused_before_the_model_loads(worl
     shutil.copytree(world["images"], images)
     (tmp_path / "outside.jpg").write_bytes((world["images"] / "img_000.jpg").read_bytes())
     (images / "link.jpg").symlink_to(tmp_path / "outside.jpg")
-    monkeypatch.setattr(run_mod, "teacher_for", lambda job: pytest.fail("the model loaded"))
+    monkeypatch.setattr(run_mod, "teacher_of", lambda job, res: pytest.fail("the model loaded"))
     dets = _dets_with_name(world, tmp_path, name)
     with pytest.raises(UnsafeNameError, match=rf"hostile\.h5: image name {re.escape(repr(name))} "):
         build({**world, "images": images}, tmp_path / "cache.zarr", detections=dets, annotations=None)

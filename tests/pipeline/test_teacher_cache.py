@@ -371,21 +371,24 @@ def test_a_dead_writer_process_is_reported_and_nothing_marked_done(tmp_path):
     from bench.synthetic_cache import make_synthetic_cache
     from cache.store import TeacherCache
     from pipeline.teacher import writer as W
+    from pipeline.teacher.resources import ShardResources
 
     path = make_synthetic_cache(tmp_path / "c", num_images=16, pairs_per_image=2, num_classes=4, embed_dim=8,
                                 grid=(2, 2), images_per_shard=16, image_chunk=8, pair_chunk=16)
     zarr.open_group(str(path), mode="r+").attrs["complete"] = False  # shards write work-in-progress stores
     cache = TeacherCache(path, mode="r+")
-    pool = W._process_pool()
-    pool.submit(time.sleep, 0.5)
-    pool.submit(os._exit, 1)  # the writer process dies while the shard's write waits in its queue
-    writer = W.ShardWriter(cache, 0, "process")
-    writer.submit({"images/status": (0, 8, np.zeros(8, np.int8))})
-    with pytest.raises(RuntimeError, match="writer process died while writing shard 0.*--writer thread"):
+    with ShardResources() as res:
+        pool = res.writer_process()
+        pool.submit(time.sleep, 0.5)
+        pool.submit(os._exit, 1)  # the writer process dies while the shard's write waits in its queue
+        writer = W.ShardWriter(cache, 0, "process", res.writer_process)
+        writer.submit({"images/status": (0, 8, np.zeros(8, np.int8))})
+        with pytest.raises(RuntimeError, match="writer process died while writing shard 0.*--writer thread"):
+            writer.wait()
+        writer = W.ShardWriter(cache, 0, "process", res.writer_process)  # the next shard starts a new one
+        writer.submit({"images/status": (0, 8, np.full(8, S.STATUS_SKIPPED, np.int8))})
         writer.wait()
-    writer = W.ShardWriter(cache, 0, "process")  # the next shard starts a new writer process
-    writer.submit({"images/status": (0, 8, np.full(8, S.STATUS_SKIPPED, np.int8))})
-    writer.wait()
+        assert res.writer_process() is not pool  # the dead one was replaced
     assert (cache.read("images/status")[:8] == S.STATUS_SKIPPED).all()
 
 
@@ -428,10 +431,10 @@ def test_the_split_is_recorded_when_given_or_said_by_hico_names(world, reference
 
 
 def test_a_forked_child_builds_a_cache_after_its_parent_did(world, reference, tmp_path):
-    """This process keeps its decoders (worker threads) between shards and ran its shards on
-    threads; a forked child (dask's process scheduler, a user's own fork) must start without
-    them, not wait on dead threads."""
-    build(world, tmp_path / "parent.zarr", workers=2)  # leaves an idle two-thread decoder here
+    """The parent ran its shards on threads with decoders of two worker threads; a forked
+    child (dask's process scheduler, a user's own fork) must start without any of them, not
+    wait on dead threads: the run's resources are its own, closed when it ends."""
+    build(world, tmp_path / "parent.zarr", workers=2)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
