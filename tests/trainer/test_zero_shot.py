@@ -129,27 +129,36 @@ def test_a_residual_student_s_config_round_trips_and_old_checkpoints_read_as_pla
         set(Student(TrainConfig(hidden_dim=16, residual=True), text).state_dict())
 
 
-def test_the_plain_student_trains_to_the_bytes_it_did_before_these_switches(tmp_path):
-    """With --w-feature 0 and no --residual, two epochs on a synthetic cache give the weights
-    and predictions (sha256 of the bytes) that the code before the feature loss and the
-    residual form gave (commit b0a7552; same cache, config and one thread): the old student
-    is one flag away, to the last bit."""
+def test_the_plain_student_never_runs_the_new_parts_and_trains_to_the_same_bytes_each_time(tmp_path, monkeypatch):
+    """With --w-feature 0 and no --residual, training never computes the feature loss nor
+    CLIP's pooled regions (either would raise here), so it is the student from before these
+    switches: measured so against the code of commit b0a7552, whose two epochs on this
+    synthetic cache gave the same weights to the bit (sha256 f241b4ad... on one machine;
+    the bytes depend on the CPU's float kernels, so the test compares runs, not a stored
+    hash). Two runs give the same weights and predictions."""
     import hashlib
 
+    from trainer import losses, model
     from trainer.checkpoint import load_weights
 
+    def untouched(*a, **k):
+        raise AssertionError("a part that is switched off ran")
+
+    monkeypatch.setattr(losses.DistillationLoss, "loss_feature", untouched)
+    monkeypatch.setattr(model, "clip_regions", untouched)
     world = dict(num_classes=24, embed_dim=32, grid=(8, 8), images_per_shard=32, image_chunk=8, pair_chunk=64)
     train_cache = make_synthetic_cache(tmp_path / "train", num_images=64, pairs_per_image=6, seed=0, split="train",
                                        with_gt=False, **world)
     test_cache = make_synthetic_cache(tmp_path / "test", num_images=16, pairs_per_image=6, seed=1, split="test",
                                       **world)
-    out = train(train_cache, tmp_path / "run", TrainConfig(epochs=2, batch_size=16, hidden_dim=32, w_feature=0.0,
-                                                          progress=False, threads=1, device="cpu"))
-    weights, h = load_weights(out["checkpoint"]), hashlib.sha256()
-    for k in sorted(weights):
-        h.update(k.encode())
-        h.update(weights[k].numpy().tobytes())
-    pred, _ = predict(test_cache, checkpoint=out["checkpoint"])
-    assert h.hexdigest() == "5cba5cb46bbc4e4d5ba3884466efcfa5d051dbcce0d7584791e9f3725a8850c3"
-    assert hashlib.sha256(pred.score.tobytes()).hexdigest() == \
-        "99e7f2b7bacc0bfbf47a61fc0991e4bdcc893c139e8e339b92166d3f83d312ff"
+    digests = []
+    for run in ("a", "b"):
+        out = train(train_cache, tmp_path / run, TrainConfig(epochs=2, batch_size=16, hidden_dim=32, w_feature=0.0,
+                                                             progress=False, threads=1, device="cpu"))
+        weights, h = load_weights(out["checkpoint"]), hashlib.sha256()
+        for k in sorted(weights):
+            h.update(k.encode())
+            h.update(weights[k].numpy().tobytes())
+        pred, _ = predict(test_cache, checkpoint=out["checkpoint"])
+        digests.append((h.hexdigest(), hashlib.sha256(pred.score.tobytes()).hexdigest()))
+    assert digests[0] == digests[1]
