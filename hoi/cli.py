@@ -219,15 +219,16 @@ def detect(images, images_list, checkpoint, output, detector, detector_weights, 
            add_classes, overwrite, **options):
     """HOI detections for a folder of photos: detector, CLIP's global pass, the student (no union crops)."""
     from hoi.detect import run_detect
+    from hoi.queries import ClassQuery
     from pipeline.detection.options import DetectOptions
+    from trainer.config import Scoring
 
     refuse_existing(output, overwrite)
     info = run_detect(images, checkpoint, output, detector=detector, detector_weights=detector_weights,
-                      images_list=images_list, draw=draw,
-                      drawing=_drawing(draw_count, draw_top, draw_size),
-                      options=DetectOptions(batch_size=batch_size, **options), batch_size=batch_size,
-                      union_weight=union_weight, det_exponent=det_exponent, top_k=top_k, hoi=hoi,
-                      classes_file=classes_file, add_classes=add_classes, teacher_model=teacher_model,
+                      images_list=images_list, draw=draw, drawing=_drawing(draw_count, draw_top, draw_size),
+                      options=DetectOptions(batch_size=batch_size, **options),
+                      scoring=Scoring(det_exponent, top_k, union_weight),
+                      classes=ClassQuery(hoi, classes_file, add_classes), teacher_model=teacher_model,
                       teacher_weights=teacher_weights)
     rate = info["images_per_s"]
     skipped = len(info["skipped_images"])

@@ -13,9 +13,9 @@ import json
 import click
 
 from hoi.command import HoiCommand
-from hoi.queries import cache_classes, class_query_options
+from hoi.queries import ClassQuery, cache_classes, class_query_options
 from hoicore.options import click_options
-from trainer.config import PREDICTION_MODELS, TrainConfig
+from trainer.config import PREDICTION_MODELS, Scoring, TrainConfig
 
 # One option per training-config field, declared once there. Defaults are None so that only
 # the options given override the config (the defaults, or a resumed run's own).
@@ -37,22 +37,8 @@ config_file_option = click.option(
 
 
 # How pair rows are scored from the student's branches: shared by every command that predicts
-# (on a cache here, from photos in ``hoi detect``).
-SCORING_OPTIONS = [
-    click.option("--det-exponent", type=float, default=1.0,
-                 help="Pair scores are multiplied by (human score x object score) to this power."),
-    click.option("--top-k", type=click.IntRange(min=0), default=0,
-                 help="Keep the k best rows per image; 0 keeps all."),
-    click.option("--union-weight", type=click.FloatRange(0, 1), default=0.5,
-                 help="Late fusion: the union branch's share of the pair scores, the human-object branch "
-                      "has the rest (0.5: their average). Choose it on a validation split, not the test."),
-]
-
-
-def scoring_options(f):
-    for opt in reversed(SCORING_OPTIONS):
-        f = opt(f)
-    return f
+# (on a cache here, from photos in ``hoi detect``); declared once, as trainer.config.Scoring.
+scoring_options = click_options(Scoring)
 
 
 def prediction_options(f):
@@ -71,8 +57,8 @@ def prediction_options(f):
                      help="Images per forward pass of the student."),
         click.option("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'."),
         click.option("--seed", type=int, default=0, help="Seed of the random baseline."),
-        *SCORING_OPTIONS,
     ]
+    f = scoring_options(f)  # listed last
     for opt in reversed(opts):
         f = opt(f)
     return f
@@ -136,7 +122,7 @@ def predict_cmd(output, hoi, classes_file, add_classes, overwrite, **options):
     from trainer.predict import predict_file
 
     refuse_existing(output, overwrite)
-    classes = cache_classes(options["cache"], hoi, classes_file, add_classes)
+    classes = cache_classes(options["cache"], ClassQuery(hoi, classes_file, add_classes))
     info = predict_file(options["cache"], output, classes=classes, **_predict_kwargs(options))
     click.echo(f"wrote {info['num_predictions']:,} predictions ({info['model']}) to {output}")
 
@@ -157,7 +143,7 @@ def eval_cmd(labelspace, image_labels, results, predictions, as_json, plot, hoi,
     from hoidata.evaluation import format_table
     from trainer.predict import run_eval
 
-    classes = cache_classes(options["cache"], hoi, classes_file, add_classes, labelspace)
+    classes = cache_classes(options["cache"], ClassQuery(hoi, classes_file, add_classes), labelspace)
     res, report = run_eval(options["cache"], results=results, predictions=predictions, labelspace=labelspace,
                            image_labels=image_labels, classes=classes, **_predict_kwargs(options))
     if plot:
@@ -176,8 +162,7 @@ def eval_cmd(labelspace, image_labels, results, predictions, as_json, plot, hoi,
               help="Test teacher cache (with ground truth).")
 @click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for one run per row, the results and ablation.json.")
-@click.option("--det-exponent", type=float, default=1.0,
-              help="Pair scores are multiplied by (human score x object score) to this power.")
+@click_options(Scoring, only=("det_exponent",))
 @click.option("--jobs", type=click.IntRange(min=1), default=1,
               help="Rows trained and evaluated at once, each in a process of its own. Give --threads too "
                    "(e.g. 1 each): a row's numbers then do not depend on --jobs or on the machine's cores.")

@@ -222,7 +222,7 @@ def _asked_in_words(p: dict, results: dict, echo, split: str = "unseen_verb") ->
     --hoi ...``: prompts through the teacher's text tower), scored on the test split: the
     zero-shot table's figure for that split, reached from the words alone."""
     from cache.store import open_cache
-    from hoi.queries import cache_classes
+    from hoi.queries import ClassQuery, cache_classes
     from trainer.ablate import UNSEEN_PREFIX
     from trainer.cache_info import labelspace_of
     from trainer.predict import run_eval
@@ -236,7 +236,7 @@ def _asked_in_words(p: dict, results: dict, echo, split: str = "unseen_verb") ->
     command = (f"hoi eval --cache {p['test_cache']} --checkpoint {checkpoint} "
                + " ".join(f"--hoi '{w}'" for w in words) + " --add-classes")
     echo(f"\nthe student trained without {split}'s classes, asked for them in words: {command}")
-    classes = cache_classes(p["test_cache"], words, add_classes=True)
+    classes = cache_classes(p["test_cache"], ClassQuery(tuple(words), add_classes=True))
     res, _ = run_eval(p["test_cache"], checkpoint=checkpoint, classes=classes,
                       results=p["ablation"] / f"{UNSEEN_PREFIX}{split}" / "asked_in_words.json")
     got = res.summary()["scored_classes"]["default"]

@@ -10,6 +10,7 @@ lives in ``hoi`` because it needs both the teacher (``pipeline``) and the studen
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import click
 import numpy as np
@@ -38,17 +39,26 @@ def class_query_options(f):
     return f
 
 
-def asked_labelspace(base: LabelSpace, hoi=(), classes_file=None, add_classes: bool = False) -> LabelSpace | None:
-    """The label space of the classes asked for, or None when none is (the base's own classes)."""
-    if not hoi and classes_file is None:
-        if add_classes:
-            raise InputError("--add-classes adds the classes of --hoi or --classes; give one of them")
-        return None
-    queries = list(hoi) + (read_classes_file(classes_file, base) if classes_file else [])
-    ls = query_labelspace(base, queries, add=add_classes)
-    for c in range(ls.num_classes) if ls.num_classes <= 50 else ():
-        log.info("class %d: %s -> %r", c, ls.class_name(c), ls.prompts[c])
-    return ls
+@dataclass(frozen=True)
+class ClassQuery:
+    """HOI classes asked for in words (the options above); empty: the checkpoint's or the
+    cache's own classes are scored."""
+
+    hoi: tuple[str, ...] = ()         # 'VERB OBJECT [= PROMPT]' each
+    classes_file: str | None = None   # one such line each, or a label-space JSON
+    add_classes: bool = False         # beside the base's own classes, not instead of them
+
+    def labelspace(self, base: LabelSpace) -> LabelSpace | None:
+        """The label space of the classes asked for, or None when none is (the base's own)."""
+        if not self.hoi and self.classes_file is None:
+            if self.add_classes:
+                raise InputError("--add-classes adds the classes of --hoi or --classes; give one of them")
+            return None
+        queries = list(self.hoi) + (read_classes_file(self.classes_file, base) if self.classes_file else [])
+        ls = query_labelspace(base, queries, add=self.add_classes)
+        for c in range(ls.num_classes) if ls.num_classes <= 50 else ():
+            log.info("class %d: %s -> %r", c, ls.class_name(c), ls.prompts[c])
+        return ls
 
 
 def teacher_text(teacher, prompts, device="cpu") -> np.ndarray:
@@ -64,13 +74,14 @@ def teacher_text(teacher, prompts, device="cpu") -> np.ndarray:
     return text_embeddings(loaded, prompts, tuple(teacher.templates), device=device)
 
 
-def cache_classes(cache_path, hoi=(), classes_file=None, add_classes: bool = False, labelspace=None):
-    """(label space, text [C', D]) of the classes asked for on a cache, or None (its own)."""
+def cache_classes(cache_path, query: ClassQuery, labelspace=None):
+    """(label space, text [C', D]) of the classes ``query`` asks for on a cache, or None (its
+    own); ``labelspace``: the cache's, when given (a name or file)."""
     from cache.store import open_cache
     from trainer.cache_info import labelspace_of
 
     cache = open_cache(cache_path)
-    ls = asked_labelspace(labelspace_of(cache, labelspace), hoi, classes_file, add_classes)
+    ls = query.labelspace(labelspace_of(cache, labelspace))
     if ls is None:
         return None
     return ls, teacher_text(cache.teacher, ls.prompts)

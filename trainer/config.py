@@ -31,6 +31,21 @@ class ConfigError(HoiError, ValueError):
     """A configuration that cannot run; the message names the fields and the fix."""
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How pair rows are scored from the student's branches: the same for every command that
+    predicts (on a cache: ``hoi predict`` / ``hoi eval``; from photos: ``hoi detect``)."""
+
+    det_exponent: float = option(1.0, "Pair scores are multiplied by (human score x object score) to this power.")
+    top_k: int = option(0, "Keep the k best rows per image; 0 keeps all.", minimum=0)
+    union_weight: float = option(0.5, "Late fusion: the union branch's share of the pair scores, the human-object "
+                                      "branch has the rest (0.5: their average). Choose it on a validation split, "
+                                      "not the test.", minimum=0, maximum=1)
+
+    def __post_init__(self):
+        check_fields(self, ConfigError)
+
+
 @dataclass
 class TrainConfig:
     # -- model ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from tinyworld import MODEL, make_checkpoint, make_world
 
 from hoi.cli import main as hoi_main
 from hoi.detect import run_detect
+from hoi.queries import ClassQuery
 from hoidata.labelspace import LabelSpace
 from hoidata.pairs import PairRule
 from hoidata.predictions import read_predictions, read_provenance
@@ -62,7 +63,7 @@ def setup(tmp_path_factory):
 def test_detect_equals_the_cache_path_on_the_same_detections(setup, tmp_path):
     cached, _ = predict(setup["caches"]["global"], checkpoint=setup["checkpoint"])
     info = run_detect(setup["world"]["images"], setup["checkpoint"], tmp_path / "preds.json", detector="tiny-fcos",
-                      detector_weights=setup["detector"], options=OPTS, batch_size=BATCH)
+                      detector_weights=setup["detector"], options=OPTS)
     direct = read_predictions(tmp_path / "preds.json")
     assert len(cached) > 20 and direct.file_names == cached.file_names
     for key in ("image", "hoi"):
@@ -140,7 +141,7 @@ def test_classes_asked_for_in_words_score_as_the_cache_s_own_text_does(setup, tm
     from hoidata.classes import ClassQueryError
 
     cache, checkpoint = setup["caches"]["all"], setup["checkpoint"]
-    ls, text = cache_classes(cache, classes_file=setup["world"]["labelspace"])
+    ls, text = cache_classes(cache, ClassQuery(classes_file=setup["world"]["labelspace"]))
     assert ls.prompts == LabelSpace.load(setup["world"]["labelspace"]).prompts
     assert np.allclose(text, open_cache(cache).read("text/embedding"), atol=1e-6)
     plain, _ = predict(cache, checkpoint=checkpoint)
@@ -149,19 +150,19 @@ def test_classes_asked_for_in_words_score_as_the_cache_s_own_text_does(setup, tm
     assert info["classes"]["prompts"] == list(ls.prompts)
 
     run_detect(setup["world"]["images"], checkpoint, tmp_path / "kick.json", detector="tiny-fcos",
-               detector_weights=setup["detector"], options=OPTS, batch_size=BATCH, hoi=("kick ball",))
+               detector_weights=setup["detector"], options=OPTS, classes=ClassQuery(("kick ball",)))
     kick = read_predictions(tmp_path / "kick.json")
     assert kick.classes["hoi"] == [["kick", "ball"]] and len(kick) and set(kick.hoi.tolist()) == {0}
     with pytest.raises(ClassQueryError, match="unknown object 'unicorn'"):
         run_detect(setup["world"]["images"], checkpoint, tmp_path / "x.json", detector="tiny-fcos",
-                   detector_weights=setup["detector"], options=OPTS, hoi=("ride unicorn",))
+                   detector_weights=setup["detector"], options=OPTS, classes=ClassQuery(("ride unicorn",)))
     evaluate = ["eval-predictions", "--annotations", str(setup["world"]["annotations"]), "--labelspace",
                 str(setup["world"]["labelspace"]), "--predictions"]
     r = CliRunner().invoke(hoi_main, evaluate + [str(tmp_path / "kick.json")])
     assert r.exit_code == 0, r.output
     assert "classes asked for (1): Default" in r.output
     run_detect(setup["world"]["images"], checkpoint, tmp_path / "new.json", detector="tiny-fcos",
-               detector_weights=setup["detector"], options=OPTS, hoi=("kick cup",))
+               detector_weights=setup["detector"], options=OPTS, classes=ClassQuery(("kick cup",)))
     r = CliRunner().invoke(hoi_main, evaluate + [str(tmp_path / "new.json")])
     assert r.exit_code == 1 and "does not have: kick cup" in r.output
     r = CliRunner().invoke(hoi_main, ["predict", "--cache", str(cache), "--scorer", "teacher", "--hoi", "kick ball",
@@ -177,7 +178,7 @@ def test_detect_where_no_image_can_be_read_writes_nothing_and_says_so(setup, tmp
     opts = DetectOptions(**{**OPTS.__dict__, "on_error": "skip"})
     with pytest.raises(Exception, match="none of the 2 images under .* could be read .*nothing was written"):
         run_detect(images, setup["checkpoint"], tmp_path / "p.json", detector="tiny-fcos",
-                   detector_weights=setup["detector"], options=opts, batch_size=BATCH)
+                   detector_weights=setup["detector"], options=opts)
     assert not (tmp_path / "p.json").exists()
 
 
