@@ -10,6 +10,7 @@ import sys
 import click
 
 from hoi.cli_train import overwrite_option, plot_option, refuse_existing
+from hoi.command import TUNED_COMMANDS
 from hoi.errors import HoiGroup
 from hoi.logs import setup_logging
 from hoicore import __version__
@@ -247,19 +248,14 @@ for command in (detections, teacher_cache, rescore, cache_group, train_cmd, pred
     main.add_command(command)
 
 
-# Commands that run without the restart: the demo trains small students held in memory,
-# whose steps the tunables slow by about 10% (many small allocations) and whose heaps are
-# bounded by the world anyway.
-UNTUNED_COMMANDS = {"demo"}
-
-
 def run() -> None:
-    """The ``hoi`` program (its console script and ``python -m hoi``): restarted once with
-    glibc's heap tunables (:data:`hoicore.memory.HEAP_TUNABLES`: without them a long
-    training or teacher run's heap grows with the steps it has run), then :func:`main`."""
+    """The ``hoi`` program (its console script and ``python -m hoi``): the commands of
+    :data:`hoi.command.TUNED_COMMANDS` restarted once with glibc's heap tunables
+    (:data:`hoicore.memory.HEAP_TUNABLES`: without them a long training or teacher run's heap
+    grows with the steps it has run), then :func:`main`."""
     args = sys.argv[1:]
     command = next((a for a in args if not a.startswith("-")), None)  # the group's own options take no value
-    if command not in UNTUNED_COMMANDS:
+    if command in TUNED_COMMANDS:
         exec_with_heap_tunables([sys.executable, "-c", RESTART, *args])
     main(prog_name="hoi")  # usage lines say what the user typed, `python -m hoi` or not
 

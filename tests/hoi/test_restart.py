@@ -1,5 +1,6 @@
-"""``hoi`` restarts itself once with the heap tunables (every command but the demo), never
-running code from the working folder."""
+"""``hoi`` restarts itself once with the heap tunables for the long streaming runs
+(teacher-cache, train, ablate) and for no other command, never running code from the
+working folder."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ def test_python_m_hoi_runs_through_the_restart(tmp_path):
 
     from hoicore.memory import without_heap_tunables
 
-    done = subprocess.run([sys.executable, "-m", "hoi", "--version"], env=without_heap_tunables(dict(os.environ)),
-                          capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert done.stdout.startswith("hoi, version")
+    done = subprocess.run([sys.executable, "-m", "hoi", "train", "--help"],
+                          env=without_heap_tunables(dict(os.environ)), capture_output=True, text=True, check=True,
+                          cwd=tmp_path)
+    assert done.stdout.startswith("Usage: hoi train")
 
 
 _RUN_CHILD = """
@@ -30,9 +32,10 @@ hoi.cli.run()
 
 
 @pytest.mark.parametrize("args, restarted", [
-    (["-v", "train", "--cache", "demo"], True), (["demo", "--output", "x"], False), (["-q", "demo"], False),
-    (["--version"], True)])
-def test_every_command_but_the_demo_restarts_with_the_heap_tunables(args, restarted):
+    (["-v", "train", "--cache", "demo"], True), (["teacher-cache", "--help"], True), (["ablate", "-v"], True),
+    (["demo", "--output", "x"], False), (["-q", "demo"], False), (["eval", "--cache", "c"], False),
+    (["detect", "--help"], False), (["--version"], False)])
+def test_the_long_streaming_runs_and_only_they_restart_with_the_heap_tunables(args, restarted):
     import subprocess
     import sys
 
@@ -58,3 +61,18 @@ def test_the_restart_never_runs_code_from_the_working_folder(tmp_path):
     usage = subprocess.run([str(program), "train", "--help"], env=without_heap_tunables(dict(os.environ)),
                            capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert usage.startswith("Usage: hoi train")
+
+
+def test_a_restarted_command_says_so_under_v(tmp_path):
+    import subprocess
+    import sys
+
+    from hoicore.memory import without_heap_tunables
+
+    env = without_heap_tunables(dict(os.environ))
+    said = subprocess.run([sys.executable, "-m", "hoi", "train", "--cache", str(tmp_path), "-o",
+                           str(tmp_path / "run"), "-v"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert "hoi train runs under GLIBC_TUNABLES=" in said.stderr and "tcache_count=0" in said.stderr
+    quiet = subprocess.run([sys.executable, "-m", "hoi", "train", "--cache", str(tmp_path), "-o",
+                            str(tmp_path / "run")], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert "GLIBC_TUNABLES" not in quiet.stderr
