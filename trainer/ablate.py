@@ -27,6 +27,7 @@ import torch
 from hoicore.files import write_json_atomic
 from hoicore.logs import basic_setup
 
+from .branches import switches
 from .config import TrainConfig
 from .engine import train_or_reuse
 from .predict import run_eval
@@ -43,13 +44,13 @@ class Row:
 # global CLIP scores; "union" = the union branch learning from the union CLIP scores.
 # Each row sets every branch switch and the fusion, so options given to `hoi ablate` change
 # the rest of the configuration only.
-_ALL = {"global_branch": True, "ho_branch": True, "union_branch": True, "fusion": "late"}
+_ALL = switches("global", "ho", "union")
 GRID = (
-    Row("global-level", "global level (global + human-object branches)", {**_ALL, "union_branch": False}),
-    Row("union-level", "union level (union branch)", {**_ALL, "global_branch": False, "ho_branch": False}),
-    Row("all-no-global", "both levels, without the global branch", {**_ALL, "global_branch": False}),
+    Row("global-level", "global level (global + human-object branches)", switches("global", "ho")),
+    Row("union-level", "union level (union branch)", switches("union")),
+    Row("all-no-global", "both levels, without the global branch", switches("ho", "union")),
     Row("all-late", "both levels, late fusion", _ALL),
-    Row("all-early", "both levels, early fusion", {**_ALL, "fusion": "early"}),
+    Row("all-early", "both levels, early fusion", switches("global", "ho", "union", fusion="early")),
 )
 UNSEEN_PREFIX = "without-"
 # The same all-levels student trained on HOI labels (trainer.config.SUPERVISION), without the

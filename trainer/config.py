@@ -16,15 +16,15 @@ from hoicore.errors import HoiError
 from hoicore.files import load_json
 from hoicore.options import check_fields, option
 
+from .branches import BRANCHES, BY_NAME, FUSED, GLOBAL, LOSS_TARGETS, PAIR_BRANCHES, Branch
+from .branches import UNION as UNION_BRANCH
+
 # Scorers of cached pairs that `predict` knows (see trainer.predict).
 PREDICTION_MODELS = ("student", "teacher", "dense", "random")
 # What the student learns from: CLIP's scores (no annotation), or the cache's ground truth as
 # image-level labels (weakly supervised) or as labels of the candidate pairs (fully supervised).
-SUPERVISION = ("clip", "image-labels", "pair-labels")
+SUPERVISION = tuple(LOSS_TARGETS)  # ("clip", "image-labels", "pair-labels")
 LABELLED = SUPERVISION[1:]
-# The weight field of each loss (the human-object branch's per-pair loss under pair labels
-# takes the MIL loss's weight: it is the same branch's one loss).
-LOSS_WEIGHTS = {"global": "w_global", "mil": "w_mil", "ho": "w_mil", "union": "w_union", "feature": "w_feature"}
 
 
 class ConfigError(HoiError, ValueError):
@@ -165,28 +165,41 @@ class TrainConfig:
     def pair_branches(self) -> tuple[str, ...]:
         """The branches that score pairs: ('fused',) in early fusion, else the enabled ones of ho, union."""
         if self.fusion == "early":
-            return ("fused",)
-        return tuple(b for b in ("ho", "union") if getattr(self, f"{b}_branch"))
+            return (FUSED.name,)
+        return tuple(b.name for b in PAIR_BRANCHES if getattr(self, b.switch))
+
+    @property
+    def branches(self) -> tuple[Branch, ...]:
+        """The branches built (:mod:`trainer.branches`): the global one if on, then the pair ones."""
+        return ((GLOBAL,) if self.global_branch else ()) + tuple(BY_NAME[n] for n in self.pair_branches)
+
+    def _trained(self, b: Branch) -> bool:
+        """Whether the switchable branch ``b``'s loss trains something: the branch itself, or in
+        early fusion (a pair branch's) the fused branch."""
+        return getattr(self, b.switch) or (self.fusion == "early" and b is not GLOBAL)
 
     @property
     def active_losses(self) -> tuple[str, ...]:
         """Losses computed: those with a positive weight whose branch exists (global; mil, or ho
         under pair labels; union), and the feature loss where some branch has a CLIP embedding
         to be pulled towards."""
-        ho = "ho" if self.supervision == "pair-labels" else "mil"  # per pair, or pooled over the image
-        sources = {"global": self.global_branch, ho: self.fusion == "early" or self.ho_branch,
-                   "union": self.fusion == "early" or self.union_branch}
-        return tuple(k for k in ("global", ho, "union") if sources[k] and getattr(self, LOSS_WEIGHTS[k]) > 0) + \
+        return tuple(b.loss_under(self.supervision) for b in BRANCHES
+                     if self._trained(b) and getattr(self, b.weight) > 0) + \
             (("feature",) if self.feature_targets else ())
+
+    @property
+    def loss_owners(self) -> dict[str, str]:
+        """Class loss -> the branch whose logits it reads: its own, or in early fusion (a pair
+        loss) the fused branch's."""
+        early = self.fusion == "early"
+        return {b.loss_under(self.supervision): FUSED.name if early and b is not GLOBAL else b.name
+                for b in BRANCHES}
 
     @property
     def loss_targets(self) -> dict[str, str]:
         """Class loss -> what it learns from: 'global_score' or 'union_score' (CLIP's, cached),
         'image_labels' or 'pair_labels' (the cache's ground truth; :mod:`hoidata.pair_labels`)."""
-        image = "global_score" if self.supervision == "clip" else "image_labels"
-        union = "pair_labels" if self.supervision == "pair-labels" else "union_score"
-        source = {"global": image, "mil": image, "ho": "pair_labels", "union": union}
-        return {k: source[k] for k in self.active_losses if k != "feature"}
+        return {k: LOSS_TARGETS[self.supervision][k] for k in self.active_losses if k != "feature"}
 
     @property
     def feature_targets(self) -> dict[str, str]:
@@ -195,10 +208,8 @@ class TrainConfig:
         branch when the union level supervises the run; empty without the feature loss."""
         if self.w_feature <= 0:
             return {}
-        targets = {"global": "global"} if self.global_branch else {}
-        if self.fusion == "early" or self.union_branch:
-            targets.update({b: "union" for b in self.pair_branches})
-        return targets
+        union_level = self._trained(UNION_BRANCH)
+        return {b.name: b.feature for b in self.branches if b.feature == "global" or union_level}
 
     def validated(self) -> "TrainConfig":
         """Check choices, ranges and that every branch has a loss that trains it; return self."""
@@ -214,13 +225,13 @@ class TrainConfig:
             raise ConfigError("the global branch is on but w_global is 0, so it would never learn; "
                               "pass --no-global-branch or --w-global > 0")
         if self.fusion == "early":
-            if self.w_mil == 0 and self.w_union == 0:
+            if all(getattr(self, b.weight) == 0 for b in PAIR_BRANCHES):
                 raise ConfigError("early fusion needs w_mil or w_union > 0 to train the fused pair scores")
         else:
-            for branch, weight in (("ho", "w_mil"), ("union", "w_union")):
-                if getattr(self, f"{branch}_branch") and getattr(self, weight) == 0:
-                    raise ConfigError(f"the {branch} branch is on but {weight} is 0, so it would never learn; "
-                                      f"pass --no-{branch}-branch or --{weight.replace('_', '-')} > 0")
+            for b in PAIR_BRANCHES:
+                if getattr(self, b.switch) and getattr(self, b.weight) == 0:
+                    raise ConfigError(f"the {b.name} branch is on but {b.weight} is 0, so it would never learn; "
+                                      f"pass --no-{b.name}-branch or --{b.weight.replace('_', '-')} > 0")
         return self
 
 

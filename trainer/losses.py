@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batch import Batch
-from .config import LOSS_WEIGHTS, TrainConfig
+from .branches import LOSS_WEIGHTS
+from .config import TrainConfig
 
 
 def soft_kl(student: torch.Tensor, teacher_raw: torch.Tensor, support: torch.Tensor,
@@ -99,10 +100,9 @@ class DistillationLoss(nn.Module):
         self.seen = seen
         self.weights = {k: getattr(config, LOSS_WEIGHTS[k]) for k in config.active_losses}
         self.targets = config.loss_targets  # what each loss learns from: read on every step, derived once
-        # Which model output each loss reads: in early fusion both pair losses train the fused scores.
-        early = config.fusion == "early"
-        self.source = {"global": "global", "mil": "fused" if early else "ho", "ho": "fused" if early else "ho",
-                       "union": "fused" if early else "union"}
+        self.owner = config.loss_owners     # the branch whose logits each loss reads
+        self.class_losses = {"global": self.loss_global, "mil": self.loss_mil, "ho": self.loss_ho,
+                             "union": self.loss_union}
 
     def _target(self, loss: str, logits: torch.Tensor, support: torch.Tensor, scores: torch.Tensor | None,
                 labels: torch.Tensor | None) -> torch.Tensor:
@@ -182,12 +182,12 @@ class DistillationLoss(nn.Module):
         for k in self.weights:
             if k == "feature":
                 continue
-            args = (outputs[self.source[k]].float(), batch)
+            args = (outputs[self.owner[k]].float(), batch)
             if self.targets[k] == "pair_labels":
                 if not none:
                     raise ValueError("the pair-label losses need the student's 'no interaction' logits")
-                args += (none[self.source[k]],)
-            out[k] = getattr(self, f"loss_{k}")(*args)
+                args += (none[self.owner[k]],)
+            out[k] = self.class_losses[k](*args)
         if "feature" in self.weights:
             if embeddings is None:
                 raise ValueError("the feature loss needs the student's embeddings (Student.embed)")

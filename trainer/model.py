@@ -8,6 +8,9 @@
         union:         RoI(union)                    -> head -> embedding [P, D]
         early fusion:  RoI(human), RoI(object), layout, RoI(union) -> one head -> [P, D]
 
+The branches, what each reads and which loss trains it are one table
+(:mod:`trainer.branches`); :meth:`Student.embed` follows it.
+
 With ``adapters="per-level"`` each supervision level has its own adapter and RoI
 projection over the shared cached map: the global level (global branch, and the human and
 object boxes the MIL loss trains) and the union level (union boxes). Losses of one level
@@ -15,9 +18,11 @@ then cannot bend the features of the other (with one shared adapter, the global 
 the union branch several mAP on the bundled benchmark).
 
 The adapted map is ``x + mix(context)``, and every branch reads it through linear pooling
-only (the mean over the grid, RoI-align), so :class:`AdaptedMap` pools the two terms and
-applies the pointwise ``mix`` to the pooled rows: the same function, without mixing all
-B x H x W cells (that product was most of a training step's cost on the CPU).
+only (the mean over the grid, RoI-align), so :class:`trainer.roi.AdaptedMap` pools the two
+terms and applies the pointwise ``mix`` to the pooled rows: the same function, without
+mixing all B x H x W cells (that product was most of a training step's cost on the CPU).
+That and the other savings (each distinct box pooled once, RoI-align as a matrix product)
+stay behind :func:`trainer.roi.pool_boxes`, whose plain form the tests compare it with.
 
 Every embedding is scored by cosine against the cached HOI text embeddings [C, D] times a
 learned logit scale per branch, so a class never seen in training is scored like any other.
@@ -31,118 +36,19 @@ cached dense map) plus the head's output, which starts at zero.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .batch import Batch
+from .branches import BOX_COLUMN, BOX_LEVEL, GLOBAL, LAYOUT, MEAN
 from .config import TrainConfig
-from .roi import RoIPool
+from .roi import ROI_SAMPLING, DenseAdapter, RoIFeatures, RoIPool, distinct_boxes, pool_boxes
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial value
 SPATIAL_FEATURES = 17
-# RoI-align samples 2 x 2 points per bin (aligned=True: a box [0, W] covers exactly the W
-# cells): a fixed ratio keeps the cost independent of box size and the result deterministic.
-ROI_SAMPLING = 2
-# Box columns of Batch.grid_boxes (0 human, 1 object, 2 union) that each pair branch pools,
-# and the supervision level whose features each column is pooled from.
-BOXES = {"ho": (0, 1), "union": (2,), "fused": (0, 1, 2)}
-BOX_LEVEL = {0: "global", 1: "global", 2: "union"}
-
-
-class AdaptedMap(NamedTuple):
-    """The adapted map ``base + mix(context)`` (each [B, H, W, F], channels-last), kept as
-    its two terms: ``mix`` is a pointwise affine map (a 1 x 1 convolution) or None (identity),
-    ``context`` None where there is none. Linear pooling commutes with ``mix``, so each term
-    is pooled first and ``mix`` applied to the few pooled rows."""
-
-    base: torch.Tensor
-    context: torch.Tensor | None
-    mix: nn.Conv2d | None
-
-    def _mixed(self, pooled: torch.Tensor, coverage: torch.Tensor | float) -> torch.Tensor:
-        """mix of pooled context rows [..., F]: its bias enters with the pooling weights' total."""
-        if self.mix is None:
-            return pooled
-        return F.linear(pooled, self.mix.weight[:, :, 0, 0]) + coverage * self.mix.bias
-
-    def pool(self, rois: torch.Tensor, out: int, sampling: int,
-             with_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(RoI-align of the map at rois [K, 5]: [K, out * out, F]; with_mean: the map's mean
-        over the grid [B, F], else None). See :class:`trainer.roi.RoIPool`."""
-        pool = RoIPool(rois, self.base.shape[:3], out, sampling, dtype=self.base.dtype, with_mean=with_mean)
-        pooled, mean = pool(self.base)
-        if self.context is None:
-            return pooled, mean
-        ctx, ctx_mean = pool(self.context)  # the same boxes: the same weights, built once
-        pooled = pooled + self._mixed(ctx, pool.coverage[..., None])
-        return pooled, (mean + self._mixed(ctx_mean, 1.0) if with_mean else None)
-
-    def full(self) -> torch.Tensor:
-        """[B, H, W, F]: the whole map (for checks; the branches never need it)."""
-        return self.base if self.context is None else self.base + self._mixed(self.context, 1.0)
-
-
-class DenseAdapter(nn.Module):
-    """[B, H, W, D] cached tokens -> :class:`AdaptedMap` [B, H, W, F]: per-token norm and
-    projection, then (``context``) a residual 3 x 3 convolution so that each cell sees its
-    neighbours, full ('conv') or depthwise then pointwise ('depthwise'), or none ('none')."""
-
-    def __init__(self, embed_dim: int, hidden: int, context: str = "conv"):
-        super().__init__()
-        self.norm = nn.LayerNorm(embed_dim)  # token norms vary with the teacher; the student should not care
-        self.proj = nn.Linear(embed_dim, hidden)
-        if context == "conv":
-            self.context = nn.Conv2d(hidden, hidden, 3, padding=1)
-        elif context == "depthwise":
-            self.context = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden),
-                                         nn.Conv2d(hidden, hidden, 1))
-        else:
-            self.context = None
-
-    def tokens(self, dense: torch.Tensor) -> torch.Tensor:
-        """[B, H, W, F]: ``proj(norm(dense))``, with the norm's scale and shift folded into the
-        projection. The same function; but the cached tokens need no gradient, so the backward
-        skips the gradient of the norm's output (a product as large as the projection)."""
-        weight = self.proj.weight * self.norm.weight                       # [F, D]
-        bias = self.proj.bias + self.proj.weight @ self.norm.bias          # [F]
-        return F.linear(F.layer_norm(dense, dense.shape[-1:], eps=self.norm.eps), weight, bias)
-
-    def forward(self, dense: torch.Tensor) -> AdaptedMap:
-        x = self.tokens(dense)                             # [B, H, W, F]
-        if self.context is None:
-            return AdaptedMap(x, None, None)
-        spatial, mix = (self.context, None) if isinstance(self.context, nn.Conv2d) else self.context
-        ctx = spatial(F.gelu(x).permute(0, 3, 1, 2))      # [B, F, H, W], channels-last in memory
-        return AdaptedMap(x, ctx.permute(0, 2, 3, 1), mix)
-
-
-class RoIFeatures(nn.Module):
-    """Boxes RoI-aligned on an :class:`AdaptedMap` (roi_size x roi_size samples) to [K, F]
-    features: the samples flattened channel-major and projected."""
-
-    def __init__(self, hidden: int, roi_size: int):
-        super().__init__()
-        self.roi_size = roi_size
-        self.proj = nn.Linear(hidden * roi_size * roi_size, hidden)
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """[K, F] features of RoI-aligned boxes pooled [K, roi_size * roi_size, F]."""
-        return F.gelu(self.proj(pooled.transpose(1, 2).flatten(1)))
-
-
-def distinct_boxes(batch: Batch, cols: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rois float [K, 5]: image index and grid box of each distinct box of columns ``cols``
-    of ``batch.grid_boxes``; inverse int64 [P * len(cols)]: each pair's box (pair-major) among them).
-
-    A detection takes part in many pairs (every human with every object): each distinct box
-    of an image is pooled once and its features handed to every pair that has it."""
-    boxes = batch.grid_boxes[:, cols]  # [P, k, 4]
-    idx = batch.pair_image[:, None, None].expand(-1, len(cols), 1).to(boxes.dtype)
-    return torch.unique(torch.cat([idx, boxes], 2).reshape(-1, 5), dim=0, return_inverse=True)
 
 
 def spatial_features(boxes: torch.Tensor) -> torch.Tensor:
@@ -164,9 +70,26 @@ def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
+class Head(nn.Sequential):
+    """A branch's head: an MLP from the concatenation of what the branch reads
+    (:attr:`trainer.branches.Branch.inputs`, F features each) to an embedding [N, D]."""
+
+    def __init__(self, inputs: tuple[str, ...], hidden: int, embed_dim: int):
+        super().__init__(nn.Linear(len(inputs) * hidden, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
+        self.inputs = inputs
+
+    def read(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[N, D] from ``parts``: each input's features [N, F] by name."""
+        return self(torch.cat([parts[k] for k in self.inputs], 1))
+
+
 class Student(nn.Module):
     """The student of ``config`` over text embeddings ``text`` float32 [C, D] (from the cache,
     not a weight: the checkpoint stays valid for any prompt set of the same teacher).
+
+    Its branches are ``config.branches`` (:mod:`trainer.branches`): one :class:`Head` each,
+    over the features of the boxes it reads (pooled by :func:`trainer.roi.pool_boxes` from
+    the adapter of each box's level), the map's mean (global) and the boxes' layout.
 
     With ``config.residual`` every branch's embedding is :func:`clip_regions`' CLIP
     embedding of its region plus its head's output, the head's last layer starting at zero
@@ -178,22 +101,23 @@ class Student(nn.Module):
         self.config = config
         embed_dim, hidden = text.shape[1], config.hidden_dim
         self.register_buffer("text", F.normalize(text.float(), dim=-1), persistent=False)
-        cols = sorted({c for k in config.pair_branches for c in BOXES[k]})  # box columns pooled
-        levels = sorted({BOX_LEVEL[c] for c in cols} | ({"global"} if config.global_branch else set()))
+        branches = config.branches
+        boxes = sorted({x for b in branches for x in b.boxes}, key=BOX_COLUMN.get)  # the boxes pooled
+        levels = sorted({BOX_LEVEL[x] for x in boxes} | ({"global"} if config.global_branch else set()))
         self.adapters = nn.ModuleDict({k: DenseAdapter(embed_dim, hidden, config.context)
                                        for k in map(self.feature_key, levels)})
-        # the box columns each feature map pools: one RoI-align per map, all its columns at once
-        self.cols_of = {k: [c for c in cols if self.feature_key(BOX_LEVEL[c]) == k]
-                        for k in sorted({self.feature_key(BOX_LEVEL[c]) for c in cols})}
-        self.rois = nn.ModuleDict({k: RoIFeatures(hidden, config.roi_size) for k in self.cols_of})
+        # the boxes each feature map pools: one RoI-align per map, all its boxes at once
+        self.boxes_of = {k: [x for x in boxes if self.feature_key(BOX_LEVEL[x]) == k]
+                         for k in sorted({self.feature_key(BOX_LEVEL[x]) for x in boxes})}
+        self.rois = nn.ModuleDict({k: RoIFeatures(hidden, config.roi_size) for k in self.boxes_of})
         self.heads = nn.ModuleDict()
         if config.global_branch:
-            self.heads["global"] = mlp(hidden, hidden, embed_dim)
-        if config.ho_branch:
+            self.heads[GLOBAL.name] = Head(GLOBAL.inputs, hidden, embed_dim)
+        if any(LAYOUT in b.inputs for b in branches):
             self.spatial = mlp(SPATIAL_FEATURES, hidden, hidden)
-        for name in config.pair_branches:
-            width = {"ho": 3, "union": 1, "fused": 4}[name] * hidden
-            self.heads[name] = mlp(width, hidden, embed_dim)
+        for b in branches:
+            if b is not GLOBAL:
+                self.heads[b.name] = Head(b.inputs, hidden, embed_dim)
         init_scale = INIT_LOGIT_SCALE
         if config.residual:  # after the random init, so the other weights are those of the plain student
             init_scale = min(math.log(1 / config.temperature), MAX_LOGIT_SCALE)
@@ -231,30 +155,29 @@ class Student(nn.Module):
         """Embeddings per branch in CLIP's joint space (not normalised): 'global' [B, D]; per
         pair [P, D]: 'ho' and 'union' (late fusion) or 'fused'."""
         P = batch.num_pairs
-        global_key = self.feature_key("global") if "global" in self.heads else None
-        roi, mean = {}, {}
+        global_key = self.feature_key("global") if GLOBAL.name in self.heads else None
+        parts = {}  # what the heads read, by name: each box's features [P, F], the mean [B, F], the layout
         for key, adapter in self.adapters.items():
-            cols = self.cols_of.get(key, []) if P else []
-            rois, inverse = distinct_boxes(batch, cols)
-            pooled, mean[key] = adapter(batch.dense).pool(rois, self.config.roi_size, ROI_SAMPLING,
-                                                          with_mean=key == global_key)
-            if cols:
-                feats = self.rois[key](pooled)[inverse].view(P, len(cols), -1)
-                roi.update({c: feats[:, j] for j, c in enumerate(cols)})
+            boxes = self.boxes_of.get(key, []) if P else []
+            feats, mean = pool_boxes(adapter, self.rois[key] if boxes else None, batch.dense, batch.grid_boxes,
+                                     batch.pair_image, [BOX_COLUMN[x] for x in boxes], self.config.roi_size,
+                                     with_mean=key == global_key)
+            parts.update(zip(boxes, feats))
+            if key == global_key:
+                parts[MEAN] = mean
         base = clip_regions(batch, self.config.roi_size) if self.config.residual else {}
         out = {}
         if global_key is not None:
-            out["global"] = self.heads["global"](mean[global_key])
-        if base and "global" in out:  # the heads' outputs are corrections of CLIP's embeddings
-            out["global"] = out["global"] + base["global"]
+            out[GLOBAL.name] = self.heads[GLOBAL.name].read(parts)
+            if base:  # the heads' outputs are corrections of CLIP's embeddings
+                out[GLOBAL.name] = out[GLOBAL.name] + base["global"]
         pair = self.config.pair_branches
         if P == 0:
             return {**out, **{k: self.text.new_zeros(0, self.text.shape[1]) for k in pair}}
+        if hasattr(self, "spatial"):
+            parts[LAYOUT] = self.spatial(spatial_features(batch.norm_boxes))
         for name in pair:
-            parts = [roi[c] for c in BOXES[name]]
-            if name in ("ho", "fused"):
-                parts.insert(2, self.spatial(spatial_features(batch.norm_boxes)))
-            out[name] = self.heads[name](torch.cat(parts, 1))
+            out[name] = self.heads[name].read(parts)
             if base:
                 out[name] = out[name] + base["pair"]
         return out
@@ -266,7 +189,7 @@ def clip_regions(batch: Batch, roi_size: int) -> dict[str, torch.Tensor]:
     grid; 'pair' [P, D], its RoI-align over each pair's union box as the teacher cut it
     (roi_size x roi_size bins, averaged by their coverage). No weight: the dense map is
     CLIP's, so these score unseen classes exactly as well as CLIP's map does."""
-    rois, inverse = distinct_boxes(batch, [2] if batch.num_pairs else [])
+    rois, inverse = distinct_boxes(batch.grid_boxes, batch.pair_image, [BOX_COLUMN["union"]] if batch.num_pairs else [])
     pool = RoIPool(rois, batch.dense.shape[:3], roi_size, ROI_SAMPLING, dtype=batch.dense.dtype, with_mean=True)
     pooled, mean = pool(batch.dense)                                     # [K, bins, D], [B, D]
     region = pooled.sum(1) / pool.coverage.sum(1, keepdim=True).clamp(min=1e-6)

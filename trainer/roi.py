@@ -18,8 +18,11 @@ padded to the image with most boxes) is the faster kernel.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 def _axis_weights(start: torch.Tensor, length: torch.Tensor, size: int, bins: int, sampling: int) -> torch.Tensor:
@@ -165,3 +168,139 @@ def roi_align(x: torch.Tensor, rois: torch.Tensor, out: int, sampling: int = 2,
     aligned=True)`` for x float [B, F, H, W] and rois float [K, 5]."""
     pooled, _, _ = roi_pool(x.permute(0, 2, 3, 1), rois, out, sampling, sparse)
     return pooled.transpose(1, 2).reshape(len(rois), x.shape[1], out, out)
+
+
+# -- what the student's branches read of one level's features ------------------------------
+# RoI-align samples 2 x 2 points per bin (aligned=True: a box [0, W] covers exactly the W
+# cells): a fixed ratio keeps the cost independent of box size and the result deterministic.
+ROI_SAMPLING = 2
+
+
+class AdaptedMap(NamedTuple):
+    """The adapted map ``base + mix(context)`` (each [B, H, W, F], channels-last), kept as
+    its two terms: ``mix`` is a pointwise affine map (a 1 x 1 convolution) or None (identity),
+    ``context`` None where there is none. Linear pooling commutes with ``mix``, so each term
+    is pooled first and ``mix`` applied to the few pooled rows."""
+
+    base: torch.Tensor
+    context: torch.Tensor | None
+    mix: nn.Conv2d | None
+
+    def _mixed(self, pooled: torch.Tensor, coverage: torch.Tensor | float) -> torch.Tensor:
+        """mix of pooled context rows [..., F]: its bias enters with the pooling weights' total."""
+        if self.mix is None:
+            return pooled
+        return F.linear(pooled, self.mix.weight[:, :, 0, 0]) + coverage * self.mix.bias
+
+    def pool(self, rois: torch.Tensor, out: int, sampling: int,
+             with_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(RoI-align of the map at rois [K, 5]: [K, out * out, F]; with_mean: the map's mean
+        over the grid [B, F], else None). See :class:`trainer.roi.RoIPool`."""
+        pool = RoIPool(rois, self.base.shape[:3], out, sampling, dtype=self.base.dtype, with_mean=with_mean)
+        pooled, mean = pool(self.base)
+        if self.context is None:
+            return pooled, mean
+        ctx, ctx_mean = pool(self.context)  # the same boxes: the same weights, built once
+        pooled = pooled + self._mixed(ctx, pool.coverage[..., None])
+        return pooled, (mean + self._mixed(ctx_mean, 1.0) if with_mean else None)
+
+    def full(self) -> torch.Tensor:
+        """[B, H, W, F]: the whole map (for checks; the branches never need it)."""
+        return self.base if self.context is None else self.base + self._mixed(self.context, 1.0)
+
+
+class DenseAdapter(nn.Module):
+    """[B, H, W, D] cached tokens -> :class:`AdaptedMap` [B, H, W, F]: per-token norm and
+    projection, then (``context``) a residual 3 x 3 convolution so that each cell sees its
+    neighbours, full ('conv') or depthwise then pointwise ('depthwise'), or none ('none')."""
+
+    def __init__(self, embed_dim: int, hidden: int, context: str = "conv"):
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dim)  # token norms vary with the teacher; the student should not care
+        self.proj = nn.Linear(embed_dim, hidden)
+        if context == "conv":
+            self.context = nn.Conv2d(hidden, hidden, 3, padding=1)
+        elif context == "depthwise":
+            self.context = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden),
+                                         nn.Conv2d(hidden, hidden, 1))
+        else:
+            self.context = None
+
+    def tokens(self, dense: torch.Tensor) -> torch.Tensor:
+        """[B, H, W, F]: ``proj(norm(dense))``, with the norm's scale and shift folded into the
+        projection. The same function; but the cached tokens need no gradient, so the backward
+        skips the gradient of the norm's output (a product as large as the projection)."""
+        weight = self.proj.weight * self.norm.weight                       # [F, D]
+        bias = self.proj.bias + self.proj.weight @ self.norm.bias          # [F]
+        return F.linear(F.layer_norm(dense, dense.shape[-1:], eps=self.norm.eps), weight, bias)
+
+    def forward(self, dense: torch.Tensor) -> AdaptedMap:
+        x = self.tokens(dense)                             # [B, H, W, F]
+        if self.context is None:
+            return AdaptedMap(x, None, None)
+        spatial, mix = (self.context, None) if isinstance(self.context, nn.Conv2d) else self.context
+        ctx = spatial(F.gelu(x).permute(0, 3, 1, 2))      # [B, F, H, W], channels-last in memory
+        return AdaptedMap(x, ctx.permute(0, 2, 3, 1), mix)
+
+
+class RoIFeatures(nn.Module):
+    """Boxes RoI-aligned on an :class:`AdaptedMap` (roi_size x roi_size samples) to [K, F]
+    features: the samples flattened channel-major and projected."""
+
+    def __init__(self, hidden: int, roi_size: int):
+        super().__init__()
+        self.roi_size = roi_size
+        self.proj = nn.Linear(hidden * roi_size * roi_size, hidden)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """[K, F] features of RoI-aligned boxes pooled [K, roi_size * roi_size, F]."""
+        return F.gelu(self.proj(pooled.transpose(1, 2).flatten(1)))
+
+
+def distinct_boxes(grid_boxes: torch.Tensor, pair_image: torch.Tensor,
+                   cols: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rois float [K, 5]: image index and grid box of each distinct box of columns ``cols``
+    of ``grid_boxes`` [P, 3, 4] (pairs of images ``pair_image`` int64 [P]); inverse int64
+    [P * len(cols)]: each pair's box (pair-major) among them).
+
+    A detection takes part in many pairs (every human with every object): each distinct box
+    of an image is pooled once and its features handed to every pair that has it."""
+    boxes = grid_boxes[:, cols]  # [P, k, 4]
+    idx = pair_image[:, None, None].expand(-1, len(cols), 1).to(boxes.dtype)
+    return torch.unique(torch.cat([idx, boxes], 2).reshape(-1, 5), dim=0, return_inverse=True)
+
+
+def pool_boxes(adapter: DenseAdapter, proj: RoIFeatures | None, dense: torch.Tensor, grid_boxes: torch.Tensor,
+               pair_image: torch.Tensor, cols: list[int], roi_size: int,
+               with_mean: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """What the branches read of one level's features: ([P, F] for each box column of
+    ``cols``: ``proj`` of the RoI-align of ``adapter(dense)`` over that box of every pair;
+    with_mean: the adapted map's mean over the grid [B, F], else None).
+
+    dense float [B, H, W, D]; grid_boxes float [P, 3, 4]; pair_image int64 [P]. The same
+    numbers as :func:`pool_boxes_reference` up to rounding, at a fraction of its cost: the
+    adapted map is never built whole (:class:`AdaptedMap` pools its terms), each distinct
+    box of an image is pooled and projected once, and RoI-align is a matrix product
+    (:class:`RoIPool`)."""
+    rois, inverse = distinct_boxes(grid_boxes, pair_image, cols)
+    pooled, mean = adapter(dense).pool(rois, roi_size, ROI_SAMPLING, with_mean=with_mean)
+    if not cols:
+        return [], mean
+    feats = proj(pooled)[inverse].view(len(pair_image), len(cols), -1)
+    return [feats[:, j] for j in range(len(cols))], mean
+
+
+def pool_boxes_reference(adapter: DenseAdapter, proj: RoIFeatures | None, dense: torch.Tensor,
+                         grid_boxes: torch.Tensor, pair_image: torch.Tensor, cols: list[int], roi_size: int,
+                         with_mean: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """:func:`pool_boxes` as the diagram says it, for the tests: the whole adapted map, and
+    every pair's box RoI-aligned on it by torchvision and projected."""
+    from torchvision.ops import roi_align as tv_roi_align
+
+    whole = adapter(dense).full().permute(0, 3, 1, 2)                       # [B, F, H, W]
+    feats = []
+    for c in cols:
+        rois = torch.cat([pair_image[:, None].to(whole.dtype), grid_boxes[:, c].to(whole.dtype)], 1)
+        pooled = tv_roi_align(whole, rois, roi_size, 1.0, ROI_SAMPLING, aligned=True)   # [P, F, s, s]
+        feats.append(proj(pooled.flatten(2).transpose(1, 2)))
+    return feats, (whole.mean((2, 3)) if with_mean else None)

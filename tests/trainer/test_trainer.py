@@ -256,7 +256,7 @@ def test_loss_switches_change_their_loss(caches):
     crit = DistillationLoss(BASE.replace(w_union=3.0))
     assert torch.allclose(crit.total(base), base["global"] + base["mil"] + 3 * base["union"])
     early = DistillationLoss(BASE.replace(fusion="early", w_mil=0.0))
-    assert set(early.weights) == {"global", "union"} and early.source["union"] == "fused"
+    assert set(early.weights) == {"global", "union"} and early.owner["union"] == "fused"
 
 
 def test_unseen_classes_take_no_part_in_any_loss(caches):
@@ -706,7 +706,7 @@ def test_adapted_map_pools_what_the_whole_map_pools(context):
     is the map ``x + context(gelu(x))`` itself, pooled by the mean and by RoI-align."""
     from torchvision.ops import roi_align as reference
 
-    from trainer.model import DenseAdapter
+    from trainer.roi import DenseAdapter
 
     torch.manual_seed(0)
     adapter = DenseAdapter(6, 8, context).double()
@@ -722,6 +722,39 @@ def test_adapted_map_pools_what_the_whole_map_pools(context):
     want = reference(whole, rois, 3, spatial_scale=1.0, sampling_ratio=2, aligned=True)   # [K, F, 3, 3]
     assert torch.allclose(pooled.transpose(1, 2), want.flatten(2), atol=1e-12)
     assert got.pool(rois, 3, 2)[1] is None
+
+
+@pytest.mark.parametrize("overrides, branches", [
+    ({}, {"global", "ho", "union"}), ({"fusion": "early"}, {"global", "fused"}),
+    ({"adapters": "shared", "context": "conv"}, {"global", "ho", "union"}),
+    ({"residual": True}, {"global", "ho", "union"}), ({"global_branch": False, "ho_branch": False}, {"union"})])
+def test_the_student_reads_what_the_plain_pooling_reads(overrides, branches, monkeypatch):
+    """Student.embed through the optimised pooling (terms pooled apart, each distinct box
+    once, RoI-align as a product) equals it through the plain form: the whole adapted map,
+    every pair's box RoI-aligned by torchvision."""
+    from trainer import model
+    from trainer.batch import Batch
+    from trainer.roi import pool_boxes_reference
+
+    torch.manual_seed(0)
+    student = model.Student(TrainConfig(hidden_dim=8, **overrides), torch.randn(5, 6)).double()
+    for w in student.parameters():  # no zero-initialised head: every part must show
+        torch.nn.init.normal_(w, std=0.5)
+    P = 7
+    corner = torch.rand(P, 3, 2, dtype=torch.float64) * 5 - 1
+    grid_boxes = torch.cat([corner, corner + torch.rand(P, 3, 2, dtype=torch.float64) * 4 + 0.5], 2)
+    grid_boxes[1, 0] = grid_boxes[0, 0]  # one human in two pairs of an image: pooled once by the fast path
+    norm = torch.rand(P, 2, 2, dtype=torch.float64) * 0.5
+    batch = Batch(dense=torch.randn(3, 6, 7, 6, dtype=torch.float64), global_score=None,
+                  pair_image=torch.tensor([0, 0, 1, 1, 1, 2, 2]), grid_boxes=grid_boxes,
+                  norm_boxes=torch.cat([norm, norm + 0.3], 2), object=torch.zeros(P, dtype=torch.int64),
+                  det_score=torch.rand(P, 2), union_score=None, class_mask=torch.ones(P, 5, dtype=torch.bool))
+    got = student.embed(batch)
+    monkeypatch.setattr(model, "pool_boxes", pool_boxes_reference)
+    want = student.embed(batch)
+    assert set(got) == set(want) == branches
+    for k in got:
+        assert torch.allclose(got[k], want[k], atol=1e-9), k
 
 
 @pytest.mark.parametrize("tuned", [True, False])
