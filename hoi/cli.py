@@ -15,7 +15,9 @@ from hoi.errors import HoiGroup
 from hoi.logs import setup_logging
 from hoicore import __version__
 from hoicore.memory import exec_with_heap_tunables
+from hoicore.options import click_options, take
 from hoidata.boxes import BOX_FORMATS
+from hoidata.drawing import Drawing
 from hoidata.matlab import LAYOUTS
 
 
@@ -110,28 +112,8 @@ def export_mat(predictions, annotations, labelspace, split, layout, box_format, 
                f"{len(info['files'])} file(s) ({layout} layout, 0-based boxes)")
 
 
-def drawing_options(f):
-    """How pictures are drawn (hoi visualize, hoi detect --draw), declared once."""
-    from hoidata.visualize import Drawing
-
-    d = Drawing()
-    for opt in reversed([
-        click.option("--draw-count", type=click.IntRange(min=1), default=d.count,
-                     help="Images drawn (the first ones with predictions)."),
-        click.option("--draw-top", type=click.IntRange(min=1), default=d.top,
-                     help="Pairs drawn per image (the highest scores)."),
-        click.option("--draw-size", type=click.IntRange(min=0), default=d.size,
-                     help="Long side of each picture in pixels (0: the image's own); lines and text are sized "
-                          "to it."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def _drawing(draw_count: int, draw_top: int, draw_size: int):
-    from hoidata.visualize import Drawing
-
-    return Drawing(count=draw_count, top=draw_top, size=draw_size)
+# How pictures are drawn (hoi visualize, hoi detect --draw), declared once as hoidata.drawing.Drawing.
+drawing_options = click_options(Drawing)
 
 
 @main.command("visualize")
@@ -145,7 +127,7 @@ def _drawing(draw_count: int, draw_top: int, draw_size: int):
               help="Image file name to draw (repeatable) [default: the first --draw-count images with predictions].")
 @drawing_options
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the PNG files.")
-def visualize(predictions, images, labelspace, names, draw_count, draw_top, draw_size, output):
+def visualize(predictions, images, labelspace, names, output, **drawing):
     """Draw images' top HOI detections (human and object boxes, the pair, class and score, a
     legend) to PNG files sized for a slide."""
     from hoicore.files import inside
@@ -156,7 +138,7 @@ def visualize(predictions, images, labelspace, names, draw_count, draw_top, draw
     ls = labelspace_of(pred, labelspace, predictions)
     # names from the predictions file are read only inside --images
     for path in draw_images(pred, ls, lambda name: inside(images, name, source=predictions), output,
-                            _drawing(draw_count, draw_top, draw_size), names):
+                            Drawing(**drawing), names):
         click.echo(path)
 
 
@@ -216,8 +198,7 @@ from hoi.queries import class_query_options  # noqa: E402
 @detector_run_options
 @overwrite_option
 def detect(images, images_list, checkpoint, output, detector, detector_weights, teacher_model, teacher_weights, draw,
-           draw_count, draw_top, draw_size, batch_size, union_weight, det_exponent, top_k, hoi, classes_file,
-           add_classes, overwrite, **options):
+           batch_size, hoi, classes_file, add_classes, overwrite, **options):
     """HOI detections for a folder of photos: detector, CLIP's global pass, the student (no union crops)."""
     from hoi.detect import run_detect
     from hoi.queries import ClassQuery
@@ -225,10 +206,11 @@ def detect(images, images_list, checkpoint, output, detector, detector_weights, 
     from trainer.config import Scoring
 
     refuse_existing(output, overwrite)
+    drawing, scoring = take(Drawing, options), take(Scoring, options)  # the rest are the detector's
     info = run_detect(images, checkpoint, output, detector=detector, detector_weights=detector_weights,
-                      images_list=images_list, draw=draw, drawing=_drawing(draw_count, draw_top, draw_size),
+                      images_list=images_list, draw=draw, drawing=drawing,
                       options=DetectOptions(batch_size=batch_size, **options),
-                      scoring=Scoring(det_exponent, top_k, union_weight),
+                      scoring=scoring,
                       classes=ClassQuery(hoi, classes_file, add_classes), teacher_model=teacher_model,
                       teacher_weights=teacher_weights)
     rate = info["images_per_s"]

@@ -275,8 +275,9 @@ def _detected_row(p: dict, w: dict, ls, echo) -> dict | None:
 def _figures(p: dict, w: dict, ls, count: int, echo) -> None:
     """Pictures of the all-late student's top detections on the first test images with pairs,
     and its per-class AP (the table's all-late row, class by class)."""
+    from hoidata.drawing import Drawing
     from hoidata.predictions import read_predictions
-    from hoidata.visualize import Drawing, draw_images, plot_result
+    from hoidata.visualize import draw_images, plot_result
     from trainer.predict import run_eval
 
     echo(f"[5/5] the all-late student's top detections -> {p['figures']}, its per-class AP -> {p['ap_figure']}")

@@ -35,6 +35,7 @@ from hoicore.device import resolve_device
 from hoicore.errors import InputError
 from hoidata import ragged
 from hoidata.classes import class_record
+from hoidata.drawing import Drawing
 from hoidata.labelspace import LabelSpace
 from hoidata.pairs import PairRule, make_pairs
 from hoidata.predictions import Predictions, write_predictions
@@ -129,7 +130,7 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     """HOI detections of every image in ``images`` (or ``images_list``) by the student of
     ``checkpoint``, written to ``output`` (.json, .json.gz or .npz) with their provenance;
     pictures of the top detections in ``draw`` when given, as ``drawing`` says
-    (:class:`hoidata.visualize.Drawing`: images, pairs per image, size).
+    (:class:`hoidata.drawing.Drawing`: images, pairs per image, size).
     ``options``: how the detector runs (:class:`pipeline.detection.options.DetectOptions`; its
     device and on_error serve every stage, its batch size is the images per batch through
     the detector, CLIP and the student). ``scoring``: how pair rows are scored. ``classes``:
@@ -171,7 +172,7 @@ def run_detect(images, checkpoint, output, *, detector: str | None = None, detec
     provenance = pipe.provenance(root, len(pred))
     write_predictions(pred, output, provenance=provenance)
     if draw:
-        from hoidata.visualize import Drawing, draw_images  # matplotlib's fonts: only when drawing
+        from hoidata.visualize import draw_images  # PIL and the fonts: only when drawing
 
         draw_images(pred, pipe.scored, lambda name: root / name, draw, drawing or Drawing())
     log.info("%s: %d predictions on %d images (%s images/s)", output, len(pred), len(names),

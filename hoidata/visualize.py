@@ -14,7 +14,6 @@ Full, Rare and Non-rare drawn across.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +24,7 @@ from hoicore.errors import InputError
 from hoicore.files import IMAGE_FORMATS, atomic_write
 
 from . import boxes as B
+from .drawing import DEFAULT_SIZE, TOP, Drawing
 from .labelspace import LabelSpace
 from .predictions import Predictions
 
@@ -33,18 +33,6 @@ from .predictions import Predictions
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 150, 160),
            (140, 86, 75), (227, 119, 194)]
 HALO = (20, 20, 20)
-DEFAULT_SIZE = 1024  # long side of a picture (px): sharp on a slide, small as a file
-TOP = 3  # pairs drawn per image
-
-
-@dataclass(frozen=True)
-class Drawing:
-    """How many pictures, of how many pairs, how large (``--draw-count``, ``--draw-top``,
-    ``--draw-size``): images drawn, pairs per image, long side in pixels (0: the image's own)."""
-
-    count: int = 8
-    top: int = TOP
-    size: int = DEFAULT_SIZE
 
 
 def draw_images(pred: Predictions, labelspace: LabelSpace, image_of: Callable[[str], Path], folder,
