@@ -9,6 +9,7 @@ synthetic images (``make bench``; on a GPU machine too).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -28,6 +29,7 @@ from hoidata.labelspace import hico_det
 from hoidata.pairs import PairRule, make_pairs
 from pipeline.teacher.clip import load_teacher
 from pipeline.teacher.options import RunOptions, TeacherOptions
+from pipeline.teacher.resources import ShardResources
 from pipeline.teacher.run import build_teacher_cache
 from pipeline.teacher.shard import helper_modes
 
@@ -179,6 +181,7 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
     if model is None:
         model = "ViT-B-16" if dev.type == "cuda" else "hoi-bench-tiny"
     tmp = Path(tempfile.mkdtemp(prefix="hoi-bench-"))
+    stack = contextlib.ExitStack()  # the resources below, closed before the folder goes
     try:
         if model == "hoi-bench-tiny":
             import json
@@ -196,10 +199,14 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
         ck = tmp / "weights.pt"
         torch.save(load_teacher(model, None, device="cpu").model.state_dict(), ck)
 
+        # one set of resources for every run: the warm-up's model, decoder and writer processes serve the rest
+        resources = stack.enter_context(ShardResources())
+
         def pipeline(name: str, options: RunOptions) -> dict:
             from cache.store import open_cache
             build_teacher_cache(tmp / name, images=tmp / "images", detections=dets, labelspace=hico_det(),
-                                teacher=TeacherOptions(model=model, pretrained=str(ck)), run=options)
+                                teacher=TeacherOptions(model=model, pretrained=str(ck)), run=options,
+                                resources=resources)
             return open_cache(tmp / name).attrs["last_run"]
 
         # The baselines first, while no pipeline thread or process has run in this process
@@ -263,4 +270,5 @@ def bench_teacher(model: str | None = None, num_images: int = 64, humans: int = 
         echo(f"  teacher-cache / naive loop    {ours / naive:6.1f} x (goal >= 5)")
         return res
     finally:
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)

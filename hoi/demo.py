@@ -134,21 +134,23 @@ def cache_step(p: dict, w: dict, ls, splits, echo) -> None:
     student reads it; its CLIP arrays are the same with or without it)."""
     from cache.store import CacheMismatch
     from pipeline.teacher.options import RunOptions
+    from pipeline.teacher.resources import ShardResources
     from pipeline.teacher.run import build_teacher_cache
 
     echo(f"[2/5] teacher cache of {', '.join(splits)} (the minibench CLIP; whole images at {GLOBAL_SIZE} px, "
          "union boxes at its input size)")
-    for split in splits:
-        def build(overwrite: bool, split=split):
-            return build_teacher_cache(
-                p[f"{split}_cache"], images=w[f"images_{split}"], detections=w[f"detections_{split}"],
-                annotations=w[f"instances_{split}"], labelspace=ls, teacher=demo_teacher(), split=split,
-                run=RunOptions(images_per_shard=512, workers=2, overwrite=overwrite))
-        try:
-            build(overwrite=False)
-        except CacheMismatch as e:  # the demo's own output, made by another version or setting: rebuilt
-            echo(f"      made with other settings, so rebuilt ({e})")
-            build(overwrite=True)
+    with ShardResources() as resources:  # one teacher loaded for every split
+        for split in splits:
+            def build(overwrite: bool, split=split):
+                return build_teacher_cache(
+                    p[f"{split}_cache"], images=w[f"images_{split}"], detections=w[f"detections_{split}"],
+                    annotations=w[f"instances_{split}"], labelspace=ls, teacher=demo_teacher(), split=split,
+                    run=RunOptions(images_per_shard=512, workers=2, overwrite=overwrite), resources=resources)
+            try:
+                build(overwrite=False)
+            except CacheMismatch as e:  # the demo's own output, made by another version or setting: rebuilt
+                echo(f"      made with other settings, so rebuilt ({e})")
+                build(overwrite=True)
 
 
 def _default_student(p: dict, config, evaluate: bool, echo) -> dict | None:

@@ -44,10 +44,10 @@ def build(world, out, **run):
     run = {"images_per_shard": 4, "workers": 0, "jobs": 1, "progress": False, **run}
     teacher = run.pop("teacher", TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])))
     annotations = run.pop("annotations", world["annotations"])
-    split = run.pop("split", None)
+    split, resources = run.pop("split", None), run.pop("resources", None)
     return build_teacher_cache(out, images=world["images"], detections=world["detections"],
                                annotations=annotations, labelspace=LabelSpace.load(world["labelspace"]),
-                               teacher=teacher, run=RunOptions(**run), split=split)
+                               teacher=teacher, run=RunOptions(**run), split=split, resources=resources)
 
 
 def arrays(path) -> dict:
@@ -463,3 +463,22 @@ def test_the_typed_attributes_are_what_the_store_holds_byte_for_byte(reference):
     for key, record in (("teacher", c.teacher), ("dataset", c.dataset), ("layout", c.layout)):
         assert json.dumps(record.to_attrs()) == json.dumps(c.attrs[key])
     assert c.teacher.weights_sha256 and c.teacher.crop_mode == "squash" and c.dataset.labelspace["name"]
+
+
+def test_builds_sharing_resources_load_the_teacher_once_and_a_run_closes_only_its_own(world, reference, tmp_path,
+                                                                                      monkeypatch):
+    from pipeline.teacher import resources as R
+
+    loads, real = [], R.load_teacher
+    monkeypatch.setattr(R, "load_teacher", lambda *a, **k: loads.append(1) or real(*a, **k))
+    closed = []
+    real_close = R.ShardResources.close
+    monkeypatch.setattr(R.ShardResources, "close", lambda self: closed.append(self) or real_close(self))
+    with R.ShardResources() as shared:
+        for name in ("a.zarr", "b.zarr"):
+            assert (arrays(build(world, tmp_path / name, resources=shared))["union/score"]
+                    == arrays(reference)["union/score"]).all()
+        assert len(loads) == 1 and not closed  # the caller's: kept open across its builds
+    assert closed == [shared]
+    build(world, tmp_path / "c.zarr")  # a run of its own: its own resources, closed when it ends
+    assert len(loads) == 2 and len(closed) == 2 and closed[1] is not shared
