@@ -56,7 +56,8 @@ BY_NAME = {b.name: b for b in BRANCHES + (FUSED,)}
 
 # Each loss's weight field; the feature loss names no class and weighs every branch alike.
 LOSS_WEIGHTS = {**{b.loss: b.weight for b in BRANCHES}, **{b.per_pair_loss: b.weight for b in BRANCHES
-                                                           if b.per_pair_loss}, "feature": "w_feature"}
+                                                           if b.per_pair_loss}, "feature": "w_feature",
+                "contrast": "w_contrast"}
 
 # What each class loss learns from, by supervision: CLIP's cached scores, or the cache's
 # ground truth (hoidata.pair_labels). Image labels replace the global scores only: the union

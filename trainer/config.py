@@ -16,7 +16,7 @@ from hoicore.errors import HoiError
 from hoicore.files import load_json
 from hoicore.options import check_fields, option
 
-from .branches import BRANCHES, BY_NAME, FUSED, GLOBAL, LOSS_TARGETS, PAIR_BRANCHES, Branch
+from .branches import BRANCHES, BY_NAME, FUSED, GLOBAL, LOSS_TARGETS, LOSS_WEIGHTS, PAIR_BRANCHES, Branch
 from .branches import UNION as UNION_BRANCH
 
 # Scorers of cached pairs that `predict` knows (see trainer.predict).
@@ -95,6 +95,10 @@ class TrainConfig:
                                    "every pair branch's to the union crop's. It names no class, so it keeps the "
                                    "whole embedding space, the directions of unseen classes included; 0 disables it.",
                                    minimum=0)
+    w_contrast: float = option(0.0, "Weight of the contrastive feature loss: each branch's embedding must pick CLIP's "
+                                    "embedding of its own region among those of the batch (cross-entropy over "
+                                    "cosines / 0.07), the same targets as --w-feature; it keeps what tells regions "
+                                    "apart, not only their common direction; 0 disables it.", minimum=0)
     unseen: str = option("", "Zero-shot split of the cache's label space (e.g. rare_first, non_rare_first, "
                            "unseen_object, unseen_verb) whose unseen classes are removed from every training "
                            "target: no soft label, no loss term, no text embedding in any loss. Test time still "
@@ -185,7 +189,7 @@ class TrainConfig:
         to be pulled towards."""
         return tuple(b.loss_under(self.supervision) for b in BRANCHES
                      if self._trained(b) and getattr(self, b.weight) > 0) + \
-            (("feature",) if self.feature_targets else ())
+            tuple(k for k in ("feature", "contrast") if self.feature_targets and getattr(self, LOSS_WEIGHTS[k]) > 0)
 
     @property
     def loss_owners(self) -> dict[str, str]:
@@ -199,14 +203,14 @@ class TrainConfig:
     def loss_targets(self) -> dict[str, str]:
         """Class loss -> what it learns from: 'global_score' or 'union_score' (CLIP's, cached),
         'image_labels' or 'pair_labels' (the cache's ground truth; :mod:`hoidata.pair_labels`)."""
-        return {k: LOSS_TARGETS[self.supervision][k] for k in self.active_losses if k != "feature"}
+        return {k: LOSS_TARGETS[self.supervision][k] for k in self.active_losses if k not in ("feature", "contrast")}
 
     @property
     def feature_targets(self) -> dict[str, str]:
         """Branch -> the CLIP embedding its feature loss pulls it towards: 'global' (the cached
         global embedding) for the global branch; 'union' (the union crop's) for every pair
         branch when the union level supervises the run; empty without the feature loss."""
-        if self.w_feature <= 0:
+        if self.w_feature <= 0 and self.w_contrast <= 0:
             return {}
         union_level = self._trained(UNION_BRANCH)
         return {b.name: b.feature for b in self.branches if b.feature == "global" or union_level}
@@ -237,7 +241,7 @@ class TrainConfig:
 
 # Switches added after checkpoints were first written: a stored config without one was
 # trained without it (whatever today's default), so it reads as off.
-ABSENT = {"residual": False, "w_feature": 0.0, "supervision": "clip"}
+ABSENT = {"residual": False, "w_feature": 0.0, "w_contrast": 0.0, "supervision": "clip"}
 
 def read_config_file(path) -> dict:
     """The fields a JSON or YAML file sets (``.yaml`` / ``.yml``: YAML), checked by name and

@@ -45,6 +45,8 @@ from .batch import Batch
 from .branches import LOSS_WEIGHTS
 from .config import TrainConfig
 
+CONTRAST_TEMPERATURE = 0.07  # CLIP's initial one
+
 
 def soft_kl(student: torch.Tensor, teacher_raw: torch.Tensor, support: torch.Tensor,
             temperature: float) -> torch.Tensor:
@@ -172,6 +174,19 @@ class DistillationLoss(nn.Module):
                 total = total + (1 - cos).mean()
         return total
 
+    def loss_contrast(self, embeddings: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """Sum over ``config.feature_targets`` of the cross-entropy of picking CLIP's embedding of
+        each row's own region among the batch's (cosines / CONTRAST_TEMPERATURE)."""
+        targets = self.config.feature_targets
+        total = embeddings[next(iter(targets))].new_zeros(())
+        for branch, source in targets.items():
+            target = batch.global_embedding if source == "global" else batch.union_embedding
+            if len(target) > 1:
+                logits = F.normalize(embeddings[branch].float(), dim=-1) @ F.normalize(target.float(), dim=-1).T
+                total = total + F.cross_entropy(logits / CONTRAST_TEMPERATURE,
+                                                torch.arange(len(target), device=target.device))
+        return total
+
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch,
                 embeddings: dict[str, torch.Tensor] | None = None,
                 none: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -180,7 +195,7 @@ class DistillationLoss(nn.Module):
         interaction' logits per pair branch (:meth:`Student.none_logits`), which the pair-label losses read."""
         out = {}
         for k in self.weights:
-            if k == "feature":
+            if k in ("feature", "contrast"):
                 continue
             args = (outputs[self.owner[k]].float(), batch)
             if self.targets[k] == "pair_labels":
@@ -188,10 +203,13 @@ class DistillationLoss(nn.Module):
                     raise ValueError("the pair-label losses need the student's 'no interaction' logits")
                 args += (none[self.owner[k]],)
             out[k] = self.class_losses[k](*args)
-        if "feature" in self.weights:
+        if "feature" in self.weights or "contrast" in self.weights:
             if embeddings is None:
                 raise ValueError("the feature loss needs the student's embeddings (Student.embed)")
+        if "feature" in self.weights:
             out["feature"] = self.loss_feature(embeddings, batch)
+        if "contrast" in self.weights:
+            out["contrast"] = self.loss_contrast(embeddings, batch)
         return out
 
     def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:

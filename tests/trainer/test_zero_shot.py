@@ -104,6 +104,32 @@ def test_the_feature_loss_is_one_minus_cosine_to_clip_s_embedding_of_each_branch
         BASE.replace(w_feature=-1.0)
 
 
+def test_the_contrastive_feature_loss_picks_each_region_s_own_clip_embedding(caches):
+    """w_contrast: cross-entropy of each row choosing CLIP's embedding of its own region among
+    the batch's, over the feature loss's targets; off by default and in older checkpoints."""
+    batch, cache = batch_of(caches["test"])
+    assert "contrast" not in BASE.active_losses and TrainConfig.from_dict(
+        {k: v for k, v in BASE.to_dict().items() if k != "w_contrast"}).w_contrast == 0.0
+    cfg = BASE.replace(w_feature=0.0, w_contrast=0.5)
+    assert cfg.feature_targets == {"global": "global", "ho": "union", "union": "union"}
+    assert cfg.active_losses[-1] == "contrast" and "feature" not in cfg.active_losses
+    crit = DistillationLoss(cfg)
+    own = {"global": batch.global_embedding, "ho": batch.union_embedding, "union": batch.union_embedding}
+    rolled = {k: torch.roll(v, 1, 0) for k, v in own.items()}  # each row given another region's
+    assert crit.loss_contrast(own, batch) < crit.loss_contrast(rolled, batch)
+    u = F.normalize(batch.union_embedding.float(), dim=-1)
+    want = F.cross_entropy(u @ u.T / 0.07, torch.arange(len(u)))
+    assert crit.loss_contrast({"global": batch.global_embedding * 0, **{k: own[k] for k in ("ho", "union")}},
+                              batch) == pytest.approx(
+        (2 * want + F.cross_entropy(torch.zeros(len(own["global"]), len(own["global"])),
+                                    torch.arange(len(own["global"])))).item(), rel=1e-5)
+    model = build_model(cfg, cache, torch.device("cpu"))
+    emb = model.embed(batch)
+    losses = crit(model.logits(emb), batch, emb)
+    assert torch.allclose(crit.total(losses), losses["global"] + losses["mil"] + losses["union"]
+                          + 0.5 * losses["contrast"])
+
+
 def test_training_with_the_feature_loss_brings_the_branches_to_clip_s_embeddings(caches, tmp_path):
     def union_cosine(config, name):
         out = train(caches["train"], tmp_path / name, config)
