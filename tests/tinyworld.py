@@ -111,3 +111,23 @@ def make_world(root: Path, num_images: int = 10, seed: int = 0, size=(96, 72)) -
     write_hicodet_json(make_gt(gt, sizes=sizes, ls=ls), ls, paths["annotations"])
     ls.save(paths["labelspace"])
     return paths
+
+
+_WORLD = object()  # build_cache's default: the world's own annotations
+
+
+def build_cache(world: dict, out, *, detections=None, annotations=_WORLD, teacher=None, split=None, resources=None,
+                **run) -> Path:
+    """The teacher cache of a world made by :func:`make_world_with_model` at ``out``: its
+    images, detections (or ``detections``), annotations (or ``annotations``; None: none) and
+    test CLIP (or ``teacher``), small shards on one thread unless ``run`` (RunOptions fields)
+    says otherwise."""
+    from pipeline.teacher.options import RunOptions, TeacherOptions
+    from pipeline.teacher.run import build_teacher_cache
+
+    run = {"images_per_shard": 4, "workers": 0, "jobs": 1, "progress": False, **run}
+    return build_teacher_cache(out, images=world["images"], detections=detections or world["detections"],
+                               annotations=world["annotations"] if annotations is _WORLD else annotations,
+                               labelspace=LabelSpace.load(world["labelspace"]),
+                               teacher=teacher or TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])),
+                               run=RunOptions(**run), split=split, resources=resources)

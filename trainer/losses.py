@@ -162,27 +162,29 @@ class DistillationLoss(nn.Module):
         ext = torch.cat([logits, none.float().expand(len(logits), 1)], 1)
         return label_kl(ext, torch.cat([labels, negative], 1), torch.cat([support, torch.ones_like(negative)], 1))
 
+    def _feature_pairs(self, embeddings: dict[str, torch.Tensor], batch: Batch):
+        """(branch embeddings [N, D], CLIP's embeddings of the same regions [N, D]) for each
+        branch of ``config.feature_targets`` (``batch.global_embedding`` or ``union_embedding``)."""
+        for branch, source in self.config.feature_targets.items():
+            yield embeddings[branch].float(), (batch.global_embedding if source == "global"
+                                               else batch.union_embedding).float()
+
     def loss_feature(self, embeddings: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         """Sum over ``config.feature_targets`` of the mean (1 - cosine) of a branch's embeddings
-        [N, D] to CLIP's of the same regions (``batch.global_embedding`` or ``union_embedding``)."""
-        targets = self.config.feature_targets
-        total = embeddings[next(iter(targets))].new_zeros(())
-        for branch, source in targets.items():
-            target = batch.global_embedding if source == "global" else batch.union_embedding
+        [N, D] to CLIP's of the same regions."""
+        total = embeddings[next(iter(self.config.feature_targets))].new_zeros(())
+        for emb, target in self._feature_pairs(embeddings, batch):
             if len(target):
-                cos = F.cosine_similarity(embeddings[branch].float(), target.float(), dim=-1)
-                total = total + (1 - cos).mean()
+                total = total + (1 - F.cosine_similarity(emb, target, dim=-1)).mean()
         return total
 
     def loss_contrast(self, embeddings: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         """Sum over ``config.feature_targets`` of the cross-entropy of picking CLIP's embedding of
         each row's own region among the batch's (cosines / CONTRAST_TEMPERATURE)."""
-        targets = self.config.feature_targets
-        total = embeddings[next(iter(targets))].new_zeros(())
-        for branch, source in targets.items():
-            target = batch.global_embedding if source == "global" else batch.union_embedding
+        total = embeddings[next(iter(self.config.feature_targets))].new_zeros(())
+        for emb, target in self._feature_pairs(embeddings, batch):
             if len(target) > 1:
-                logits = F.normalize(embeddings[branch].float(), dim=-1) @ F.normalize(target.float(), dim=-1).T
+                logits = F.normalize(emb, dim=-1) @ F.normalize(target, dim=-1).T
                 total = total + F.cross_entropy(logits / CONTRAST_TEMPERATURE,
                                                 torch.arange(len(target), device=target.device))
         return total

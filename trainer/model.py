@@ -80,6 +80,8 @@ class Head(nn.Sequential):
 
     def read(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         """[N, D] from ``parts``: each input's features [N, F] by name."""
+        if len(self.inputs) == 1:  # nothing to join: no copy on every step
+            return self(parts[self.inputs[0]])
         return self(torch.cat([parts[k] for k in self.inputs], 1))
 
 

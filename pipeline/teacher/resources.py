@@ -10,7 +10,7 @@ A :class:`ShardResources` holds, for as long as a run (or a dask worker) lasts:
 
 The coordinator (:func:`pipeline.teacher.run.build_teacher_cache`) makes one for its run and
 closes it at the end. On a dask.distributed cluster each worker gets its own from
-:class:`ShardResourcesPlugin`, closed when the worker closes. None of it is module state: a
+:class:`pipeline.teacher.cluster.ShardResourcesPlugin`, closed when the worker closes. None of it is module state: a
 forked child (dask's process scheduler, a user's own fork) starts with nothing of its
 parent's, whose threads and processes do not survive a fork.
 """
@@ -27,8 +27,6 @@ from pipeline.images import Decoder
 from pipeline.teacher.clip import Teacher, load_teacher, register_model_configs
 from pipeline.teacher.options import TeacherOptions
 from pipeline.teacher.writer import new_writer_process
-
-PLUGIN_NAME = "hoi-shard-resources"
 
 
 class ShardResources:
@@ -92,35 +90,3 @@ class ShardResources:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-try:
-    from distributed import WorkerPlugin
-except ImportError:  # dask.distributed is optional: only --scheduler needs it
-    WorkerPlugin = object
-
-
-class ShardResourcesPlugin(WorkerPlugin):
-    """Gives each dask.distributed worker its own :class:`ShardResources`, closed with the
-    worker. Registered once per cluster (idempotent): later runs reuse the loaded teachers."""
-
-    idempotent = True
-
-    def __init__(self):
-        self.by_worker: dict[str, ShardResources] = {}  # workers in one process may share the plugin
-
-    def setup(self, worker) -> None:
-        self.by_worker[worker.address] = ShardResources()
-
-    def teardown(self, worker) -> None:
-        res = self.by_worker.pop(worker.address, None)
-        if res is not None:
-            res.close()
-
-
-def worker_resources() -> ShardResources:
-    """The resources of the dask.distributed worker running the calling task."""
-    from distributed import get_worker
-
-    worker = get_worker()
-    return worker.plugins[PLUGIN_NAME].by_worker[worker.address]

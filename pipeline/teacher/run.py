@@ -42,8 +42,8 @@ from hoidata.labelspace import LabelSpace
 from hoidata.pairs import PairRule, make_pairs
 from pipeline.teacher.clip import Teacher, prompts_sha256, text_embeddings
 from pipeline.teacher.options import RunOptions, TeacherOptions
-from pipeline.teacher.resources import PLUGIN_NAME, ShardResources, ShardResourcesPlugin
-from pipeline.teacher.shard import ShardJob, ShardStats, helper_modes, run_shard, run_shard_on_worker, teacher_of
+from pipeline.teacher.resources import ShardResources
+from pipeline.teacher.shard import ShardJob, ShardStats, helper_modes, run_shard, teacher_of
 
 log = logging.getLogger(__name__)
 
@@ -485,6 +485,8 @@ def _run_shards(job: ShardJob, todo: list[int], run: RunOptions, lay: Layout,
     total = sum(min((k + 1) * lay.images_per_shard, lay.num_images) - k * lay.images_per_shard for k in todo)
     if run.scheduler:
         from dask.distributed import Client, as_completed
+
+        from pipeline.teacher.cluster import PLUGIN_NAME, ShardResourcesPlugin, run_shard_on_worker
 
         log.info("running %d shards on the dask.distributed cluster at %s", len(todo), run.scheduler)
         with Client(run.scheduler) as client:

@@ -34,7 +34,7 @@ from pipeline.teacher.clip import Teacher
 from pipeline.teacher.encoder import Encoder
 from pipeline.teacher.global_pass import may_leave_image, whole_image_rois
 from pipeline.teacher.options import RunOptions, TeacherOptions
-from pipeline.teacher.resources import ShardResources, worker_resources
+from pipeline.teacher.resources import ShardResources
 from pipeline.teacher.writer import ChunkFlusher, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -317,9 +317,3 @@ def _collect(ctx: _ShardContext, batch: ImageBatch, out: _Launched, progress) ->
         crops = int(ctx.rows.end[batch.last] - ctx.rows.begin[batch.first])
     if progress is not None:
         progress(batch.last - batch.first + 1, crops)
-
-
-def run_shard_on_worker(job: ShardJob, k: int) -> ShardStats:
-    """:func:`run_shard` as a dask.distributed task, with the worker's own resources
-    (:class:`~pipeline.teacher.resources.ShardResourcesPlugin`, registered by the coordinator)."""
-    return run_shard(job, k, worker_resources())

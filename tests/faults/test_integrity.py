@@ -19,7 +19,8 @@ import zarr
 from click.testing import CliRunner
 from conftest import rebind
 from PIL import Image
-from tinyworld import MODEL, make_world_with_model
+from tinyworld import build_cache as build
+from tinyworld import make_world_with_model
 
 from bench.synthetic_cache import make_synthetic_cache
 from cache import schema as S
@@ -29,8 +30,6 @@ from hoicore.files import UnsafeNameError, inside
 from hoicore.lock import LockError, acquire, exclusive, holder_of, lock_path
 from hoidata.detections import Detections, load_detections, save_detections
 from hoidata.labelspace import LabelSpace
-from pipeline.teacher.options import RunOptions, TeacherOptions
-from pipeline.teacher.run import build_teacher_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,15 +44,6 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     paths = make_world_with_model(root, num_images=8)
     return paths
-
-
-def build(world, out, detections=None, annotations="world", **run):
-    run = {"images_per_shard": 4, "workers": 0, "jobs": 1, "progress": False, **run}
-    return build_teacher_cache(out, images=world["images"], detections=detections or world["detections"],
-                               annotations=world["annotations"] if annotations == "world" else annotations,
-                               labelspace=LabelSpace.load(world["labelspace"]),
-                               teacher=TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])),
-                               run=RunOptions(**run))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from conftest import rebind
 from PIL import Image
 from tinyworld import MODEL, make_world_with_model
+from tinyworld import build_cache as build
 
 from cache import schema as S
 from cache.store import CacheError, open_cache, wip_path
@@ -38,16 +39,6 @@ def world(tmp_path_factory):
     paths = make_world_with_model(root, num_images=10)
     paths["config"] = root / "model" / f"{MODEL}.json"
     return paths
-
-
-def build(world, out, **run):
-    run = {"images_per_shard": 4, "workers": 0, "jobs": 1, "progress": False, **run}
-    teacher = run.pop("teacher", TeacherOptions(model=MODEL, pretrained=str(world["checkpoint"])))
-    annotations = run.pop("annotations", world["annotations"])
-    split, resources = run.pop("split", None), run.pop("resources", None)
-    return build_teacher_cache(out, images=world["images"], detections=world["detections"],
-                               annotations=annotations, labelspace=LabelSpace.load(world["labelspace"]),
-                               teacher=teacher, run=RunOptions(**run), split=split, resources=resources)
 
 
 def arrays(path) -> dict:
