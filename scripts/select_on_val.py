@@ -52,6 +52,8 @@ CANDIDATES = {r.name: r for r in GRID + (
         {**_ALL, "residual": False, "w_feature": 0.0, "batch_size": 32}),
     *(Row(f"all-late-contrast{w:g}", f"all levels, late fusion, feature loss 10 and contrastive {w:g}",
           {**_ALL, "w_feature": 10.0, "w_contrast": w, "batch_size": 32}) for w in (0.3, 1.0, 3.0)),
+    # a wider student (the unseen verb's gap is one of capacity too, at two to three times the cost)
+    *(Row(f"all-late-h{h}", f"all levels, late fusion, {h} features", {**_ALL, "hidden_dim": h}) for h in (384, 512)),
     # the supervised references: how much of the feature loss a labelled student wants
     *(Row(f"{r.name}-feature{w:g}", f"{r.label}, feature loss {w:g}", {**r.overrides, "w_feature": w})
       for r in LABELLED_ROWS for w in ((0.0, 1.0, 3.0, 10.0) if r.name == "fully-supervised" else (0.0, 10.0))),

@@ -92,11 +92,12 @@ def test_the_modules_of_a_package_import_each_other_without_a_circle(package):
 
 
 def test_the_tests_mirror_the_packages():
-    """A package's tests live in tests/PACKAGE/; tests/faults/ holds what crosses them all
-    (kills, damaged stores, the fault table); only this file stays at the top."""
+    """A package's tests live in tests/PACKAGE/ (bench/ and scripts/ likewise); tests/faults/
+    holds what crosses them all (kills, damaged stores, the fault table); only this file
+    stays at the top."""
     tests = ROOT / "tests"
     folders = {p.parent.name for p in tests.rglob("test_*.py") if p.parent != tests}
-    assert folders <= set(FORBIDDEN) | {"bench", "faults"}, folders
+    assert folders <= set(FORBIDDEN) | {"bench", "scripts", "faults"}, folders
     assert [p.name for p in tests.glob("test_*.py")] == ["test_layering.py"]
 
 
