@@ -62,16 +62,14 @@ def region_embeddings(visual, pixels: torch.Tensor, pair_image: torch.Tensor, un
     return F.normalize(pooled @ visual.proj, dim=-1)
 
 
-def probe(cache_path, images_dir: Path, size: int, blocks: int) -> dict:
-    """The evaluator's summary of the probe at whole-image ``size`` with ``blocks`` restricted."""
+def probe(cache_path, images_dir: Path, whole, blocks: int) -> dict:
+    """The evaluator's summary of the probe through ``whole`` (the teacher's
+    :class:`~pipeline.teacher.global_pass.GlobalPass` at some whole-image size) with its last
+    ``blocks`` blocks restricted to each union box."""
     from cache.store import open_cache
-    from hoi.demo import demo_teacher
     from hoidata.evaluation import evaluate
     from hoidata.predictions import Predictions
-    from pipeline.images import decode, pad_into_canvas
-    from pipeline.teacher import crops
-    from pipeline.teacher.clip import load_teacher
-    from pipeline.teacher.global_pass import may_leave_image, whole_image_rois
+    from pipeline.images import decode
     from trainer.cache_info import labelspace_of, object_class_mask, resolve_crop_mode
     from trainer.loader import CacheReader
     from trainer.model import masked_softmax
@@ -79,25 +77,17 @@ def probe(cache_path, images_dir: Path, size: int, blocks: int) -> dict:
 
     cache = open_cache(cache_path)
     ls = labelspace_of(cache)
-    opts = replace(demo_teacher(), global_size=size)
-    teacher = load_teacher(opts.model, opts.pretrained, global_size=size, mean=opts.mean, std=opts.std)
-    visual = teacher.global_model.visual
+    visual = whole.teacher.global_model.visual
     text = F.normalize(torch.from_numpy(cache.read("text/embedding").astype(np.float32)), dim=-1)
-    mean = torch.tensor(teacher.mean).view(1, 3, 1, 1)
-    std = torch.tensor(teacher.std).view(1, 3, 1, 1)
     names = [str(n) for n in cache.read("images/file_name")]
     reader = CacheReader(cache, resolve_crop_mode("auto", cache), ())
     mask = object_class_mask(cache)
-    scale = teacher.grid[0] / reader.grid[0]  # the cache's grid cells -> this size's
+    scale = whole.teacher.grid[0] / reader.grid[0]  # the cache's grid cells -> this size's
     parts = []
     with torch.no_grad():
         for i0, i1 in reader.blocks(64):
             b = reader.read(i0, i1)
-            images = [decode(images_dir / names[i]) for i in b.image]
-            sizes = np.array([(a.shape[1], a.shape[0]) for a in images])
-            rois = np.concatenate([np.arange(len(images))[:, None], whole_image_rois(sizes, opts.crop_mode)], 1)
-            pixels = crops.crop_normalised(pad_into_canvas(images, may_leave_image(opts)).float(),
-                                           torch.from_numpy(rois.astype(np.float32)), size, mean, std)
+            pixels = whole.whole_images([decode(images_dir / names[i]) for i in b.image])
             union = torch.from_numpy(b.grid_boxes[:, 2].astype(np.float32)) * scale
             emb = region_embeddings(visual, pixels, torch.from_numpy(b.pair_image.astype(np.int64)), union, blocks)
             scores = masked_softmax(emb @ text.T / TEMPERATURE, torch.from_numpy(mask[b.object]))
@@ -107,8 +97,11 @@ def probe(cache_path, images_dir: Path, size: int, blocks: int) -> dict:
 
 
 def main(argv=None) -> None:
-    from hoi.demo import cache_step, demo_paths, world_step
+    from cache.store import open_cache
+    from hoi.demo import cache_step, demo_paths, demo_teacher, world_step
     from hoi.logs import setup_logging
+    from pipeline.teacher.global_pass import GlobalPass
+    from trainer.cache_info import labelspace_of
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/select")
@@ -121,9 +114,11 @@ def main(argv=None) -> None:
     p = demo_paths(args.out)
     w, ls = world_step(p, 2000, 600, 600, args.seed, print)
     cache_step(p, w, ls, ("val",), print)
+    prompts = labelspace_of(open_cache(p["val_cache"])).prompts
     for size in args.sizes:
+        whole = GlobalPass(replace(demo_teacher(), global_size=size), prompts, torch.device("cpu"))
         for blocks in args.blocks:
-            s = probe(p["val_cache"], Path(w["images_val"]), size, blocks)
+            s = probe(p["val_cache"], Path(w["images_val"]), whole, blocks)
             d, zs = s["default"], s.get("zero_shot", {}).get("default", {})
             print(f"{size} px, last {blocks} block(s) on the box: Full {100 * d['full']:.2f}, Rare "
                   f"{100 * d['rare']:.2f}; " + ", ".join(f"{k} {100 * v['unseen']:.2f}" for k, v in zs.items()),

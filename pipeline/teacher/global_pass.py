@@ -46,16 +46,20 @@ class GlobalPass:
         self.mean = torch.tensor(self.teacher.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.teacher.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
+    def whole_images(self, images: list[np.ndarray]) -> torch.Tensor:
+        """float32 [n, 3, G, G] on the device: each image (uint8 [H, W, 3], n >= 1) made square
+        by the teacher's crop rule, resized to the global size and normalised, as the encoder reads it."""
+        sizes = np.array([(a.shape[1], a.shape[0]) for a in images])
+        canvas = pad_into_canvas(images, may_leave_image(self.opts), pin=self.device.type == "cuda")
+        rois = np.concatenate([np.arange(len(images))[:, None], whole_image_rois(sizes, self.opts.crop_mode)], 1)
+        pixels = canvas.to(self.device, non_blocking=True).float()
+        return crops.crop_normalised(pixels, torch.from_numpy(rois.astype(np.float32)).to(self.device),
+                                     self.teacher.global_size, self.mean, self.std)
+
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not images:
             d, c, (h, w) = self.text.shape[1], self.text.shape[0], self.teacher.grid
             return (np.zeros((0, d), np.float16), np.zeros((0, c), np.float16), np.zeros((0, h, w, d), np.float16))
-        sizes = np.array([(a.shape[1], a.shape[0]) for a in images])
-        canvas = pad_into_canvas(images, may_leave_image(self.opts), pin=self.device.type == "cuda")
-        rois = np.concatenate([np.arange(len(images))[:, None], whole_image_rois(sizes, self.opts.crop_mode)], 1)
         with self.encoder.session():
-            pixels = canvas.to(self.device, non_blocking=True).float()
-            x = crops.crop_normalised(pixels, torch.from_numpy(rois.astype(np.float32)).to(self.device),
-                                      self.teacher.global_size, self.mean, self.std)
-            emb, score, dense = self.encoder.global_pass(x)
+            emb, score, dense = self.encoder.global_pass(self.whole_images(images))
         return emb.cpu().numpy(), score.cpu().numpy(), dense.cpu().numpy()
